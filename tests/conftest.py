@@ -1,0 +1,64 @@
+"""Shared fixtures: outputs and the MLflow store go to tmp_path, data is shrunk, nothing is downloaded."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# In-process tests use JAX (faster start-up); subprocess tests choose their backend with `backend=...`.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+# Small but real: the first examples of the real Fashion-MNIST, a few epochs.
+TINY = ["data.train_size=512", "data.test_size=256", "training.batch_size=64"]
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
+    """Writes `array` (uint8) as a gzipped IDX file, optionally with a wrong magic number."""
+    magic = magic if magic is not None else 0x0800 + array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+    return path
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """A folder with tiny, valid Fashion-MNIST IDX files: 20 train and 10 test images."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path."""
+    args = [sys.executable, str(ROOT / "train.py")]
+    if multirun:
+        args.append("-m")
+    args += [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"hydra.run.dir={tmp_path / 'outputs'}",
+        *overrides,
+    ]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
