@@ -1,0 +1,104 @@
+"""One experiment: config -> data + model + optimizer + schedule -> fit -> one MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import keras
+import yaml
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrsweep import tracking
+from lrsweep.callbacks import MlflowEpochLogger
+from lrsweep.schedules import KerasSchedule, check_count, check_lr
+
+log = logging.getLogger(__name__)
+
+
+def instantiate(node: DictConfig, **kwargs):
+    """`hydra.utils.instantiate`, letting our own ValueErrors (which name the value and the fix) through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
+
+
+def check_training(training: DictConfig) -> None:
+    """Rejects training settings that cannot run, before any work starts."""
+    check_count("training.epochs", training.epochs, 1)
+    check_count("training.batch_size", training.batch_size, 1)
+    check_count("training.steps_per_execution", training.steps_per_execution, 1)
+    check_count("training.seed", training.seed, 0)
+
+
+def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
+    """Trains the configured model once and records it as one MLflow run.
+
+    Everything that can be wrong with the config or the data fails here before the MLflow run is opened;
+    once opened, the run always ends FINISHED, FAILED or KILLED.
+
+    Args:
+        cfg: the composed config (groups data, model, optimizer, schedule, training, tracking).
+        context: the Hydra job this runs in; read from Hydra when omitted.
+
+    Returns:
+        The final epoch's validation accuracy, the objective a Hydra sweeper maximises.
+    """
+    context = context or tracking.JobContext.from_hydra()
+    training = cfg.training
+    check_training(training)
+    check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
+
+    dataset = instantiate(cfg.data)
+    steps_per_epoch = math.ceil(len(dataset.x_train) / training.batch_size)
+    make_schedule = instantiate(cfg.schedule)  # a partial: run-time quantities are passed here
+    schedule = make_schedule(steps_per_epoch=steps_per_epoch, total_steps=training.epochs * steps_per_epoch)
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(training.seed)  # same seed -> same initial weights for every strategy
+    optimizer = instantiate(cfg.optimizer, learning_rate=KerasSchedule(schedule))
+    model = instantiate(cfg.model)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=training.steps_per_execution,
+    )
+
+    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = tracking.flatten(resolved)
+    params.update({f"choice.{group}": option for group, option in context.choices.items()})
+    name = cfg.tracking.run_name or tracking.run_name(context, resolved)
+    tags = {
+        **tracking.sweep_tags(context.sweep_dir),
+        "lrsweep.backend": keras.backend.backend(),
+        "lrsweep.data_source": dataset.source,
+        "mlflow.source.name": "train.py",
+    }
+    artifacts = {
+        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "overrides.yaml": yaml.safe_dump(list(context.overrides), default_flow_style=False),
+    }
+    log.info(
+        "%s: %d train / %d validation examples from %s, %d steps per epoch, schedule %s",
+        name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch, schedule,
+    )  # fmt: skip
+    with tracking.job_run(client, experiment_id, name, params, tags, artifacts) as run_id:
+        history = model.fit(
+            dataset.x_train,
+            dataset.y_train,
+            batch_size=training.batch_size,
+            epochs=training.epochs,
+            validation_data=(dataset.x_test, dataset.y_test),
+            callbacks=[MlflowEpochLogger(client, run_id)],
+            verbose=training.verbose,
+        )
+    final = {k: v[-1] for k, v in history.history.items()}
+    log.info("%s: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), name)
+    return float(final["val_accuracy"])

@@ -1,0 +1,99 @@
+"""Every option of every config group composes and instantiates (Hydra compose API, no training)."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from lrsweep.schedules import KerasSchedule, Schedule
+from tests.conftest import CONF_DIR
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def build_optimizer(cfg, steps_per_epoch: int = 10):
+    schedule = instantiate(cfg.schedule)(
+        steps_per_epoch=steps_per_epoch, total_steps=cfg.training.epochs * steps_per_epoch
+    )
+    return schedule, instantiate(cfg.optimizer, learning_rate=KerasSchedule(schedule))
+
+
+def test_groups_have_the_expected_options():
+    assert options("optimizer") == ["adadelta", "adagrad", "adam", "rmsprop", "sgd"]
+    assert {"constant", "linear"} <= set(options("schedule"))
+    assert options("strategy") == ["adadelta", "adagrad", "adam_constant", "adam_linear"]
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("schedule", options("schedule"))
+def test_every_optimizer_and_schedule_instantiates(optimizer, schedule):
+    cfg = compose_config(f"optimizer={optimizer}", f"schedule={schedule}")
+    built_schedule, built_optimizer = build_optimizer(cfg)
+    assert isinstance(built_schedule, Schedule)
+    assert isinstance(built_optimizer, keras.optimizers.Optimizer)
+    assert type(built_optimizer).__name__.lower() == optimizer
+
+
+def test_model_and_defaults_match_the_tutorial():
+    cfg = compose_config()
+    assert (cfg.optimizer._target_, cfg.optimizer.learning_rate) == ("keras.optimizers.Adam", 0.01)
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.backend) == (5, 32, "tensorflow")
+    model = instantiate(cfg.model)
+    assert [type(layer).__name__ for layer in model.layers] == ["Flatten", "Dense", "Dense"]
+    assert model.layers[1].units == 128 and model.layers[2].units == 10
+    assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "expected"),
+    [
+        ("adagrad", {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7}),
+        ("adadelta", {"learning_rate": 0.001, "rho": 0.95, "epsilon": 1e-7}),
+    ],
+)
+def test_adaptive_optimizers_have_the_tutorial_settings(optimizer, expected):
+    schedule, built = build_optimizer(compose_config(f"optimizer={optimizer}"))
+    assert schedule.config["value"] == expected["learning_rate"]
+    for key, value in expected.items():
+        if key != "learning_rate":
+            assert getattr(built, key) == pytest.approx(value)
+
+
+def test_linear_warms_up_to_the_optimizer_lr_by_default():
+    cfg = compose_config("schedule=linear", "optimizer.learning_rate=0.02")
+    assert (cfg.schedule.initial_lr, cfg.schedule.final_lr, cfg.schedule.warmup_epochs) == (0.005, 0.02, 5)
+    assert compose_config("schedule=linear", "schedule.final_lr=0.03").schedule.final_lr == 0.03
+
+
+@pytest.mark.parametrize("strategy", options("strategy"))
+def test_tutorial_strategies_select_optimizer_and_schedule(strategy):
+    cfg = compose_config("+experiment=tutorial", f"+strategy={strategy}")
+    expected = {
+        "adam_constant": ("Adam", "constant"),
+        "adam_linear": ("Adam", "linear_warmup"),
+        "adagrad": ("Adagrad", "constant"),
+        "adadelta": ("Adadelta", "constant"),
+    }[strategy]
+    assert (cfg.optimizer._target_.rsplit(".", 1)[1], cfg.schedule._target_.rsplit(".", 1)[1]) == expected
+    build_optimizer(cfg)
+
+
+def test_tutorial_experiment_sweeps_the_four_strategies():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=tutorial"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["+strategy"] == "adam_constant,adam_linear,adagrad,adadelta"
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(ConfigCompositionException, match="Could not find 'optimizer/adamw'"):
+        compose_config("optimizer=adamw")
