@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets lrsweep up on a fresh Debian machine: Fashion-MNIST from Debian's package, a venv, the project with
+# its test tools (pytest, ruff, the JAX backend). Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)..."
+  $sudo apt-get install -y dataset-fashion-mnist \
+    || { $sudo apt-get update && $sudo apt-get install -y dataset-fashion-mnist; } \
+    || echo "warning: could not install dataset-fashion-mnist; set LRSWEEP_DATA_DIR to a folder with the IDX files" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "lrsweep is set up in .venv"
