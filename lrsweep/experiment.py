@@ -76,7 +76,7 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
     params.update({f"choice.{group}": option for group, option in context.choices.items()})
     name = cfg.tracking.run_name or tracking.run_name(context, resolved)
     tags = {
-        **tracking.sweep_tags(context.sweep_dir),
+        **tracking.job_tags(client, experiment_id, context),
         "lrsweep.backend": keras.backend.backend(),
         "lrsweep.data_source": dataset.source,
         "mlflow.source.name": "train.py",

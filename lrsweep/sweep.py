@@ -1,11 +1,17 @@
-"""Hydra callbacks around a multirun: the MLflow store before the jobs start, a summary after they end."""
+"""A multirun as one MLflow parent run: opened before the jobs start, closed with its report however they end."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import sys
+from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lrsweep import report, tracking
@@ -13,18 +19,105 @@ from lrsweep import report, tracking
 log = logging.getLogger(__name__)
 
 
-class SweepCallback(Callback):
-    """Creates the MLflow store and experiment once, before any job runs, and prints the sweep's table at the end.
+class Sweep:
+    """The parent run of a multirun, which its jobs' runs nest under (tag `mlflow.parentRunId`).
 
-    Creating the store up front matters: several jobs creating a fresh SQLite database at once race on its tables.
+    Jobs find it by the sweep id, so they can run in this process or in others (joblib, a cluster).
     """
 
+    def __init__(self, client: MlflowClient, experiment_id: str, sweep_dir: str, run_id: str):
+        self.jobs_failed_without_run = 0  # e.g. bad input: the job raised before opening its run
+        self.client = client
+        self.experiment_id = experiment_id
+        self.sweep_dir = Path(sweep_dir)
+        self.sweep_id = tracking.sweep_tags(sweep_dir)[tracking.TAG_SWEEP_ID]
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, config: DictConfig) -> Sweep:
+        """Creates the store and experiment (before parallel jobs could race to), then the parent run."""
+        client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        tags = {
+            **tracking.sweep_tags(sweep_dir),
+            tracking.TAG_ROLE: "sweep",
+            "lrsweep.command": " ".join(["python", *sys.argv]),
+        }
+        run = client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_dir).name}", tags=tags)
+        sweep = cls(client, experiment_id, sweep_dir, run.info.run_id)
+        sweep.log_samples(config)
+        return sweep
+
+    def log_samples(self, config: DictConfig) -> None:
+        """The dataset at a glance, once per sweep: the first four training images with class names."""
+        from lrsweep import data
+
+        try:
+            dataset = data.load(dir=config.data.dir)
+        except (data.DataError, ValueError) as e:
+            log.warning("No sample figure: %s", e)  # the jobs will report the data problem themselves
+            return
+        figure = report.plot_samples(dataset.x_train, dataset.y_train, data.CLASS_NAMES)
+        self.client.log_figure(self.run_id, figure, "dataset/samples.png")
+        report._pyplot().close(figure)
+
+    def close(self) -> report.SweepReport:
+        """Builds the report from MLflow, writes it to `<sweep dir>/report`, attaches it, ends the parent run.
+
+        The parent ends FAILED if any job failed, KILLED if any was interrupted, else FINISHED.
+        """
+        built = report.load(self.client, self.experiment_id, self.sweep_id)
+        statuses = {run.status for run in built.runs} | ({"FAILED"} if self.jobs_failed_without_run else set())
+        status = next((s for s in ("FAILED", "KILLED") if s in statuses), "FINISHED" if built.runs else "FAILED")
+        try:
+            out_dir = self.sweep_dir / "report"
+            paths = report.write(built, out_dir)
+            self.client.log_artifacts(self.run_id, str(out_dir), "report")
+            failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
+            if self.jobs_failed_without_run:
+                failed.append(f"{self.jobs_failed_without_run} job(s) that failed before opening a run (see log)")
+            print(
+                f"\nSweep {self.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"
+                + (f"; not finished: {', '.join(failed)}" if failed else "")
+            )
+            print(built.table())
+            print(f"Report: {out_dir} ({', '.join(p.name for p in paths)}); MLflow parent run {self.run_id}")
+        finally:
+            self.client.set_terminated(self.run_id, status)
+        return built
+
+
+class SweepCallback(Callback):
+    """Hydra callback: opens the sweep's parent run before any job, closes it with the report after the last.
+
+    Hydra 1.3 does not call `on_multirun_end` when a job raised, and a Ctrl-C skips it too, so closing is also
+    registered with `atexit`; whichever comes first closes the sweep, once.
+    """
+
+    def __init__(self) -> None:
+        self.sweep: Sweep | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        self.sweep = Sweep.open(config)
+        atexit.register(self.close)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        # Called in the job's process: with the basic launcher that is this one; other launchers' workers
+        # hold their own copy of this callback (sweep is None there) and their runs carry their status.
+        if self.sweep is not None and job_return.status == JobStatus.FAILED:
+            run_opened = tracking.find_job_run(self.sweep.client, self.sweep.experiment_id, self.sweep.sweep_id,
+                                               config.hydra.job.num)  # fmt: skip
+            if run_opened is None:
+                self.sweep.jobs_failed_without_run += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
-        sweep_id = tracking.sweep_tags(config.hydra.sweep.dir)[tracking.TAG_SWEEP_ID]
-        runs = report.sweep_runs(client, experiment_id, sweep_id)
-        print(f"\nSweep {sweep_id}: {len(runs)} MLflow runs in experiment {config.tracking.experiment_name!r}")
-        print(report.runs_table(runs))
+        self.close()
+
+    def close(self) -> None:
+        sweep, self.sweep = self.sweep, None
+        if sweep is not None:
+            try:
+                sweep.close()
+            except Exception as e:  # never mask the jobs' own outcome; say what went wrong
+                log.error("Could not complete the report of sweep %s: %s", sweep.sweep_id, e)
+                sweep.client.set_terminated(sweep.run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 TAG_SWEEP_ID = "lrsweep.sweep_id"
 TAG_SWEEP_DIR = "lrsweep.sweep_dir"
 TAG_ERROR = "lrsweep.error"
+TAG_ROLE = "lrsweep.role"  # "sweep" on the parent run of a multirun, "job" on each job's run
+TAG_OVERRIDES = "lrsweep.overrides"  # the job's Hydra overrides as a JSON object {key: value}
+TAG_JOB_NUM = "lrsweep.job_num"  # the job's number within its multirun
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows jobs under their sweep
 _SQLITE = "sqlite:///"
 
 
@@ -124,6 +129,33 @@ def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
     return {TAG_SWEEP_ID: Path(sweep_dir).name, TAG_SWEEP_DIR: sweep_dir}
 
 
+def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Hydra overrides as {key: value}, without `+`/`++` prefixes: `+strategy=adagrad` -> {"strategy": "adagrad"}."""
+    pairs = (override.lstrip("+~").partition("=") for override in overrides)
+    return {key: value for key, _, value in pairs}
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
+    """The parent run of a sweep, if one was opened (by `lrsweep.sweep.SweepCallback`)."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'",
+        max_results=1,
+        order_by=["start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def find_job_run(client: MlflowClient, experiment_id: str, sweep_id: str, job_num: int) -> Run | None:
+    """The run that job number `job_num` of a sweep opened, if it got that far."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_JOB_NUM}` = '{job_num}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
     """A name a person can read in the UI: optimizer-schedule, then any LR overrides, then the seed.
 
@@ -136,8 +168,7 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
         return str(config[group]["_target_"]).rsplit(".", 1)[-1].lower()
 
     parts = [option("optimizer"), option("schedule")]
-    for override in context.overrides:
-        key, _, value = override.lstrip("+~").partition("=")
+    for key, value in overrides_dict(context.overrides).items():
         group, _, leaf = key.partition(".")
         if group in ("optimizer", "schedule") and leaf:
             parts.append(f"{leaf.rsplit('.', 1)[-1]}={value}")
@@ -187,3 +218,15 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def job_tags(client: MlflowClient, experiment_id: str, context: JobContext) -> dict[str, str]:
+    """Tags that tie a job's run to its sweep: the sweep id, its overrides, and the parent run for nesting."""
+    tags = {TAG_ROLE: "job", TAG_OVERRIDES: json.dumps(overrides_dict(context.overrides))}
+    if context.sweep_dir:
+        tags.update(sweep_tags(context.sweep_dir))
+        tags[TAG_JOB_NUM] = str(context.job_num)
+        parent = find_sweep_run(client, experiment_id, context.sweep_id)
+        if parent is not None:
+            tags[TAG_PARENT] = parent.info.run_id
+    return tags

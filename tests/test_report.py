@@ -1,0 +1,145 @@
+"""Sweep reports: a 2x2 grid x 2 seeds run for real, then the parent run, files, table and figures checked."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from lrsweep import report, tracking
+from tests.conftest import ROOT, TINY, train
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """`schedule.initial_lr` x `schedule.final_lr` x 2 seeds: 8 jobs, 4 configurations."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    result = train(
+        tmp_path, "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02",
+        "training.seed=0,1", "training.epochs=2", "training.verbose=0", "backend=jax", *TINY,
+    )  # fmt: skip
+    client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
+    return tmp_path, result, client, experiment_id
+
+
+def test_jobs_nest_under_one_finished_sweep_run(grid_sweep):
+    tmp_path, _, client, experiment_id = grid_sweep
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "job"]
+    assert len(parents) == 1 and len(jobs) == 8
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep-multirun"
+    assert {r.data.tags[tracking.TAG_PARENT] for r in jobs} == {parent.info.run_id}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {
+        f"report/{n}" for n in ("summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "heatmap.png")
+    }
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "dataset")] == ["dataset/samples.png"]
+
+
+def test_summary_has_one_row_per_configuration_with_mean_std_n(grid_sweep):
+    tmp_path, result, client, experiment_id = grid_sweep
+    with open(tmp_path / "multirun" / "report" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["initial_lr"], r["final_lr"]) for r in rows} == {
+        (i, f) for i in ("0.001", "0.005") for f in ("0.01", "0.02")
+    }
+    assert all(r["n"] == "2" and r["failed"] == "0" for r in rows)
+    means = [float(r["val_accuracy_mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)  # ranked
+    # Recompute one row independently from the runs' final metrics.
+    jobs = [r for r in client.search_runs([experiment_id]) if r.data.tags.get(tracking.TAG_ROLE) == "job"]
+    best = rows[0]
+    finals = [
+        r.data.metrics["val_accuracy"]
+        for r in jobs
+        if (r.data.params["schedule.initial_lr"], r.data.params["schedule.final_lr"])
+        == (best["initial_lr"], best["final_lr"])
+    ]
+    assert float(best["val_accuracy_mean"]) == pytest.approx(statistics.fmean(finals))
+    assert float(best["val_accuracy_std"]) == pytest.approx(statistics.stdev(finals))
+    # The same table ends the command's output and is saved as Markdown.
+    assert "Sweep multirun: 8 runs in 4 configurations" in result.stdout
+    markdown = (tmp_path / "multirun" / "report" / "summary.md").read_text()
+    assert markdown.count("\n| ") == 5 and "val_accuracy (mean ± std)" in markdown
+
+
+def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sweep):
+    _, _, client, experiment_id = grid_sweep
+    built = report.load(client, experiment_id, "multirun")
+    labels = {c.label for c in built.configurations}
+    assert "initial_lr=0.001, final_lr=0.01" in labels and len(labels) == 4
+
+    lr_figure = report.plot_lr(built)
+    lr_axes = lr_figure.axes[0]
+    assert len(lr_axes.get_lines()) == 4
+    assert {t.get_text() for t in lr_axes.get_legend().get_texts()} == labels
+    assert lr_axes.get_xlabel().startswith("epoch") and lr_axes.get_ylabel() == "learning rate"
+    # Each line holds the schedule's per-epoch LR: initial_lr at epoch 0, then the first increment.
+    line = next(ln for ln in lr_axes.get_lines() if ln.get_label() == "initial_lr=0.001, final_lr=0.02")
+    assert list(line.get_xdata()) == [0, 1]
+    assert list(line.get_ydata()) == pytest.approx([0.001, 0.001 + 0.019 / 4], rel=1e-6)
+
+    curves = report.plot_curves(built)
+    for ax in curves.axes:
+        assert len(ax.get_lines()) == 4 and len(ax.collections) == 4  # a band across the 2 seeds per line
+
+    heatmap = report.plot_heatmap(built)
+    (ax, _colorbar) = heatmap.axes
+    assert ax.images[0].get_array().shape == (2, 2)
+    cells = [t.get_text() for t in ax.texts]
+    assert len(cells) == 4
+    expected = {f"{c.stat('val_accuracy')[0]:.4f}" for c in built.configurations}
+    assert set(cells) == expected
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("schedule.final_lr", "schedule.initial_lr")
+
+
+def test_report_rebuilds_from_mlflow_alone(grid_sweep, tmp_path):
+    sweep_path, _, _, _ = grid_sweep
+    out = tmp_path / "again"
+    result = subprocess.run(
+        [sys.executable, "-m", "lrsweep.report", "--tracking-uri", f"sqlite:///{sweep_path / 'mlruns' / 'mlflow.db'}",
+         "--experiment", "lrsweep", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert "Sweep multirun: 8 runs, 4 configurations" in result.stdout  # the latest sweep by default
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "heatmap.png"]
+    )
+    original = (sweep_path / "multirun" / "report" / "summary.csv").read_text()
+    assert (out / "summary.csv").read_text() == original
+
+
+def test_a_failed_job_still_completes_the_sweep_run_and_report(tmp_path):
+    # Hydra 1.3 skips on_multirun_end when a job raised; the sweep is closed at exit instead.
+    result = train(
+        tmp_path, "schedule=linear", "schedule.warmup_epochs=1,2", "training.epochs=2", "backend=jax", *TINY,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "not finished: 1 job(s) that failed before opening a run" in result.stdout
+    client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert parent.info.status == "FAILED"
+    assert (tmp_path / "multirun" / "report" / "summary.csv").is_file()
+    assert {r.info.status for r in client.search_runs([experiment_id])} == {"FAILED", "FINISHED"}
+
+
+def test_swept_keys_ignore_the_seed_and_constant_overrides():
+    runs = [
+        report.JobRun("a", "a", "FINISHED", {"schedule.initial_lr": "0.1", "training.seed": "0", "x": "1"}, {}, {}),
+        report.JobRun("b", "b", "FINISHED", {"schedule.initial_lr": "0.2", "training.seed": "1", "x": "1"}, {}, {}),
+    ]
+    assert report.swept_keys(runs) == ["schedule.initial_lr"]
+
+
+def test_table_formats_mean_std_and_single_runs():
+    assert report._mean_std(0.85, float("nan")) == "0.8500"
+    assert report._mean_std(0.85, 0.01234) == "0.8500 ± 0.0123"
+    text = report.format_table(["a", "b"], [["x", 1.0]])
+    assert text.splitlines() == ["a  b", "-  ------", "x  1.0000"]
