@@ -38,6 +38,10 @@ def test_groups_have_the_expected_options():
 @pytest.mark.parametrize("schedule", options("schedule"))
 def test_every_optimizer_and_schedule_instantiates(optimizer, schedule):
     cfg = compose_config(f"optimizer={optimizer}", f"schedule={schedule}")
+    if schedule == "untuned" and "beta_2" not in cfg.optimizer:  # the untuned rules need Adam's beta_2
+        with pytest.raises(ValueError, match="`beta_2` must be read from an Adam-type optimizer"):
+            build_optimizer(cfg)
+        return
     built_schedule, built_optimizer = build_optimizer(cfg)
     assert isinstance(built_schedule, Schedule)
     assert isinstance(built_optimizer, keras.optimizers.Optimizer)
@@ -67,6 +71,27 @@ def test_adaptive_optimizers_have_the_tutorial_settings(optimizer, expected):
     for key, value in expected.items():
         if key != "learning_rate":
             assert getattr(built, key) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("decay", sorted(p.stem for p in (CONF_DIR / "schedule" / "decay").glob("*.yaml")))
+@pytest.mark.parametrize("schedule", ["warmup", "untuned"])
+def test_every_decay_follows_every_warmup(schedule, decay):
+    cfg = compose_config(f"schedule={schedule}", f"schedule/decay={decay}")
+    built_schedule, _ = build_optimizer(cfg)
+    assert built_schedule.config["decay"]["_target_"] == cfg.schedule.decay._target_
+    assert built_schedule.config["peak_lr"] == cfg.optimizer.learning_rate
+
+
+def test_warmup_sweep_keys_and_untuned_beta_2_come_from_the_config():
+    cfg = compose_config("schedule=warmup", "schedule.warmup.shape=cosine", "schedule.warmup.length=0.5")
+    assert (cfg.schedule.warmup.shape, cfg.schedule.warmup.length, cfg.schedule.decay._target_) == (
+        "cosine",
+        0.5,
+        "lrsweep.schedules.hold",
+    )
+    cfg = compose_config("schedule=untuned", "optimizer.beta_2=0.99", "optimizer.learning_rate=0.002")
+    assert (cfg.schedule.beta_2, cfg.schedule.peak_lr) == (0.99, 0.002)
+    assert compose_config("schedule=untuned", "optimizer=sgd").schedule.beta_2 is None
 
 
 def test_linear_warms_up_to_the_optimizer_lr_by_default():
