@@ -12,7 +12,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrsweep import tracking
-from lrsweep.callbacks import MlflowEpochLogger
+from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger
 from lrsweep.schedules import KerasSchedule, check_count, check_lr
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
     training = cfg.training
     check_training(training)
     check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
+    check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
 
     dataset = instantiate(cfg.data)
     steps_per_epoch = math.ceil(len(dataset.x_train) / training.batch_size)
@@ -96,7 +97,10 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
             batch_size=training.batch_size,
             epochs=training.epochs,
             validation_data=(dataset.x_test, dataset.y_test),
-            callbacks=[MlflowEpochLogger(client, run_id)],
+            callbacks=[
+                MlflowEpochLogger(client, run_id),
+                MlflowStepLogger(client, run_id, cfg.tracking.log_every_n_steps),
+            ],
             verbose=training.verbose,
         )
     final = {k: v[-1] for k, v in history.history.items()}

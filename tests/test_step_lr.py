@@ -1,0 +1,153 @@
+"""Per-step LR in MLflow: `lr_step` at the right global steps with the LR the optimizer applied there."""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from keras import ops
+from mlflow.tracking import MlflowClient
+
+from lrsweep import backend, experiment, schedules, tracking
+from lrsweep.callbacks import LR_STEP, MlflowStepLogger
+from lrsweep.schedules import KerasSchedule
+from tests.conftest import CONF_DIR, TINY, train
+
+
+class CountingClient(MlflowClient):
+    """A real MLflow client that also counts its `log_batch` requests."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+        self.batches.append(len(metrics))
+        return super().log_batch(run_id, metrics, params, tags, synchronous)
+
+
+def history(client: MlflowClient, run_id: str, key: str = LR_STEP) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def cosine_warmup() -> schedules.Schedule:
+    return schedules.warmup_then_decay(
+        0.01,
+        {"shape": "cosine", "initial_lr": 0.001, "length": 5, "length_unit": "step"},
+        functools.partial(schedules.cosine_decay, min_lr=0.0),
+        steps_per_epoch=7,
+        total_steps=21,
+    )
+
+
+def tiny_model(schedule: schedules.Schedule, steps_per_execution: int = 1) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(KerasSchedule(schedule)), loss="mse", steps_per_execution=steps_per_execution
+    )
+    return model
+
+
+XY = (np.random.default_rng(0).normal(size=(14, 4)), np.zeros((14, 2)))  # 7 steps of batch 2 per epoch
+
+
+def read_back(schedule: schedules.Schedule, steps: int) -> dict[int, float]:
+    """The LR the optimizer reports before each of its first `steps` updates, one real update at a time."""
+    model = tiny_model(schedule)
+    x, y = XY
+    lrs = {}
+    for k in range(steps):
+        assert int(model.optimizer.iterations) == k
+        lrs[k] = float(ops.convert_to_numpy(model.optimizer.learning_rate))
+        model.train_on_batch(x[:2], y[:2])  # the LR depends on the step alone
+    return lrs
+
+
+def test_step_logger_logs_every_multiple_with_the_lr_the_optimizer_applied(store_uri):
+    """Callbacks fire once per 5 steps (steps_per_execution=5, and a short last chunk of 2 each epoch)."""
+    every = (1, 3, 4, 50)
+    clients = [CountingClient(tracking.normalize_uri(store_uri)) for _ in every]
+    experiment_id = clients[0].create_experiment("steps")
+    run_ids = [clients[0].create_run(experiment_id).info.run_id for _ in every]
+    loggers = [MlflowStepLogger(c, r, n) for c, r, n in zip(clients, run_ids, every, strict=True)]
+    model = tiny_model(cosine_warmup(), steps_per_execution=5)
+    model.fit(*XY, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=loggers)
+    assert int(model.optimizer.iterations) == 21
+
+    expected = read_back(cosine_warmup(), 21)
+    for client, run_id, every_n_steps in zip(clients, run_ids, every, strict=True):
+        logged = history(client, run_id)
+        assert [k for k, _ in logged] == list(range(0, 21, every_n_steps)), every_n_steps
+        np.testing.assert_allclose([lr for _, lr in logged], [expected[k] for k, _ in logged], rtol=1e-6)
+        # Batched: at most one request per callback call (2 chunks per epoch), never one per point.
+        assert len(client.batches) <= 6 and sum(client.batches) == len(logged)
+    assert clients[0].batches == [5, 2] * 3
+
+
+def test_step_logger_off_and_a_resumed_fit(store_uri):
+    client = MlflowClient(tracking.normalize_uri(store_uri))
+    experiment_id = client.create_experiment("steps")
+    off, resumed = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    model = tiny_model(cosine_warmup(), steps_per_execution=5)
+    model.fit(*XY, batch_size=2, epochs=1, verbose=0, callbacks=[MlflowStepLogger(client, off, 0)])
+    assert history(client, off) == []
+    # A second fit continues the optimizer's count: steps 7.. are logged at their global step.
+    model.fit(*XY, batch_size=2, epochs=2, verbose=0, callbacks=[MlflowStepLogger(client, resumed, 4)])
+    assert [k for k, _ in history(client, resumed)] == [8, 12, 16, 20]
+
+
+def test_bad_log_every_n_steps_fails_before_any_run(store_uri):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"tracking.uri={store_uri}", "backend=jax", *TINY, "tracking.log_every_n_steps=-1"],
+        )
+    backend.select(cfg.backend)
+    with pytest.raises(ValueError, match=r"`tracking.log_every_n_steps` must be an integer >= 0 \(0: off\)\. Rec"):
+        experiment.run(cfg)
+    client, experiment_id = tracking.connect(store_uri, "lrsweep")
+    assert client.search_runs([experiment_id]) == []
+
+
+def test_sweep_over_warmup_shapes_logs_lr_step_at_global_steps(tmp_path):
+    """3 jobs, 16 steps each (8 per epoch); callbacks every 3 steps, lr_step every 5, warm-up 0.5 epoch = 4 steps."""
+    result = train(
+        tmp_path,
+        "schedule=warmup",
+        "schedule.warmup.shape=linear,exponential,cosine",
+        "schedule.warmup.length=0.5",
+        "schedule/decay=cosine",
+        "tracking.log_every_n_steps=5",
+        "training.steps_per_execution=3",
+        "training.epochs=2",
+        "training.verbose=0",
+        "backend=jax",
+        *TINY,
+    )
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    shapes = {r.data.params["schedule.warmup.shape"]: r for r in runs}
+    assert sorted(shapes) == ["cosine", "exponential", "linear"]
+    ramps = {
+        "linear": lambda x: x,
+        "exponential": lambda x: 1 - np.exp(-5 * x),
+        "cosine": lambda x: (1 - np.cos(np.pi * x)) / 2,
+    }
+    steps = np.array([0, 5, 10, 15])
+    cosine = 0.01 * (1 + np.cos(np.pi * np.minimum(steps - 4, 12) / 12)) / 2  # the 12 steps after the warm-up
+    for shape, run in shapes.items():
+        assert run.info.status == "FINISHED" and run.data.params["choice.schedule/decay"] == "cosine"
+        logged = history(client, run.info.run_id)
+        assert [k for k, _ in logged] == steps.tolist(), shape
+        expected = np.where(steps < 4, 0.01 * ramps[shape](steps / 4), cosine)
+        np.testing.assert_allclose([lr for _, lr in logged], expected, rtol=1e-6, atol=1e-9)
+        # The per-epoch `lr` is still there, at step = epoch: the LR of each epoch's first step (0 and 8).
+        epoch_lr = history(client, run.info.run_id, "lr")
+        assert [k for k, _ in epoch_lr] == [0, 1]
+        assert epoch_lr[1][1] == pytest.approx(0.01 * (1 + np.cos(np.pi * 4 / 12)) / 2, rel=1e-6)
+    assert "val_accuracy" in result.stdout
