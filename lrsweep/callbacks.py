@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from lrsweep import tracking
 from lrsweep.schedules import check_count
@@ -45,6 +46,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 LR_STEP = "lr_step"
+LR_BLOCK = 64
 
 
 def optimizer_steps(optimizer: keras.optimizers.Optimizer) -> int:
@@ -56,9 +58,15 @@ def lr_at_steps(optimizer: keras.optimizers.Optimizer) -> Callable[[np.ndarray],
     """The LR the optimizer applies at any step: its schedule evaluated there, or its current LR if it has none."""
     # Keras keeps the schedule it evaluates at `iterations` here; there is no public accessor for it.
     schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return lambda steps: np.asarray(ops.convert_to_numpy(schedule(steps)), dtype=np.float64)
-    return lambda steps: np.full(len(steps), current_lr(optimizer))
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return lambda steps: np.full(len(steps), current_lr(optimizer))
+
+    def lr_at(steps: np.ndarray) -> np.ndarray:
+        # Evaluated in blocks of one length: JAX compiles every op anew for each new input shape (~0.4 s).
+        padded = np.pad(steps, (0, -len(steps) % LR_BLOCK), mode="edge")
+        return np.asarray(ops.convert_to_numpy(schedule(padded)), dtype=np.float64)[: len(steps)]
+
+    return lr_at
 
 
 class MlflowStepLogger(keras.callbacks.Callback):
@@ -66,21 +74,31 @@ class MlflowStepLogger(keras.callbacks.Callback):
 
     With `steps_per_execution` > 1 Keras calls `on_train_batch_end` once per chunk of steps, and on JAX the
     optimizer's step count is synced only at epoch ends. So each call works out the steps done from the epoch's
-    first step and the batch index, and logs every multiple of N passed since the last call, at that step, with
-    the optimizer's own schedule evaluated there: one `log_batch` per call that passed any.
+    first step and the batch index, and queues every multiple of N passed since the last call.
+
+    Queued steps are written together, with the optimizer's own schedule evaluated at them in one call, at the end
+    of each epoch and whenever `flush_seconds` have passed since the last write: at most one `log_batch` per
+    callback call, handed to MLflow's background writer. Writing to a SQLite store costs about 1 ms per point,
+    against CPU epochs well under a second here (scripts/bench_step_lr.py), so training does not wait for it;
+    `on_train_end` waits for the writes to land, before the run is closed.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, every_n_steps: int):
+    def __init__(self, client: MlflowClient, run_id: str, every_n_steps: int, flush_seconds: float = 10.0):
         super().__init__()
         self.client = client
         self.run_id = run_id
         self.every_n_steps = check_count("tracking.log_every_n_steps", every_n_steps, 0, " (0: off)")
+        self.flush_seconds = flush_seconds
         self._next_step = 0
         self._epoch_start = 0
+        self._pending: list[int] = []
+        self._last_flush = 0.0
+        self._writes: list[RunOperations] = []
         self._lr_at: Callable[[np.ndarray], np.ndarray] | None = None
 
     def on_train_begin(self, logs=None) -> None:
         self._lr_at = lr_at_steps(self.model.optimizer)
+        self._last_flush = time.monotonic()
         if self.every_n_steps:  # a resumed fit starts at the first multiple not yet reached
             self._next_step = -(-optimizer_steps(self.model.optimizer) // self.every_n_steps) * self.every_n_steps
 
@@ -91,19 +109,32 @@ class MlflowStepLogger(keras.callbacks.Callback):
         # `batch` is the chunk's last index, even when the epoch's last chunk is short: cap it at the epoch's steps.
         steps_in_epoch = self.params.get("steps") if self.params else None
         done = batch + 1 if not steps_in_epoch else min(batch + 1, steps_in_epoch)
-        self._log_until(self._epoch_start + done)
+        self._queue_until(self._epoch_start + done)
+        if self._pending and time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self._log_until(optimizer_steps(self.model.optimizer))  # exact on every backend by now
+        self._queue_until(optimizer_steps(self.model.optimizer))  # exact on every backend by now
+        self._flush()
 
-    def _log_until(self, end: int) -> None:
-        """Logs the multiples of N in [next unlogged, end): the steps the optimizer has applied."""
-        if not self.every_n_steps or end <= self._next_step:
+    def on_train_end(self, logs=None) -> None:
+        self._flush()  # training stopped mid-epoch
+        for write in self._writes:
+            write.wait()  # raises if a write failed
+        self._writes = []
+
+    def _queue_until(self, end: int) -> None:
+        """Queues the multiples of N in [next unlogged, end): steps the optimizer has applied."""
+        if self.every_n_steps and end > self._next_step:
+            self._pending.extend(range(self._next_step, end, self.every_n_steps))
+            self._next_step = self._pending[-1] + self.every_n_steps
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._pending:
             return
-        steps = np.arange(self._next_step, end, self.every_n_steps)
-        self._next_step = int(steps[-1]) + self.every_n_steps
+        steps, self._pending = np.asarray(self._pending), []
         timestamp = int(time.time() * 1000)
-        metrics = [
-            Metric(LR_STEP, float(lr), timestamp, int(step)) for step, lr in zip(steps, self._lr_at(steps), strict=True)
-        ]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        lrs = self._lr_at(steps)
+        metrics = [Metric(LR_STEP, float(lr), timestamp, int(step)) for step, lr in zip(steps, lrs, strict=True)]
+        self._writes.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))

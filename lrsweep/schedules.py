@@ -61,6 +61,8 @@ def _as_config(value: Any) -> Any:
     if isinstance(value, functools.partial) and hasattr(value.func, "schedule_target") and not value.args:
         keywords = {name: _as_config(v) for name, v in value.keywords.items()}
         return {"_target_": value.func.schedule_target, "_partial_": True, **keywords}
+    if hasattr(value, "schedule_target"):  # a factory passed as is, in Python
+        return {"_target_": value.schedule_target, "_partial_": True}
     if isinstance(value, Mapping):
         return {str(name): _as_config(v) for name, v in value.items()}
     return value

@@ -392,6 +392,11 @@ def test_warmup_get_config_round_trip_with_a_nested_decay():
         "total_steps": 70,
     }
     assert json.loads(json.dumps(config)) == config  # plain data, no DictConfig or partials
+    # From Python, a factory passed as is records the same node.
+    in_python = schedules.warmup_then_decay(
+        0.01, dict(cfg.schedule.warmup), schedules.hold, "step", steps_per_epoch=7, total_steps=70
+    )
+    assert in_python.config["decay"] == {"_target_": "lrsweep.schedules.hold", "_partial_": True}
     steps = np.arange(80)
     np.testing.assert_array_equal(evaluate(KerasSchedule.from_config(config), steps), evaluate(original, steps))
     optimizer = keras.optimizers.Adam(learning_rate=original)
