@@ -12,7 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
-from lrsweep import tracking
+from lrsweep import interrupts, tracking
 from lrsweep.schedules import check_count
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -138,3 +138,45 @@ class MlflowStepLogger(keras.callbacks.Callback):
         lrs = self._lr_at(steps)
         metrics = [Metric(LR_STEP, float(lr), timestamp, int(step)) for step, lr in zip(steps, lrs, strict=True)]
         self._writes.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops training as soon as the loss is NaN or infinite, and remembers where.
+
+    Checked after every call Keras makes (every `steps_per_execution` steps): a diverged run stops within one
+    chunk of steps rather than training on for the rest of its epochs. The caller turns `error` into a FAILED run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: DivergedError | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.error is None:
+            self.error = DivergedError(
+                f"loss became {float(loss)} in epoch {self._epoch} (by batch {batch + 1}): training diverged. "
+                "Lower the learning rate (or the warm-up's peak) for this configuration."
+            )
+            self.model.stop_training = True
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Turns a Ctrl-C/SIGTERM request (`lrsweep.interrupts`) into KeyboardInterrupt between training steps.
+
+    Raised only at batch ends, never inside an epoch's logging, so the epochs logged are the epochs completed.
+    """
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        interrupts.check()
+
+    def on_test_batch_end(self, batch: int, logs=None) -> None:
+        interrupts.check()

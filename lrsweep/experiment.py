@@ -11,8 +11,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrsweep import tracking
-from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger
+from lrsweep import interrupts, tracking
+from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
+from lrsweep.effective_lr import EffectiveLRLogger
 from lrsweep.schedules import KerasSchedule, check_count, check_lr
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,26 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
         The final epoch's validation accuracy, the objective a Hydra sweeper maximises.
     """
     context = context or tracking.JobContext.from_hydra()
+    if context.sweep_dir is None:
+        interrupts.install()  # a sweep installs it once, before its jobs
+    interrupts.check()  # stopped between two jobs of a sweep: start no new one
     training = cfg.training
     check_training(training)
     check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
     check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
+
+    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    if context.sweep_dir is None:
+        tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_hash = tracking.config_hash(resolved)
+    if cfg.resume and (done := tracking.find_finished(client, experiment_id, config_hash)) is not None:
+        tracking.record_reuse(client, experiment_id, context, done)
+        log.info(
+            "Skipped: this configuration already FINISHED as run %s (%s), val_accuracy=%s. Pass resume=false to rerun.",
+            done.info.run_name, done.info.run_id, done.data.metrics.get("val_accuracy"),
+        )  # fmt: skip
+        return float(done.data.metrics.get("val_accuracy", float("nan")))
 
     dataset = instantiate(cfg.data)
     steps_per_epoch = math.ceil(len(dataset.x_train) / training.batch_size)
@@ -71,13 +88,12 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
         steps_per_execution=training.steps_per_execution,
     )
 
-    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     params = tracking.flatten(resolved)
     params.update({f"choice.{group}": option for group, option in context.choices.items()})
     name = cfg.tracking.run_name or tracking.run_name(context, resolved)
     tags = {
         **tracking.job_tags(client, experiment_id, context),
+        tracking.TAG_CONFIG_HASH: config_hash,
         "lrsweep.backend": keras.backend.backend(),
         "lrsweep.data_source": dataset.source,
         "mlflow.source.name": "train.py",
@@ -90,6 +106,7 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
         "%s: %d train / %d validation examples from %s, %d steps per epoch, schedule %s",
         name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch, schedule,
     )  # fmt: skip
+    divergence = StopOnDivergence()
     with tracking.job_run(client, experiment_id, name, params, tags, artifacts) as run_id:
         history = model.fit(
             dataset.x_train,
@@ -98,11 +115,16 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
             epochs=training.epochs,
             validation_data=(dataset.x_test, dataset.y_test),
             callbacks=[
+                divergence,
+                StopOnInterrupt(),
                 MlflowEpochLogger(client, run_id),
                 MlflowStepLogger(client, run_id, cfg.tracking.log_every_n_steps),
+                *([EffectiveLRLogger(client, run_id)] if cfg.tracking.effective_lr else []),
             ],
             verbose=training.verbose,
         )
+        if divergence.error is not None:
+            raise divergence.error
     final = {k: v[-1] for k, v in history.history.items()}
     log.info("%s: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), name)
     return float(final["val_accuracy"])

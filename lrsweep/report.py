@@ -37,6 +37,7 @@ class JobRun:
     params: dict[str, str]
     final: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    reused: bool = False  # a FINISHED run of an earlier sweep that this sweep's job skipped to (resume)
 
     @classmethod
     def from_mlflow(cls, run: Run) -> JobRun:
@@ -97,18 +98,19 @@ class SweepReport:
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
             row["n"] = config.stat("val_accuracy")[2]
             row["failed"] = len(config.runs) - len(config.finished)
+            row["reused"] = sum(r.reused for r in config.runs)
             row["runs"] = " ".join(r.name for r in config.runs)
             rows.append(row)
         return rows
 
     def table(self, markdown: bool = False) -> str:
         header = ["rank", *([short_key(k, self.swept) for k in self.swept] or ["configuration"])]
-        header += [f"{m} (mean ± std)" for m in FINAL_METRICS] + ["n", "failed"]
+        header += [f"{m} (mean ± std)" for m in FINAL_METRICS] + ["n", "failed", "reused"]
         body = []
         for config, row in zip(self.configurations, self.rows(), strict=True):
             cells = [row["rank"], *([config.values[k] for k in self.swept] or [config.label])]
             cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in FINAL_METRICS]
-            body.append([*cells, row["n"], row["failed"]])
+            body.append([*cells, row["n"], row["failed"], row["reused"]])
         return format_table(header, body, markdown=markdown)
 
 
@@ -157,6 +159,19 @@ def sweep_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[
     return search_all(
         client, experiment_id, f"tags.`{tracking.TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{tracking.TAG_ROLE}` = 'job'"
     )
+
+
+def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Run]:
+    """Runs of earlier sweeps that this sweep's jobs skipped to, as recorded on its parent run."""
+    parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
+    if parent is None:
+        return []
+    run_ids = sorted({v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_REUSED_PREFIX)})
+    runs = []
+    for start in range(0, len(run_ids), 100):
+        chunk = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
+        runs += search_all(client, experiment_id, f"attributes.run_id IN ({chunk})")
+    return runs
 
 
 def latest_sweep_id(client: MlflowClient, experiment_id: str) -> str | None:
@@ -209,9 +224,19 @@ def swept_keys(runs: Sequence[JobRun]) -> list[str]:
     return [key for key in keys if key != SEED_KEY and len({run.overrides.get(key) for run in runs}) > 1]
 
 
-def build(runs: Sequence[Run], client: MlflowClient | None = None, sweep_id: str | None = None) -> SweepReport:
-    """Groups a sweep's runs by configuration (all swept values but the seed) and ranks them."""
+def build(
+    runs: Sequence[Run],
+    client: MlflowClient | None = None,
+    sweep_id: str | None = None,
+    reused: Sequence[Run] = (),
+) -> SweepReport:
+    """Groups a sweep's runs (and the finished runs it reused) by configuration, seed aside, and ranks them."""
     jobs = [JobRun.from_mlflow(run) for run in runs]
+    own = {job.run_id for job in jobs}
+    for run in reused:
+        if run.info.run_id not in own:
+            jobs.append(JobRun.from_mlflow(run))
+            jobs[-1].reused = True
     if client is not None:
         for job, history in zip(jobs, metric_histories(client, [j.run_id for j in jobs], HISTORY_METRICS).values(),
                                 strict=True):  # fmt: skip
@@ -237,7 +262,8 @@ def _nan_to(value: float, default: float) -> float:
 
 def load(client: MlflowClient, experiment_id: str, sweep_id: str) -> SweepReport:
     """The report of one sweep, from MLflow: one search for the runs, one bulk query per metric."""
-    return build(sweep_runs(client, experiment_id, sweep_id), client, sweep_id)
+    reused = reused_runs(client, experiment_id, sweep_id)
+    return build(sweep_runs(client, experiment_id, sweep_id), client, sweep_id, reused)
 
 
 # Figures -------------------------------------------------------------------------------------------------
@@ -401,11 +427,11 @@ def write(report: SweepReport, out_dir: Path) -> list[Path]:
     path = out_dir / "runs.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "run_id", "status", *report.swept, SEED_KEY, *FINAL_METRICS])
+        writer.writerow(["run", "run_id", "status", "reused", *report.swept, SEED_KEY, *FINAL_METRICS])
         for run in report.runs:
             values = [run.overrides.get(k, "") for k in report.swept]
             writer.writerow(
-                [run.name, run.run_id, run.status, *values, run.params.get(SEED_KEY, ""),
+                [run.name, run.run_id, run.status, run.reused, *values, run.params.get(SEED_KEY, ""),
                  *(run.final.get(m, "") for m in FINAL_METRICS)]
             )  # fmt: skip
     written.append(path)

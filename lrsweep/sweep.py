@@ -14,7 +14,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import report, tracking
+from lrsweep import interrupts, report, tracking
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,13 @@ class Sweep:
     def open(cls, config: DictConfig) -> Sweep:
         """Creates the store and experiment (before parallel jobs could race to), then the parent run."""
         client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        stale = tracking.mark_stale(client, experiment_id)
+        if stale:
+            print(f"Marked {len(stale)} stale run(s) KILLED: {', '.join(r.info.run_name for r in stale)}")
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         tags = {
             **tracking.sweep_tags(sweep_dir),
+            **tracking.owner_tags(),
             tracking.TAG_ROLE: "sweep",
             "lrsweep.command": " ".join(["python", *sys.argv]),
         }
@@ -68,7 +72,8 @@ class Sweep:
         """
         built = report.load(self.client, self.experiment_id, self.sweep_id)
         statuses = {run.status for run in built.runs} | ({"FAILED"} if self.jobs_failed_without_run else set())
-        status = next((s for s in ("FAILED", "KILLED") if s in statuses), "FINISHED" if built.runs else "FAILED")
+        statuses |= {"KILLED"} if interrupts.requested() else set()
+        status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FINISHED" if built.runs else "FAILED")
         try:
             out_dir = self.sweep_dir / "report"
             paths = report.write(built, out_dir)
@@ -76,8 +81,11 @@ class Sweep:
             failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
             if self.jobs_failed_without_run:
                 failed.append(f"{self.jobs_failed_without_run} job(s) that failed before opening a run (see log)")
+            reused = sum(run.reused for run in built.runs)
             print(
                 f"\nSweep {self.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"
+                + (f"; {reused} already finished before, reused (resume=false reruns them)" if reused else "")
+                + (f"; interrupted by {interrupts.requested()}" if interrupts.requested() else "")
                 + (f"; not finished: {', '.join(failed)}" if failed else "")
             )
             print(built.table())
@@ -100,6 +108,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep = Sweep.open(config)
         atexit.register(self.close)
+        interrupts.install()  # Ctrl-C / SIGTERM: the running job stops at its next step and ends KILLED
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         # Called in the job's process: with the basic launcher that is this one; other launchers' workers

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -25,6 +29,13 @@ TAG_ROLE = "lrsweep.role"  # "sweep" on the parent run of a multirun, "job" on e
 TAG_OVERRIDES = "lrsweep.overrides"  # the job's Hydra overrides as a JSON object {key: value}
 TAG_JOB_NUM = "lrsweep.job_num"  # the job's number within its multirun
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows jobs under their sweep
+TAG_CONFIG_HASH = "lrsweep.config_hash"  # what the run's results depend on; resume matches on it
+TAG_HOST = "lrsweep.host"
+TAG_PROCESS = "lrsweep.process"  # "<pid>:<start time>" of the process that owns a RUNNING run
+TAG_STALE = "lrsweep.stale"
+TAG_REUSED_PREFIX = "lrsweep.reused."  # on a sweep's parent: job number -> the FINISHED run it reused
+# Keys that do not change a run's results, left out of its config hash.
+NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir")
 _SQLITE = "sqlite:///"
 
 
@@ -48,6 +59,22 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
     return (Path(uri[len(_SQLITE) :]).parent / slug).as_uri()
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fails fast when a tracking server does not answer (MLflow's own client would retry for minutes).
+
+    Raises:
+        ConnectionError: naming the URI and how to start a server.
+    """
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as e:
+        raise ConnectionError(
+            f"No MLflow tracking server answers at tracking.uri={uri} ({type(e).__name__}). Start one, e.g. "
+            "`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db`, "
+            "or fix `tracking.uri`."
+        ) from e
+
+
 def connect(uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
     """Opens the store (creating the SQLite database if needed) and returns a client and the experiment id.
 
@@ -55,6 +82,8 @@ def connect(uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
         ConnectionError: when the store cannot be reached, naming the URI and the fix.
     """
     uri = normalize_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         experiment = client.get_experiment_by_name(experiment_name)
@@ -127,6 +156,73 @@ def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
         return {}
     sweep_dir = str(Path(sweep_dir).resolve())
     return {TAG_SWEEP_ID: Path(sweep_dir).name, TAG_SWEEP_DIR: sweep_dir}
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """A short hash of everything in the resolved config that can change a run's results.
+
+    Keys in `NON_RESULT_KEYS` (verbosity, tracking, output locations, thread counts) are left out, so
+    re-running a sweep with other such settings still recognises the work as done.
+    """
+    flat = {
+        k: v for k, v in flatten(resolved).items() if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_KEYS)
+    }
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -> Run | None:
+    """The latest FINISHED job run with this config hash, if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def _process_token(pid: int | None = None) -> str:
+    """`pid:start time`, which tells a live process from a later one that got the same pid."""
+    pid = pid or os.getpid()
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid}:{start}"
+
+
+def _process_alive(token: str) -> bool:
+    pid, _, start = token.partition(":")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return start == "?" or _process_token(int(pid)) == token
+
+
+def owner_tags() -> dict[str, str]:
+    """Who owns a run while it is RUNNING, so a later sweep can tell a live run from one whose process died."""
+    return {TAG_HOST: socket.gethostname(), TAG_PROCESS: _process_token()}
+
+
+def mark_stale(client: MlflowClient, experiment_id: str) -> list[Run]:
+    """Ends as KILLED (tag `lrsweep.stale`) the RUNNING runs whose process on this host is gone (e.g. SIGKILL).
+
+    Runs owned by other hosts cannot be checked from here and are left as they are.
+    """
+    host = socket.gethostname()
+    stale = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        token = run.data.tags.get(TAG_PROCESS)
+        if run.data.tags.get(TAG_HOST) == host and token and not _process_alive(token):
+            client.set_tag(run.info.run_id, TAG_STALE, "true")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            stale.append(run)
+            log.warning("Run %s (%s) was left RUNNING by a process that is gone: marked KILLED (stale)",
+                        run.info.run_name, run.info.run_id)  # fmt: skip
+    return stale
 
 
 def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -220,9 +316,17 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def record_reuse(client: MlflowClient, experiment_id: str, context: JobContext, run: Run) -> None:
+    """Notes on the sweep's parent run that this job reused a FINISHED run, so the sweep's report includes it."""
+    if context.sweep_dir:
+        parent = find_sweep_run(client, experiment_id, context.sweep_id)
+        if parent is not None:
+            client.set_tag(parent.info.run_id, f"{TAG_REUSED_PREFIX}{context.job_num}", run.info.run_id)
+
+
 def job_tags(client: MlflowClient, experiment_id: str, context: JobContext) -> dict[str, str]:
     """Tags that tie a job's run to its sweep: the sweep id, its overrides, and the parent run for nesting."""
-    tags = {TAG_ROLE: "job", TAG_OVERRIDES: json.dumps(overrides_dict(context.overrides))}
+    tags = {TAG_ROLE: "job", TAG_OVERRIDES: json.dumps(overrides_dict(context.overrides)), **owner_tags()}
     if context.sweep_dir:
         tags.update(sweep_tags(context.sweep_dir))
         tags[TAG_JOB_NUM] = str(context.job_num)

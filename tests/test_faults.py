@@ -1,0 +1,217 @@
+"""Sweeps that survive: real faults (divergence, SIGINT/SIGTERM/SIGKILL, a dead server) and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from lrsweep import tracking
+from tests.conftest import ROOT, TINY, train
+
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def store(tmp_path: Path) -> tuple[MlflowClient, str]:
+    return tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
+
+
+def job_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None = None):
+    query = f"tags.`{tracking.TAG_ROLE}` = 'job'"
+    if sweep_id:
+        query += f" and tags.`{tracking.TAG_SWEEP_ID}` = '{sweep_id}'"
+    return {r.info.run_name: r for r in client.search_runs([experiment_id], query)}
+
+
+def logged_epochs(client: MlflowClient, run) -> list[int]:
+    """The epochs a run logged, checking that every per-epoch metric has exactly those steps."""
+    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in EPOCH_KEYS}
+    assert len({tuple(s) for s in steps.values()}) == 1, steps
+    return steps["loss"]
+
+
+DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=0.01,1e9,0.02", "training.epochs=2", "backend=jax", *TINY]
+
+
+def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path):
+    result = train(tmp_path, *DIVERGE, check=False)
+    assert result.returncode == 1  # the exit status says something failed
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id)
+    statuses = {name: run.info.status for name, run in runs.items()}
+    diverged = "sgd-constant-learning_rate=1000000000.0-seed0"
+    assert statuses == {
+        "sgd-constant-learning_rate=0.01-seed0": "FINISHED",
+        diverged: "FAILED",
+        "sgd-constant-learning_rate=0.02-seed0": "FINISHED",
+    }
+    assert runs[diverged].data.tags[tracking.TAG_ERROR].startswith("DivergedError: loss became nan in epoch 0")
+    assert logged_epochs(client, runs[diverged]) == [0]  # stopped at once, its metrics up to that point kept
+    for name in statuses.keys() - {diverged}:
+        assert logged_epochs(client, runs[name]) == [0, 1]
+    assert f"not finished: {diverged} (FAILED)" in result.stdout
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert parent.info.status == "FAILED"
+
+    # Same command again (a new sweep folder, as a new run of it would get): only the failed job trains again.
+    again = train(tmp_path, *DIVERGE, "hydra.sweep.dir=" + str(tmp_path / "again"), check=False)
+    assert again.returncode == 1
+    assert (again.stdout + again.stderr).count("Skipped: this configuration already FINISHED") == 2
+    assert "2 already finished before, reused" in again.stdout
+    rerun = job_runs(client, experiment_id, "again")
+    assert list(rerun) == [diverged] and rerun[diverged].info.status == "FAILED"
+    with open(tmp_path / "again" / "report" / "runs.csv") as f:
+        assert sum(line.split(",")[3] == "True" for line in f) == 2  # the report includes the reused runs
+
+    # resume=false forces a full rerun.
+    train(tmp_path, *DIVERGE, "resume=false", "hydra.sweep.dir=" + str(tmp_path / "forced"), check=False)
+    assert len(job_runs(client, experiment_id, "forced")) == 3
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else [])]
+    args += [f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+             f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", "training.verbose=0", *TINY,
+             *overrides]  # fmt: skip
+    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def running_run_with_epochs(tmp_path: Path, epochs: int = 400):
+    """A RUNNING job run of `training.epochs=epochs` that has logged at least one epoch.
+
+    Read with plain read-only SQL: opening the store with MLflow while the sweep is still creating its tables
+    would race on that creation.
+    """
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return None
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = connection.execute(
+            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            f"AND t.key = '{tracking.TAG_ROLE}' AND t.value = 'job' WHERE r.status = 'RUNNING' "
+            "AND EXISTS (SELECT 1 FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'loss') "
+            "AND EXISTS (SELECT 1 FROM params p WHERE p.run_uuid = r.run_uuid AND p.key = 'training.epochs' "
+            f"AND p.value = '{epochs}')"
+        ).fetchone()
+    except sqlite3.OperationalError:  # tables not created yet
+        return None
+    finally:
+        connection.close()
+    return store(tmp_path)[0].get_run(row[0]) if row else None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sweep(tmp_path, signum):
+    # Job 0 is short and finishes; job 1 is long and gets the signal; job 2 must never start.
+    process = start_train(tmp_path, "training.epochs=2,400,3")
+    wait_for(lambda: running_run_with_epochs(tmp_path), what="the long job running")
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    client, experiment_id = store(tmp_path)
+    all_runs = client.search_runs([experiment_id])
+    assert "RUNNING" not in {r.info.status for r in all_runs}
+    jobs = {r.data.params["training.epochs"]: r for r in all_runs if r.data.tags[tracking.TAG_ROLE] == "job"}
+    assert set(jobs) == {"2", "400"}  # the third job never started
+    assert jobs["2"].info.status == "FINISHED" and logged_epochs(client, jobs["2"]) == [0, 1]
+    killed = jobs["400"]
+    assert killed.info.status == "KILLED"
+    epochs = logged_epochs(client, killed)
+    assert epochs == list(range(len(epochs))) and 1 <= len(epochs) < 400  # only completed epochs, none twice
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert parent.info.status == "KILLED"
+    assert "interrupted" in output
+
+
+def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
+    process = start_train(tmp_path, "training.epochs=400")
+    running = wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
+    process.kill()  # SIGKILL: no handler, no cleanup
+    process.wait(timeout=30)
+    client, experiment_id = store(tmp_path)
+    assert client.get_run(running.info.run_id).info.status == "RUNNING"  # left behind, as SIGKILL does
+
+    result = train(tmp_path, "backend=jax", "training.epochs=400", "training.verbose=0", *TINY,
+                   "hydra.sweep.dir=" + str(tmp_path / "next"), "training.epochs=2")  # fmt: skip
+    assert "Marked 2 stale run(s) KILLED" in result.stdout  # the job's run and the dead sweep's parent
+    stale = client.get_run(running.info.run_id)
+    assert stale.info.status == "KILLED" and stale.data.tags[tracking.TAG_STALE] == "true"
+    assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment_id])}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1, with its own SQLite store and artifact folder."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "art")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(f"{uri}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, timeout=120, what="mlflow server")
+    yield uri, server
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_error(tmp_path, mlflow_server):
+    uri, server = mlflow_server
+    result = train(tmp_path, "schedule=linear,constant", "training.epochs=2", "backend=jax", *TINY,
+                   f"tracking.uri={uri}")  # fmt: skip
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+    runs = job_runs(client, experiment_id, "multirun")
+    assert set(runs) == {"adam-linear-seed0", "adam-constant-seed0"}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    for run in runs.values():
+        assert logged_epochs(client, run) == [0, 1]
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert parent.info.status == "FINISHED"
+    assert "report/summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "Sweep multirun: 2 runs in 2 configurations" in result.stdout  # read back over REST in bulk
+
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    started = time.monotonic()
+    failed = train(tmp_path, "training.epochs=1", "backend=jax", *TINY, f"tracking.uri={uri}",
+                   "hydra.sweep.dir=" + str(tmp_path / "down"), check=False)  # fmt: skip
+    assert failed.returncode == 1
+    assert f"No MLflow tracking server answers at tracking.uri={uri}" in failed.stderr
+    assert "Epoch 1/1" not in failed.stdout + failed.stderr  # nothing trained
+    assert time.monotonic() - started < 120  # not MLflow's minutes of retries (a bound, not a benchmark)
