@@ -8,7 +8,7 @@ from lrsweep import backend
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    backend.select(cfg.backend)  # before Keras is imported
+    backend.select(cfg.backend, cfg.threads)  # before Keras is imported
     from lrsweep import experiment
 
     return experiment.run(cfg)
