@@ -61,6 +61,9 @@ def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int) -> Effe
     return EffectiveLR(values, grad_sq != 0)
 
 
+_NO_RECENT_GRADIENT = 1e-30  # |m| below this: Adam's first moment has decayed for hundreds of gradient-free steps
+
+
 def adam(optimizer: keras.optimizers.Adam, lr: float, step: int) -> EffectiveLR:
     """Adam: `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) / (sqrt(v) + eps)`, so that the update is `-effective_lr * m`.
 
@@ -68,13 +71,18 @@ def adam(optimizer: keras.optimizers.Adam, lr: float, step: int) -> EffectiveLR:
     `sqrt(v_hat)` as in the paper). `m` and `v` already include step t's gradient; `t` is 1-based (Keras'
     `local_step = iterations + 1` before the increment). With `amsgrad`, `v` is the running maximum `v_hat`.
     Where `v == 0` exactly the ratio is `alpha / eps` (10^5 x alpha at eps=1e-7) although `m == 0` makes the
-    actual update 0: such parameters are the ones `has_gradient` marks False.
+    actual update 0. Parameters that stop getting gradients (dead ReLU units) show the same blow-up more slowly:
+    `v` decays by beta_2 per step, so their ratio grows ~2.5x per epoch of 1875 steps while they are not trained
+    at all. `has_gradient` marks False both `v == 0` and `|m| < 1e-30`: m decays by beta_1 = 0.9 per step without
+    a gradient, from ~1e-3 to below 1e-30 in ~600 steps (float32 rounding then leaves it stuck near 1e-37 rather
+    than at 0), so such a parameter has had no gradient for hundreds of steps and its update is ~0.
     """
     beta_1, beta_2 = _as_float32(optimizer.beta_1), _as_float32(optimizer.beta_2)
     alpha = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
     v = _flat(optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities)
+    m = _flat(optimizer._momentums)
     values = alpha / (np.sqrt(v) + optimizer.epsilon)
-    return EffectiveLR(values, v != 0)
+    return EffectiveLR(values, (v != 0) & (np.abs(m) >= _NO_RECENT_GRADIENT))
 
 
 def rmsprop(optimizer: keras.optimizers.RMSprop, lr: float, step: int) -> EffectiveLR:

@@ -126,6 +126,23 @@ def test_parameters_no_gradient_reached_are_excluded_and_counted():
     assert effective_lr.summarize(nothing_trained) == {"effective_lr/excluded_fraction": 1.0}
 
 
+def test_adam_excludes_parameters_whose_gradient_stopped():
+    """A parameter that got gradients, then none (a unit that died): once m has decayed below 1e-30, excluded."""
+    variable = keras.Variable(np.zeros(2, dtype="float32"))
+    optimizer = keras.optimizers.Adam(0.01)
+    live_and_dying = np.array([1.0, 1.0], dtype="float32")
+    for _ in range(5):
+        optimizer.apply([live_and_dying], [variable])
+    assert effective_lr.effective_lr(optimizer).has_gradient.tolist() == [True, True]
+    live_only = np.array([1.0, 0.0], dtype="float32")
+    for _ in range(700):  # 0.9 ** 700 ~ 1e-32
+        optimizer.apply([live_only], [variable])
+    effective = effective_lr.effective_lr(optimizer)
+    assert effective.has_gradient.tolist() == [True, False]
+    # Its v has decayed but is not 0: without the m test its ratio would be far above the live parameter's.
+    assert effective.values[1] > 10 * effective.values[0]
+
+
 def test_optimizers_without_a_formula_or_an_update_give_none():
     optimizer = keras.optimizers.SGD(0.01)
     linear_model(optimizer).fit(*data(), batch_size=8, epochs=1, verbose=0)
