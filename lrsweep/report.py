@@ -175,10 +175,8 @@ def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list
 
 
 def latest_sweep_id(client: MlflowClient, experiment_id: str) -> str | None:
-    runs = client.search_runs(
-        [experiment_id], f"tags.`{tracking.TAG_SWEEP_ID}` != ''", max_results=1, order_by=["start_time DESC"]
-    )
-    return runs[0].data.tags[tracking.TAG_SWEEP_ID] if runs else None
+    run = tracking.latest_run(client, experiment_id, f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
+    return run.data.tags[tracking.TAG_SWEEP_ID] if run else None
 
 
 def metric_histories(

@@ -170,15 +170,16 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def latest_run(client: MlflowClient, experiment_id: str, query: str) -> Run | None:
+    """The most recently started run matching an MLflow search `query`, if any."""
+    runs = client.search_runs([experiment_id], query, max_results=1, order_by=["start_time DESC"])
+    return runs[0] if runs else None
+
+
 def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -> Run | None:
     """The latest FINISHED job run with this config hash, if any."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'",
-        max_results=1,
-        order_by=["start_time DESC"],
-    )
-    return runs[0] if runs else None
+    query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
+    return latest_run(client, experiment_id, query)
 
 
 def _process_token(pid: int | None = None) -> str:
@@ -233,23 +234,14 @@ def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
     """The parent run of a sweep, if one was opened (by `lrsweep.sweep.SweepCallback`)."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'",
-        max_results=1,
-        order_by=["start_time DESC"],
-    )
-    return runs[0] if runs else None
+    return latest_run(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'")
 
 
 def find_job_run(client: MlflowClient, experiment_id: str, sweep_id: str, job_num: int) -> Run | None:
     """The run that job number `job_num` of a sweep opened, if it got that far."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_JOB_NUM}` = '{job_num}'",
-        max_results=1,
+    return latest_run(
+        client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_JOB_NUM}` = '{job_num}'"
     )
-    return runs[0] if runs else None
 
 
 def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
