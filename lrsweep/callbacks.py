@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -81,7 +82,12 @@ class MlflowStepLogger(keras.callbacks.Callback):
     callback call, handed to MLflow's background writer. Writing to a SQLite store costs about 1 ms per point,
     against CPU epochs well under a second here (scripts/bench_step_lr.py), so training does not wait for it;
     `on_train_end` waits for the writes to land, before the run is closed.
+
+    It is `async_safe`: Keras may call `on_train_batch_end` from its worker threads, so training on JAX need not
+    wait for each chunk's results before it starts the next one. A lock keeps the queue consistent.
     """
+
+    async_safe = True
 
     def __init__(self, client: MlflowClient, run_id: str, every_n_steps: int, flush_seconds: float = 10.0):
         super().__init__()
@@ -94,6 +100,7 @@ class MlflowStepLogger(keras.callbacks.Callback):
         self._pending: list[int] = []
         self._last_flush = 0.0
         self._writes: list[RunOperations] = []
+        self._lock = threading.Lock()
         self._lr_at: Callable[[np.ndarray], np.ndarray] | None = None
 
     def on_train_begin(self, logs=None) -> None:
@@ -109,22 +116,28 @@ class MlflowStepLogger(keras.callbacks.Callback):
         # `batch` is the chunk's last index, even when the epoch's last chunk is short: cap it at the epoch's steps.
         steps_in_epoch = self.params.get("steps") if self.params else None
         done = batch + 1 if not steps_in_epoch else min(batch + 1, steps_in_epoch)
-        self._queue_until(self._epoch_start + done)
-        if self._pending and time.monotonic() - self._last_flush >= self.flush_seconds:
-            self._flush()
+        with self._lock:
+            self._queue_until(self._epoch_start + done)
+            if self._pending and time.monotonic() - self._last_flush >= self.flush_seconds:
+                self._flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self._queue_until(optimizer_steps(self.model.optimizer))  # exact on every backend by now
-        self._flush()
+        with self._lock:  # Keras has waited for the epoch's batch callbacks by now
+            self._queue_until(optimizer_steps(self.model.optimizer))  # exact on every backend by now
+            self._flush()
 
     def on_train_end(self, logs=None) -> None:
-        self._flush()  # training stopped mid-epoch
+        with self._lock:
+            self._flush()  # training stopped mid-epoch
         for write in self._writes:
             write.wait()  # raises if a write failed
         self._writes = []
 
     def _queue_until(self, end: int) -> None:
-        """Queues the multiples of N in [next unlogged, end): steps the optimizer has applied."""
+        """Queues the multiples of N in [next unlogged, end): steps the optimizer has applied.
+
+        Calls may come out of order from Keras' threads: a chunk that ends earlier than one already seen adds nothing.
+        """
         if self.every_n_steps and end > self._next_step:
             self._pending.extend(range(self._next_step, end, self.every_n_steps))
             self._next_step = self._pending[-1] + self.every_n_steps

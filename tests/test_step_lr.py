@@ -67,16 +67,23 @@ def read_back(schedule: schedules.Schedule, steps: int) -> dict[int, float]:
     return lrs
 
 
-def test_step_logger_logs_every_multiple_with_the_lr_the_optimizer_applied(store_uri):
-    """Callbacks fire once per 5 steps (steps_per_execution=5, and a short last chunk of 2 each epoch)."""
+@pytest.mark.parametrize("dispatch", ["in_order", "threads"])
+def test_step_logger_logs_every_multiple_with_the_lr_the_optimizer_applied(store_uri, dispatch):
+    """Callbacks fire once per 5 steps (steps_per_execution=5, and a short last chunk of 2 each epoch).
+
+    With only async-safe callbacks, Keras on JAX calls `on_train_batch_end` from worker threads, possibly out of
+    order; any other batch callback (train.py's StopOnDivergence, here a LambdaCallback) makes it call in order.
+    """
     every = (1, 1, 3, 4, 50)
     flush_seconds = (0, 10, 10, 0, 10)  # 0: a request at every callback call that passed a multiple
     clients = [CountingClient(tracking.normalize_uri(store_uri)) for _ in every]
     experiment_id = clients[0].create_experiment("steps")
     run_ids = [clients[0].create_run(experiment_id).info.run_id for _ in every]
-    loggers = [MlflowStepLogger(*args) for args in zip(clients, run_ids, every, flush_seconds, strict=True)]
+    callbacks = [MlflowStepLogger(*args) for args in zip(clients, run_ids, every, flush_seconds, strict=True)]
+    if dispatch == "in_order":
+        callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: None))
     model = tiny_model(cosine_warmup(), steps_per_execution=5)
-    model.fit(*XY, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=loggers)
+    model.fit(*XY, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
     assert int(model.optimizer.iterations) == 21
 
     expected = read_back(cosine_warmup(), 21)
@@ -84,11 +91,18 @@ def test_step_logger_logs_every_multiple_with_the_lr_the_optimizer_applied(store
         logged = history(client, run_id)
         assert [k for k, _ in logged] == list(range(0, 21, every_n_steps)), every_n_steps
         np.testing.assert_allclose([lr for _, lr in logged], [expected[k] for k, _ in logged], rtol=1e-6)
-        assert sum(client.batches) == len(logged)
-    # Batched: at most one request per callback call (2 per epoch here), by default one per epoch.
-    assert clients[0].batches == [5, 2] * 3
+        # Batched: at most one request per callback call (2 per epoch here), by default one per epoch.
+        assert len(client.batches) <= 6 and sum(client.batches) == len(logged)
     assert clients[1].batches == [7, 7, 7]
-    assert clients[3].batches == [2, 1, 1, 1, 1]  # chunks 0-4: 0 4, 5-6: none, 7-11: 8, 12-13: 12, 14-18: 16, 19-20: 20
+    if dispatch == "in_order":
+        assert clients[0].batches == [5, 2] * 3
+        assert clients[3].batches == [
+            2,
+            1,
+            1,
+            1,
+            1,
+        ]  # chunks 0-4: 0 4, 5-6: none, 7-11: 8, 12-13: 12, 14-18: 16, 19-20: 20
 
 
 def test_step_logger_off_and_a_resumed_fit(store_uri):
