@@ -245,9 +245,10 @@ def find_job_run(client: MlflowClient, experiment_id: str, sweep_id: str, job_nu
 
 
 def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
-    """A name a person can read in the UI: optimizer-schedule, then any LR overrides, then the seed.
+    """A name a person can read in the UI: optimizer-schedule, then its overridden values, then the seed.
 
-    E.g. `adam-linear-seed0`, or `adam-linear-initial_lr=0.001-final_lr=0.02-seed1` in a grid sweep.
+    E.g. `adam-linear-seed0`, `adam-linear-initial_lr=0.001-final_lr=0.02-seed1` in a grid sweep, or
+    `adam-warmup-decay=cosine-shape=linear-seed0` (the nested group `schedule/decay` and `schedule.warmup.shape`).
     """
 
     def option(group: str) -> str:
@@ -257,9 +258,9 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
 
     parts = [option("optimizer"), option("schedule")]
     for key, value in overrides_dict(context.overrides).items():
-        group, _, leaf = key.partition(".")
-        if group in ("optimizer", "schedule") and leaf:
-            parts.append(f"{leaf.rsplit('.', 1)[-1]}={value}")
+        path = re.split(r"[./]", key)
+        if path[0] in ("optimizer", "schedule") and len(path) > 1:
+            parts.append(f"{path[-1]}={value}")
     parts.append(f"seed{config['training']['seed']}")
     return "-".join(parts)
 

@@ -169,3 +169,19 @@ def test_full_data_one_epoch_reaches_80_percent(tmp_path):
     (run,) = runs.values()
     assert run.data.params["data.train_size"] == "None"
     assert run.data.metrics["val_accuracy"] > 0.80
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ((), "adam-warmup-seed3"),
+        (("schedule.warmup.shape=cosine", "schedule/decay=cosine"), "adam-warmup-shape=cosine-decay=cosine-seed3"),
+        (
+            ("+strategy=adagrad", "training.epochs=2", "optimizer.learning_rate=0.1"),
+            "adam-warmup-learning_rate=0.1-seed3",
+        ),
+    ],
+)
+def test_run_names_show_the_strategy_and_its_overridden_values(overrides, expected):
+    context = tracking.JobContext(choices={"optimizer": "adam", "schedule": "warmup"}, overrides=overrides)
+    assert tracking.run_name(context, {"training": {"seed": 3}}) == expected
