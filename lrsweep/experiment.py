@@ -51,8 +51,7 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
         The final epoch's validation accuracy, the objective a Hydra sweeper maximises.
     """
     context = context or tracking.JobContext.from_hydra()
-    if context.sweep_dir is None:
-        interrupts.install()  # a sweep installs it once, before its jobs
+    interrupts.install(context.sweep_dir)  # Ctrl-C / SIGTERM: stop at the next step, the run ends KILLED
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
     training = cfg.training
     check_training(training)

@@ -1,15 +1,28 @@
-"""Ctrl-C and SIGTERM as a request to stop at the next safe point, not an exception at an arbitrary one."""
+"""Ctrl-C and SIGTERM as a request to stop at the next safe point, not an exception at an arbitrary one.
+
+A sweep's main process also writes a stop file into the sweep folder, which jobs in other processes
+(hydra/launcher=parallel, a cluster sharing the folder) read at the same safe points.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-_requested: str | None = None  # the name of the signal that asked to stop, once one has
+STOP_FILE = ".lrsweep-stop"
+_requested: str | None = None  # the name of the signal that asked this process to stop
+_stop_file: Path | None = None
+
+
+class JobInterrupted(RuntimeError):
+    """A stop was requested. Raised instead of KeyboardInterrupt in a launcher's worker process, where a
+    KeyboardInterrupt would make the launcher (joblib) kill the other workers in the middle of their runs."""
 
 
 def _handle(signum: int, frame: Any) -> None:
@@ -18,22 +31,40 @@ def _handle(signum: int, frame: Any) -> None:
     if _requested is not None:  # asked twice: stop now, wherever we are
         raise KeyboardInterrupt(f"received {name} twice")
     _requested = name
+    if _stop_file is not None:
+        _stop_file.write_text(name)
     log.warning("Received %s: stopping after the current training step (send it again to stop at once).", name)
 
 
-def install() -> None:
-    """Routes SIGINT and SIGTERM here for this process (main thread only; elsewhere signals stay as they are)."""
+def install(sweep_dir: str | Path | None = None) -> None:
+    """Routes SIGINT and SIGTERM here (main thread only), and watches the sweep's stop file if given."""
+    global _stop_file
+    if sweep_dir is not None:
+        _stop_file = Path(sweep_dir) / STOP_FILE
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _handle)
 
 
+def clear(sweep_dir: str | Path) -> None:
+    """Removes a stop file left by an earlier, interrupted sweep in the same folder."""
+    (Path(sweep_dir) / STOP_FILE).unlink(missing_ok=True)
+
+
 def requested() -> str | None:
-    """The signal that asked to stop, or None."""
+    """What asked to stop (a signal's name, here or in the sweep's main process), or None."""
+    if _requested is None and _stop_file is not None and _stop_file.exists():
+        return _stop_file.read_text() or "a stop request"
     return _requested
 
 
 def check() -> None:
-    """Raises KeyboardInterrupt if a stop was requested: call it where stopping leaves nothing half-written."""
-    if _requested is not None:
-        raise KeyboardInterrupt(f"received {_requested}")
+    """Raises if a stop was requested: call it where stopping leaves nothing half-written.
+
+    KeyboardInterrupt in a sweep's main process (the basic launcher stops there); JobInterrupted in a
+    worker process, so its launcher finishes cleanly while every job still to come stops at once.
+    """
+    reason = requested()
+    if reason is not None:
+        error = KeyboardInterrupt if multiprocessing.parent_process() is None else JobInterrupted
+        raise error(f"received {reason}")

@@ -26,7 +26,6 @@ class Sweep:
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, sweep_dir: str, run_id: str):
-        self.jobs_failed_without_run = 0  # e.g. bad input: the job raised before opening its run
         self.client = client
         self.experiment_id = experiment_id
         self.sweep_dir = Path(sweep_dir)
@@ -71,7 +70,9 @@ class Sweep:
         The parent ends FAILED if any job failed, KILLED if any was interrupted, else FINISHED.
         """
         built = report.load(self.client, self.experiment_id, self.sweep_id)
-        statuses = {run.status for run in built.runs} | ({"FAILED"} if self.jobs_failed_without_run else set())
+        parent = self.client.get_run(self.run_id)
+        failed_jobs = {k: v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_FAILED_JOB_PREFIX)}
+        statuses = {run.status for run in built.runs} | ({"FAILED"} if failed_jobs else set())
         statuses |= {"KILLED"} if interrupts.requested() else set()
         status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FINISHED" if built.runs else "FAILED")
         try:
@@ -79,8 +80,8 @@ class Sweep:
             paths = report.write(built, out_dir)
             self.client.log_artifacts(self.run_id, str(out_dir), "report")
             failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
-            if self.jobs_failed_without_run:
-                failed.append(f"{self.jobs_failed_without_run} job(s) that failed before opening a run (see log)")
+            for key, error in sorted(failed_jobs.items()):
+                failed.append(f"job #{key.removeprefix(tracking.TAG_FAILED_JOB_PREFIX)} before opening a run ({error})")
             reused = sum(run.reused for run in built.runs)
             print(
                 f"\nSweep {self.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"
@@ -106,18 +107,29 @@ class SweepCallback(Callback):
         self.sweep: Sweep | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        interrupts.clear(config.hydra.sweep.dir)
         self.sweep = Sweep.open(config)
         atexit.register(self.close)
-        interrupts.install()  # Ctrl-C / SIGTERM: the running job stops at its next step and ends KILLED
+        # Ctrl-C / SIGTERM: running jobs (here or, through the stop file, in worker processes) stop at their
+        # next step and end KILLED; no new job starts.
+        interrupts.install(config.hydra.sweep.dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        # Called in the job's process: with the basic launcher that is this one; other launchers' workers
-        # hold their own copy of this callback (sweep is None there) and their runs carry their status.
-        if self.sweep is not None and job_return.status == JobStatus.FAILED:
-            run_opened = tracking.find_job_run(self.sweep.client, self.sweep.experiment_id, self.sweep.sweep_id,
-                                               config.hydra.job.num)  # fmt: skip
-            if run_opened is None:
-                self.sweep.jobs_failed_without_run += 1
+        """Notes on the parent run a job that failed before opening a run of its own (e.g. a bad value).
+
+        Runs in the job's process, which is this one for the basic launcher and a worker for others: the note
+        goes through MLflow so the main process sees it whichever it is.
+        """
+        error = job_return._return_value  # the exception; `return_value` would re-raise it
+        if job_return.status != JobStatus.FAILED or isinstance(error, interrupts.JobInterrupted):
+            return
+        client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        sweep_id = tracking.sweep_tags(config.hydra.sweep.dir)[tracking.TAG_SWEEP_ID]
+        job_num = config.hydra.job.num
+        parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
+        if parent is not None and tracking.find_job_run(client, experiment_id, sweep_id, job_num) is None:
+            message = f"{type(error).__name__}: {error}"[:500]
+            client.set_tag(parent.info.run_id, f"{tracking.TAG_FAILED_JOB_PREFIX}{job_num}", message)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.close()

@@ -20,6 +20,8 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lrsweep import interrupts
+
 log = logging.getLogger(__name__)
 
 TAG_SWEEP_ID = "lrsweep.sweep_id"
@@ -33,6 +35,7 @@ TAG_CONFIG_HASH = "lrsweep.config_hash"  # what the run's results depend on; res
 TAG_HOST = "lrsweep.host"
 TAG_PROCESS = "lrsweep.process"  # "<pid>:<start time>" of the process that owns a RUNNING run
 TAG_STALE = "lrsweep.stale"
+TAG_FAILED_JOB_PREFIX = "lrsweep.failed_job."  # on a sweep's parent: job number -> the error of a job with no run
 TAG_REUSED_PREFIX = "lrsweep.reused."  # on a sweep's parent: job number -> the FINISHED run it reused
 # Keys that do not change a run's results, left out of its config hash.
 NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir")
@@ -288,7 +291,7 @@ def job_run(
             client.log_text(run_id, text, path)
         yield run_id
         status = RunStatus.FINISHED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, interrupts.JobInterrupted):
         status = RunStatus.KILLED
         raise
     except BaseException as e:

@@ -92,7 +92,10 @@ def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subpr
     args += [f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
              f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", "training.verbose=0", *TINY,
              *overrides]  # fmt: skip
-    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its own session, so a signal to its process group (what a terminal's Ctrl-C does) spares pytest.
+    return subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def running_run_with_epochs(tmp_path: Path, epochs: int = 400):
@@ -141,6 +144,42 @@ def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sw
     parent = tracking.find_sweep_run(client, experiment_id, "multirun")
     assert parent.info.status == "KILLED"
     assert "interrupted" in output
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-all-processes", "sigterm-to-main-only"])
+def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
+    """With hydra/launcher=parallel, jobs run in worker processes: they stop at their next step too."""
+    process = start_train(
+        tmp_path, "hydra/launcher=parallel", "threads=1", "training.epochs=400", "training.seed=0,1,2,3"
+    )
+    wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
+    if to_group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode != 0, output[-2000:]
+    client, experiment_id = store(tmp_path)
+    runs = client.search_runs([experiment_id])
+    statuses = [r.info.status for r in runs if r.data.tags[tracking.TAG_ROLE] == "job"]
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+    assert len(statuses) <= 2  # the jobs still queued never started
+    for run in runs:
+        if run.data.tags[tracking.TAG_ROLE] == "job":
+            epochs = logged_epochs(client, run)
+            assert epochs == list(range(len(epochs)))
+    assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "KILLED"
+
+
+def test_a_parallel_job_that_fails_before_its_run_is_reported(tmp_path):
+    result = train(
+        tmp_path, "hydra/launcher=parallel", "threads=1", "schedule=linear", "schedule.warmup_epochs=1,2",
+        "training.epochs=2", "backend=jax", *TINY, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "before opening a run (ValueError: `warmup_epochs` must be an integer >= 2" in result.stdout
+    client, experiment_id = store(tmp_path)
+    assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "FAILED"
 
 
 def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
