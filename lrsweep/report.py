@@ -161,17 +161,19 @@ def sweep_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[
     )
 
 
-def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Run]:
-    """Runs of earlier sweeps that this sweep's jobs skipped to, as recorded on its parent run."""
+def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[tuple[Run, dict[str, str]]]:
+    """Runs of earlier sweeps that this sweep's jobs skipped to, each with the overrides of the job that did."""
     parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
     if parent is None:
         return []
-    run_ids = sorted({v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_REUSED_PREFIX)})
+    notes = [json.loads(v) for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_REUSED_PREFIX)]
+    overrides = {note["run_id"]: note["overrides"] for note in notes}
+    run_ids = sorted(overrides)
     runs = []
     for start in range(0, len(run_ids), 100):
         chunk = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
         runs += search_all(client, experiment_id, f"attributes.run_id IN ({chunk})")
-    return runs
+    return [(run, overrides[run.info.run_id]) for run in runs]
 
 
 def latest_sweep_id(client: MlflowClient, experiment_id: str) -> str | None:
@@ -226,15 +228,16 @@ def build(
     runs: Sequence[Run],
     client: MlflowClient | None = None,
     sweep_id: str | None = None,
-    reused: Sequence[Run] = (),
+    reused: Sequence[tuple[Run, dict[str, str]]] = (),
 ) -> SweepReport:
     """Groups a sweep's runs (and the finished runs it reused) by configuration, seed aside, and ranks them."""
     jobs = [JobRun.from_mlflow(run) for run in runs]
     own = {job.run_id for job in jobs}
-    for run in reused:
+    for run, overrides in reused:
         if run.info.run_id not in own:
             jobs.append(JobRun.from_mlflow(run))
             jobs[-1].reused = True
+            jobs[-1].overrides = overrides  # as this sweep's job asked for it
     if client is not None:
         for job, history in zip(jobs, metric_histories(client, [j.run_id for j in jobs], HISTORY_METRICS).values(),
                                 strict=True):  # fmt: skip

@@ -313,11 +313,15 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
 
 
 def record_reuse(client: MlflowClient, experiment_id: str, context: JobContext, run: Run) -> None:
-    """Notes on the sweep's parent run that this job reused a FINISHED run, so the sweep's report includes it."""
+    """Notes on the sweep's parent run that this job reused a FINISHED run, so the sweep's report includes it.
+
+    The note holds the run's id and this job's overrides, so the report shows it under this sweep's parameters.
+    """
     if context.sweep_dir:
         parent = find_sweep_run(client, experiment_id, context.sweep_id)
         if parent is not None:
-            client.set_tag(parent.info.run_id, f"{TAG_REUSED_PREFIX}{context.job_num}", run.info.run_id)
+            note = json.dumps({"run_id": run.info.run_id, "overrides": overrides_dict(context.overrides)})
+            client.set_tag(parent.info.run_id, f"{TAG_REUSED_PREFIX}{context.job_num}", note)
 
 
 def job_tags(client: MlflowClient, experiment_id: str, context: JobContext) -> dict[str, str]:

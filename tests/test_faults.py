@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -71,6 +72,11 @@ def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path)
     assert list(rerun) == [diverged] and rerun[diverged].info.status == "FAILED"
     with open(tmp_path / "again" / "report" / "runs.csv") as f:
         assert sum(line.split(",")[3] == "True" for line in f) == 2  # the report includes the reused runs
+    with open(tmp_path / "again" / "report" / "summary.csv") as f:
+        rows = {row["learning_rate"]: row for row in csv.DictReader(f)}  # reused runs under this sweep's overrides
+    assert {k: (v["n"], v["failed"], v["reused"]) for k, v in rows.items()} == {
+        "0.01": ("1", "0", "1"), "0.02": ("1", "0", "1"), "1000000000.0": ("0", "1", "0"),
+    }  # fmt: skip
 
     # resume=false forces a full rerun.
     train(tmp_path, *DIVERGE, "resume=false", "hydra.sweep.dir=" + str(tmp_path / "forced"), check=False)
