@@ -108,7 +108,12 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         interrupts.clear(config.hydra.sweep.dir)
-        self.sweep = Sweep.open(config)
+        try:
+            self.sweep = Sweep.open(config)
+        except (ConnectionError, ValueError) as e:
+            # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
+            print(f"lrsweep: {e}", file=sys.stderr)
+            raise SystemExit(1) from e
         atexit.register(self.close)
         # Ctrl-C / SIGTERM: running jobs (here or, through the stop file, in worker processes) stop at their
         # next step and end KILLED; no new job starts.
@@ -123,7 +128,10 @@ class SweepCallback(Callback):
         error = job_return._return_value  # the exception; `return_value` would re-raise it
         if job_return.status != JobStatus.FAILED or isinstance(error, interrupts.JobInterrupted):
             return
-        client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        try:
+            client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        except ConnectionError:
+            return  # the job failed on the same store: its own error says so
         sweep_id = tracking.sweep_tags(config.hydra.sweep.dir)[tracking.TAG_SWEEP_ID]
         job_num = config.hydra.job.num
         parent = tracking.find_sweep_run(client, experiment_id, sweep_id)

@@ -258,5 +258,6 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
                    "hydra.sweep.dir=" + str(tmp_path / "down"), check=False)  # fmt: skip
     assert failed.returncode == 1
     assert f"No MLflow tracking server answers at tracking.uri={uri}" in failed.stderr
+    assert "Launching" not in failed.stdout + failed.stderr  # the sweep stops before any job starts
     assert "Epoch 1/1" not in failed.stdout + failed.stderr  # nothing trained
     assert time.monotonic() - started < 120  # not MLflow's minutes of retries (a bound, not a benchmark)
