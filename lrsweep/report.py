@@ -108,10 +108,18 @@ class SweepReport:
         header += [f"{m} (mean ± std)" for m in FINAL_METRICS] + ["n", "failed", "reused"]
         body = []
         for config, row in zip(self.configurations, self.rows(), strict=True):
-            cells = [row["rank"], *([config.values[k] for k in self.swept] or [config.label])]
+            cells = [row["rank"], *([_short_number(config.values[k]) for k in self.swept] or [config.label])]
             cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in FINAL_METRICS]
             body.append([*cells, row["n"], row["failed"], row["reused"]])
         return format_table(header, body, markdown=markdown)
+
+
+def _short_number(value: str) -> str:
+    """`0.00019460990342853233` -> `0.0001946` for display (CSV keeps every digit); other values as they are."""
+    try:
+        return value if len(value) <= 8 else f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def _mean_std(mean: object, std: object) -> str:

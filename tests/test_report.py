@@ -139,6 +139,11 @@ def test_swept_keys_ignore_the_seed_and_constant_overrides():
 
 
 def test_table_formats_mean_std_and_single_runs():
+    assert report._short_number("0.00019460990342853233") == "0.0001946"
+    assert (report._short_number("0.005"), report._short_number("adam_constant_long")) == (
+        "0.005",
+        "adam_constant_long",
+    )
     assert report._mean_std(0.85, float("nan")) == "0.8500"
     assert report._mean_std(0.85, 0.01234) == "0.8500 ± 0.0123"
     text = report.format_table(["a", "b"], [["x", 1.0]])
