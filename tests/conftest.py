@@ -47,6 +47,23 @@ def store_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
+def store(tmp_path: Path):
+    """The MLflow client and experiment id of the store that `train` writes to."""
+    from lrsweep import tracking
+
+    return tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
+
+
+def job_runs(client, experiment_id: str, sweep_id: str | None = None) -> dict:
+    """{run name: run} of the job runs (not sweep parents) in the experiment, or in one sweep of it."""
+    from lrsweep import tracking
+
+    query = f"tags.`{tracking.TAG_ROLE}` = 'job'"
+    if sweep_id:
+        query += f" and tags.`{tracking.TAG_SWEEP_ID}` = '{sweep_id}'"
+    return {r.info.run_name: r for r in client.search_runs([experiment_id], query)}
+
+
 def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True) -> subprocess.CompletedProcess:
     """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path."""
     args = [sys.executable, str(ROOT / "train.py")]

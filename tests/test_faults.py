@@ -17,20 +17,9 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from tests.conftest import ROOT, TINY, train
+from tests.conftest import ROOT, TINY, job_runs, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
-
-
-def store(tmp_path: Path) -> tuple[MlflowClient, str]:
-    return tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
-
-
-def job_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None = None):
-    query = f"tags.`{tracking.TAG_ROLE}` = 'job'"
-    if sweep_id:
-        query += f" and tags.`{tracking.TAG_SWEEP_ID}` = '{sweep_id}'"
-    return {r.info.run_name: r for r in client.search_runs([experiment_id], query)}
 
 
 def logged_epochs(client: MlflowClient, run) -> list[int]:

@@ -11,10 +11,9 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
-from mlflow.tracking import MlflowClient
 
 from lrsweep import backend, tracking
-from tests.conftest import CONF_DIR, ROOT, TINY, train
+from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
 # The plugin each launcher option builds on; CI installs joblib and submitit (`.[test]`), Ray is an extra.
@@ -139,9 +138,8 @@ def test_a_sweep_of_two_parallel_jobs_lands_whole_in_a_fresh_store(tmp_path):
     )  # fmt: skip
     assert "Joblib.Parallel(n_jobs=2," in result.stdout + result.stderr  # the jobs ran in 2 worker processes
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
-    jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    client, experiment_id = store(tmp_path)
+    jobs = list(job_runs(client, experiment_id).values())
     (parent,) = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
     assert len(jobs) == 6 and {run.info.status for run in jobs} == {"FINISHED"}
     assert sorted(run.data.tags[tracking.TAG_JOB_NUM] for run in jobs) == [str(n) for n in range(6)]

@@ -7,10 +7,9 @@ import math
 import optuna
 import yaml
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from tests.conftest import CONF_DIR, TINY, train
+from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 
 def test_search_config_is_a_tpe_study_maximising_over_the_warmup():
@@ -36,9 +35,8 @@ def test_optuna_search_on_tiny_data_produces_mlflow_runs(tmp_path):
         "training.verbose=0",
         *TINY,
     )
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    client, experiment_id = store(tmp_path)
+    runs = list(job_runs(client, experiment_id).values())
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags[tracking.TAG_SWEEP_ID] for r in runs}) == 1
     trials = []

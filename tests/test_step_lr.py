@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from lrsweep import backend, experiment, schedules, tracking
 from lrsweep.callbacks import LR_STEP, MlflowStepLogger
 from lrsweep.schedules import KerasSchedule
-from tests.conftest import CONF_DIR, TINY, train
+from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 
 class CountingClient(MlflowClient):
@@ -145,9 +145,8 @@ def test_sweep_over_warmup_shapes_logs_lr_step_at_global_steps(tmp_path):
         "backend=jax",
         *TINY,
     )
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    client, experiment_id = store(tmp_path)
+    runs = list(job_runs(client, experiment_id).values())
     shapes = {r.data.params["schedule.warmup.shape"]: r for r in runs}
     assert sorted(shapes) == ["cosine", "exponential", "linear"]
     ramps = {

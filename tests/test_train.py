@@ -9,18 +9,16 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 
 from lrsweep import backend, experiment, tracking
-from tests.conftest import CONF_DIR, TINY, train
+from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
 
 
 def finished_runs(tmp_path, expected: int):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    experiment_ = client.get_experiment_by_name("lrsweep")
-    runs = client.search_runs([experiment_.experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    client, experiment_id = store(tmp_path)
+    runs = list(job_runs(client, experiment_id).values())
     assert len(runs) == expected, [r.info.run_name for r in runs]
     assert {r.info.status for r in runs} == {"FINISHED"}
     return client, {r.info.run_name: r for r in runs}
