@@ -307,10 +307,11 @@ def plot_lr(report: SweepReport):
     fig, axes = plt.subplots(1, 2 if effective else 1, figsize=(13 if effective else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     seen = []
-    for config in report.configurations:
+    for i, config in enumerate(report.configurations):
         steps, lrs, _ = config.curve("lr")
         if steps:
-            ax.plot(steps, lrs, marker="o", label=config.label)
+            # Schedules often coincide (two optimizers at the same constant LR): vary the dashes so none hides.
+            ax.plot(steps, lrs, marker="o", linestyle=("-", "--", "-.", ":")[i % 4], label=config.label)
             seen += lrs
     _log_if_spans_decades(ax, seen)
     ax.set(title="Learning rate set by the schedule", ylabel="learning rate")
