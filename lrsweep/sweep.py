@@ -29,7 +29,7 @@ class Sweep:
         self.client = client
         self.experiment_id = experiment_id
         self.sweep_dir = Path(sweep_dir)
-        self.sweep_id = tracking.sweep_tags(sweep_dir)[tracking.TAG_SWEEP_ID]
+        self.sweep_id = tracking.sweep_id(sweep_dir)
         self.run_id = run_id
 
     @classmethod
@@ -46,7 +46,7 @@ class Sweep:
             tracking.TAG_ROLE: "sweep",
             "lrsweep.command": " ".join(["python", *sys.argv]),
         }
-        run = client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_dir).name}", tags=tags)
+        run = client.create_run(experiment_id, run_name=f"sweep-{tracking.sweep_id(sweep_dir)}", tags=tags)
         sweep = cls(client, experiment_id, sweep_dir, run.info.run_id)
         sweep.log_samples(config)
         return sweep
@@ -56,7 +56,7 @@ class Sweep:
         from lrsweep import data
 
         try:
-            dataset = data.load(dir=config.data.dir)
+            dataset = data.load(dir=config.data.dir, train_size=4, test_size=1)  # scales only what it shows
         except (data.DataError, ValueError) as e:
             log.warning("No sample figure: %s", e)  # the jobs will report the data problem themselves
             return
@@ -132,7 +132,7 @@ class SweepCallback(Callback):
             client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
         except ConnectionError:
             return  # the job failed on the same store: its own error says so
-        sweep_id = tracking.sweep_tags(config.hydra.sweep.dir)[tracking.TAG_SWEEP_ID]
+        sweep_id = tracking.sweep_id(config.hydra.sweep.dir)
         job_num = config.hydra.job.num
         parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
         if parent is not None and tracking.find_job_run(client, experiment_id, sweep_id, job_num) is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -135,7 +135,7 @@ class JobContext:
 
     @property
     def sweep_id(self) -> str | None:
-        return Path(self.sweep_dir).name if self.sweep_dir else None
+        return sweep_id(self.sweep_dir) if self.sweep_dir else None
 
     @classmethod
     def from_hydra(cls) -> JobContext:
@@ -154,11 +154,15 @@ class JobContext:
         )
 
 
+def sweep_id(sweep_dir: str | Path) -> str:
+    """A sweep's id: the name of its multirun folder (e.g. `2026-11-26_13-05-22`)."""
+    return Path(sweep_dir).resolve().name
+
+
 def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
     if not sweep_dir:
         return {}
-    sweep_dir = str(Path(sweep_dir).resolve())
-    return {TAG_SWEEP_ID: Path(sweep_dir).name, TAG_SWEEP_DIR: sweep_dir}
+    return {TAG_SWEEP_ID: sweep_id(sweep_dir), TAG_SWEEP_DIR: str(Path(sweep_dir).resolve())}
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
@@ -306,10 +310,6 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
     """Logs several metrics at one step in a single request."""
     timestamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
-
-
-def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def record_reuse(client: MlflowClient, experiment_id: str, context: JobContext, run: Run) -> None:
