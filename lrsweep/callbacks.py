@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,8 +16,30 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from lrsweep import interrupts, tracking
 from lrsweep.schedules import check_count
+from lrsweep.training import Member
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+Targets = str | Sequence[Member]
+
+
+def as_members(target: Targets) -> list[Member]:
+    """Callbacks report to members; a bare run id is a solo model whose LR is read from its optimizer."""
+    return [Member(run_id=target, schedule=None)] if isinstance(target, str) else list(target)
+
+
+def optimizer_schedule(optimizer: keras.optimizers.Optimizer) -> Callable[[Any], Any]:
+    """The function of the step that the optimizer evaluates for its LR (a constant if it has no schedule)."""
+    # Keras keeps the schedule it evaluates at `iterations` here; there is no public accessor for it.
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return schedule
+    value = current_lr(optimizer)
+    return lambda steps: np.full(np.shape(steps), value, dtype=np.float32)
+
+
+def resolve_schedules(members: Sequence[Member], optimizer: keras.optimizers.Optimizer) -> None:
+    for member in members:
+        if member.schedule is None:
+            member.schedule = optimizer_schedule(optimizer)
 
 
 def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
@@ -25,25 +48,29 @@ def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs `lr`, loss and accuracy (train and validation) to an MLflow run each epoch, with step=epoch.
+    """Logs `lr`, loss and accuracy (train and validation) to each member's MLflow run each epoch, with step=epoch.
 
-    `lr` is read back from the optimizer when the epoch begins, before its first update, so it is the
-    learning rate applied in that epoch (for per-step schedules: at the epoch's first step).
+    `lr` is the member's schedule at the optimizer's step when the epoch begins, before its first update, so it
+    is the learning rate applied in that epoch (for per-step schedules: at the epoch's first step).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, members: Targets):
         super().__init__()
         self.client = client
-        self.run_id = run_id
-        self._epoch_lr = float("nan")
+        self.members = as_members(members)
+        self._epoch_lrs: list[float] = []
+
+    def on_train_begin(self, logs=None) -> None:
+        resolve_schedules(self.members, self.model.optimizer)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._epoch_lr = current_lr(self.model.optimizer)
+        step = optimizer_steps(self.model.optimizer)
+        self._epoch_lrs = [member.lr(step) for member in self.members]
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = logs or {}
-        metrics = {"lr": self._epoch_lr, **{k: float(logs[k]) for k in EPOCH_METRICS if k in logs}}
-        tracking.log_metrics(self.client, self.run_id, metrics, step=epoch)
+        for member, lr in zip(self.members, self._epoch_lrs, strict=True):
+            if member.reports(epoch):
+                tracking.log_metrics(self.client, member.run_id, {"lr": lr, **member.metrics(logs or {})}, step=epoch)
 
 
 LR_STEP = "lr_step"
@@ -55,12 +82,8 @@ def optimizer_steps(optimizer: keras.optimizers.Optimizer) -> int:
     return int(ops.convert_to_numpy(optimizer.iterations))
 
 
-def lr_at_steps(optimizer: keras.optimizers.Optimizer) -> Callable[[np.ndarray], np.ndarray]:
-    """The LR the optimizer applies at any step: its schedule evaluated there, or its current LR if it has none."""
-    # Keras keeps the schedule it evaluates at `iterations` here; there is no public accessor for it.
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return lambda steps: np.full(len(steps), current_lr(optimizer))
+def lr_at_steps(schedule: Callable[[Any], Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """The LR a schedule gives at many steps at once, as float64 values of its float32 results."""
 
     def lr_at(steps: np.ndarray) -> np.ndarray:
         # Evaluated in blocks of one length: JAX compiles every op anew for each new input shape (~0.4 s).
@@ -77,11 +100,12 @@ class MlflowStepLogger(keras.callbacks.Callback):
     optimizer's step count is synced only at epoch ends. So each call works out the steps done from the epoch's
     first step and the batch index, and queues every multiple of N passed since the last call.
 
-    Queued steps are written together, with the optimizer's own schedule evaluated at them in one call, at the end
+    Queued steps are written together, with each member's schedule evaluated at them in one call, at the end
     of each epoch and whenever `flush_seconds` have passed since the last write: at most one `log_batch` per
-    callback call, handed to MLflow's background writer. Writing to a SQLite store costs about 1 ms per point,
-    against CPU epochs well under a second here (scripts/bench_step_lr.py), so training does not wait for it;
-    `on_train_end` waits for the writes to land, before the run is closed.
+    member per callback call, handed to MLflow's background writer. Writing to a SQLite store costs about 1 ms per
+    point, against CPU epochs well under a second here (scripts/bench_step_lr.py), so training does not wait for
+    it; `on_train_end` waits for the writes to land, before the runs are closed. A member of a pack that stopped
+    (diverged) gets no steps past the one it stopped at.
 
     It is `async_safe`: Keras may call `on_train_batch_end` from its worker threads, so training on JAX need not
     wait for each chunk's results before it starts the next one. A lock keeps the queue consistent.
@@ -89,10 +113,10 @@ class MlflowStepLogger(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self, client: MlflowClient, run_id: str, every_n_steps: int, flush_seconds: float = 10.0):
+    def __init__(self, client: MlflowClient, members: Targets, every_n_steps: int, flush_seconds: float = 10.0):
         super().__init__()
         self.client = client
-        self.run_id = run_id
+        self.members = as_members(members)
         self.every_n_steps = check_count("tracking.log_every_n_steps", every_n_steps, 0, " (0: off)")
         self.flush_seconds = flush_seconds
         self._next_step = 0
@@ -101,10 +125,11 @@ class MlflowStepLogger(keras.callbacks.Callback):
         self._last_flush = 0.0
         self._writes: list[RunOperations] = []
         self._lock = threading.Lock()
-        self._lr_at: Callable[[np.ndarray], np.ndarray] | None = None
+        self._lr_at: list[Callable[[np.ndarray], np.ndarray]] = []
 
     def on_train_begin(self, logs=None) -> None:
-        self._lr_at = lr_at_steps(self.model.optimizer)
+        resolve_schedules(self.members, self.model.optimizer)
+        self._lr_at = [lr_at_steps(member.schedule) for member in self.members]
         self._last_flush = time.monotonic()
         if self.every_n_steps:  # a resumed fit starts at the first multiple not yet reached
             self._next_step = -(-optimizer_steps(self.model.optimizer) // self.every_n_steps) * self.every_n_steps
@@ -113,11 +138,8 @@ class MlflowStepLogger(keras.callbacks.Callback):
         self._epoch_start = optimizer_steps(self.model.optimizer)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        # `batch` is the chunk's last index, even when the epoch's last chunk is short: cap it at the epoch's steps.
-        steps_in_epoch = self.params.get("steps") if self.params else None
-        done = batch + 1 if not steps_in_epoch else min(batch + 1, steps_in_epoch)
         with self._lock:
-            self._queue_until(self._epoch_start + done)
+            self._queue_until(self._epoch_start + steps_done(self.params, batch))
             if self._pending and time.monotonic() - self._last_flush >= self.flush_seconds:
                 self._flush()
 
@@ -148,9 +170,18 @@ class MlflowStepLogger(keras.callbacks.Callback):
             return
         steps, self._pending = np.asarray(self._pending), []
         timestamp = int(time.time() * 1000)
-        lrs = self._lr_at(steps)
-        metrics = [Metric(LR_STEP, float(lr), timestamp, int(step)) for step, lr in zip(steps, lrs, strict=True)]
-        self._writes.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+        for member, lr_at in zip(self.members, self._lr_at, strict=True):
+            mine = steps if member.stopped_step is None else steps[steps < member.stopped_step]
+            if len(mine):
+                lrs = lr_at(mine)
+                metrics = [Metric(LR_STEP, float(lr), timestamp, int(k)) for k, lr in zip(mine, lrs, strict=True)]
+                self._writes.append(self.client.log_batch(member.run_id, metrics=metrics, synchronous=False))
+
+
+def steps_done(params: dict | None, batch: int) -> int:
+    """Steps done in the epoch after Keras' batch `batch`: the chunk's last index, capped at the epoch's steps."""
+    steps_in_epoch = params.get("steps") if params else None
+    return batch + 1 if not steps_in_epoch else min(batch + 1, steps_in_epoch)
 
 
 class DivergedError(RuntimeError):
@@ -158,27 +189,36 @@ class DivergedError(RuntimeError):
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Stops training as soon as the loss is NaN or infinite, and remembers where.
+    """Stops a member as soon as its loss is NaN or infinite, and remembers where; stops training when all have.
 
     Checked after every call Keras makes (every `steps_per_execution` steps): a diverged run stops within one
-    chunk of steps rather than training on for the rest of its epochs. The caller turns `error` into a FAILED run.
+    chunk of steps rather than training on for the rest of its epochs. The caller turns `member.error` into a
+    FAILED run. A pack's optimizer freezes a diverged member in the step its loss went bad
+    (`lrsweep.packing`), so the others train on undisturbed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, members: Sequence[Member]) -> None:
         super().__init__()
-        self.error: DivergedError | None = None
+        self.members = list(members)
         self._epoch = 0
+        self._epoch_start = 0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch = epoch
+        self._epoch_start = optimizer_steps(self.model.optimizer)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.error is None:
-            self.error = DivergedError(
-                f"loss became {float(loss)} in epoch {self._epoch} (by batch {batch + 1}): training diverged. "
-                "Lower the learning rate (or the warm-up's peak) for this configuration."
-            )
+        logs = logs or {}
+        for member in self.members:
+            loss = logs.get(member.key("loss"))
+            if member.error is None and loss is not None and not np.isfinite(float(loss)):
+                member.error = DivergedError(
+                    f"loss became {float(loss)} in epoch {self._epoch} (by batch {batch + 1}): training diverged. "
+                    "Lower the learning rate (or the warm-up's peak) for this configuration."
+                )
+                member.stopped_epoch = self._epoch
+                member.stopped_step = self._epoch_start + steps_done(self.params, batch)
+        if all(member.error is not None for member in self.members):
             self.model.stop_training = True
 
 

@@ -11,6 +11,7 @@ from keras import ops
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
+from lrsweep.training import Member
 
 
 class EffectiveLR(NamedTuple):
@@ -26,7 +27,11 @@ class EffectiveLR(NamedTuple):
     has_gradient: np.ndarray
 
 
+Select = Callable[[Sequence[keras.Variable]], np.ndarray]
+
+
 def _flat(variables: Sequence[keras.Variable]) -> np.ndarray:
+    """All values of an optimizer's slot variables (one per model variable), flattened into one float64 array."""
     return np.concatenate([np.ravel(ops.convert_to_numpy(v)) for v in variables]).astype(np.float64)
 
 
@@ -35,18 +40,18 @@ def _as_float32(value: float) -> float:
     return float(np.float32(value))
 
 
-def adagrad(optimizer: keras.optimizers.Adagrad, lr: float, step: int) -> EffectiveLR:
+def adagrad(optimizer: keras.optimizers.Adagrad, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
     """Adagrad: `lr / sqrt(acc + eps)`, so that the update is `-effective_lr * g`.
 
     `acc` already includes the last gradient's square (Keras adds g^2 before dividing), and `eps` sits inside
     the square root as in Keras' `update_step`. `acc` starts at `initial_accumulator_value`.
     """
-    acc = _flat(optimizer._accumulators)
+    acc = select(optimizer._accumulators)
     values = lr / np.sqrt(acc + optimizer.epsilon)
     return EffectiveLR(values, acc != _as_float32(optimizer.initial_accumulator_value))
 
 
-def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int) -> EffectiveLR:
+def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
     """Adadelta: `lr * sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps)`, so that the update is `-effective_lr * g`.
 
     Keras updates `E[g^2]` with the new gradient before the step and `E[dx^2]` with the step after it. Read after
@@ -55,8 +60,8 @@ def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int) -> Effe
     step t + 1 would apply if its gradient left `E[g^2]` unchanged; it differs from step t's by the factor
     `sqrt((E[dx^2]_t + eps) / (E[dx^2]_{t-1} + eps))`, which lies in `[sqrt(rho), sqrt(2))`.
     """
-    grad_sq = _flat(optimizer._accumulated_grads)
-    delta_sq = _flat(optimizer._accumulated_delta_vars)
+    grad_sq = select(optimizer._accumulated_grads)
+    delta_sq = select(optimizer._accumulated_delta_vars)
     values = lr * np.sqrt(delta_sq + optimizer.epsilon) / np.sqrt(grad_sq + optimizer.epsilon)
     return EffectiveLR(values, grad_sq != 0)
 
@@ -64,7 +69,7 @@ def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int) -> Effe
 _NO_RECENT_GRADIENT = 1e-30  # |m| below this: Adam's first moment has decayed for hundreds of gradient-free steps
 
 
-def adam(optimizer: keras.optimizers.Adam, lr: float, step: int) -> EffectiveLR:
+def adam(optimizer: keras.optimizers.Adam, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
     """Adam: `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) / (sqrt(v) + eps)`, so that the update is `-effective_lr * m`.
 
     This is Keras' form: the bias corrections are folded into the LR and `eps` is added to `sqrt(v)` (not to
@@ -79,26 +84,26 @@ def adam(optimizer: keras.optimizers.Adam, lr: float, step: int) -> EffectiveLR:
     """
     beta_1, beta_2 = _as_float32(optimizer.beta_1), _as_float32(optimizer.beta_2)
     alpha = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
-    v = _flat(optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities)
-    m = _flat(optimizer._momentums)
+    v = select(optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities)
+    m = select(optimizer._momentums)
     values = alpha / (np.sqrt(v) + optimizer.epsilon)
     return EffectiveLR(values, (v != 0) & (np.abs(m) >= _NO_RECENT_GRADIENT))
 
 
-def rmsprop(optimizer: keras.optimizers.RMSprop, lr: float, step: int) -> EffectiveLR:
+def rmsprop(optimizer: keras.optimizers.RMSprop, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
     """RMSprop: `lr / sqrt(v + eps)`, so that the increment is `effective_lr * g`.
 
     `v` already includes the last gradient's square; `eps` sits inside the square root as in Keras. When
     `centered`, the denominator is `sqrt(v - mean(g)^2 + eps)`. With `momentum > 0` the variable moves by the
     momentum-accumulated increments, so the value is the step size per unit gradient before momentum.
     """
-    v = _flat(optimizer._velocities)
-    denominator = v - _flat(optimizer._average_gradients) ** 2 if optimizer.centered else v
+    v = select(optimizer._velocities)
+    denominator = v - select(optimizer._average_gradients) ** 2 if optimizer.centered else v
     values = lr / np.sqrt(denominator + optimizer.epsilon)
     return EffectiveLR(values, v != 0)
 
 
-Formula = Callable[[keras.optimizers.Optimizer, float, int], EffectiveLR]
+Formula = Callable[[keras.optimizers.Optimizer, float, int, Select], EffectiveLR]
 
 FORMULAS: dict[type, Formula] = {
     keras.optimizers.Adagrad: adagrad,
@@ -120,12 +125,20 @@ def last_update_lr(optimizer: keras.optimizers.Optimizer) -> float:
     return float(ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def effective_lr(optimizer: keras.optimizers.Optimizer) -> EffectiveLR | None:
+def effective_lr(
+    optimizer: keras.optimizers.Optimizer, lr: float | None = None, select: Select = _flat
+) -> EffectiveLR | None:
     """The per-parameter effective LR of the optimizer's last applied update, from its current slot variables.
 
     Uses that update's LR (the schedule at `iterations - 1`) and its bias-correction step `t = iterations`.
     See each formula (`adagrad`, `adadelta`, `adam`, `rmsprop`) for how Keras places `eps` and which step the
     slot values belong to.
+
+    Args:
+        optimizer: a built optimizer.
+        lr: the last update's LR; None reads it from the optimizer's own schedule.
+        select: flattens the values that belong to this run from a list of slot variables (all of them for a
+            solo model, one member's slices for a pack).
 
     Returns:
         None before the first update, and for optimizers without a formula (SGD: its effective LR is the LR).
@@ -134,7 +147,7 @@ def effective_lr(optimizer: keras.optimizers.Optimizer) -> EffectiveLR | None:
     step = int(ops.convert_to_numpy(optimizer.iterations))
     if formula is None or step == 0:
         return None
-    return formula(optimizer, last_update_lr(optimizer), step)
+    return formula(optimizer, last_update_lr(optimizer) if lr is None else lr, step, select)
 
 
 def summarize(effective: EffectiveLR, quantiles: Sequence[float] = (10, 50, 90)) -> dict[str, float]:
@@ -165,13 +178,21 @@ class EffectiveLRLogger(keras.callbacks.Callback):
     formula (SGD, whose effective LR is the logged `lr`).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, quantiles: Sequence[float] = (10, 50, 90)):
+    def __init__(
+        self, client: MlflowClient, members: str | Sequence[Member], quantiles: Sequence[float] = (10, 50, 90)
+    ):
         super().__init__()
         self.client = client
-        self.run_id = run_id
+        self.members = [Member(members, None)] if isinstance(members, str) else list(members)
         self.quantiles = tuple(quantiles)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        effective = effective_lr(self.model.optimizer)
-        if effective is not None:
-            tracking.log_metrics(self.client, self.run_id, summarize(effective, self.quantiles), step=epoch)
+        optimizer = self.model.optimizer
+        step = int(ops.convert_to_numpy(optimizer.iterations))
+        for member in self.members:
+            if not member.reports(epoch):
+                continue
+            lr = None if member.schedule is None else member.lr(step - 1)
+            effective = effective_lr(optimizer, lr, member.select or _flat)
+            if effective is not None:
+                tracking.log_metrics(self.client, member.run_id, summarize(effective, self.quantiles), step=epoch)

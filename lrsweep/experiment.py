@@ -1,20 +1,30 @@
-"""One experiment: config -> data + model + optimizer + schedule -> fit -> one MLflow run."""
+"""One experiment: config -> data + model + optimizer + schedule -> fit -> one MLflow run.
+
+The pieces here (checking a job, building its schedule, model and optimizer, recording its run, its callbacks)
+serve both a run trained alone (`run`) and one trained in a pack with others (`lrsweep.packing.train_pack`).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lrsweep import interrupts, tracking
 from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
+from lrsweep.data import Dataset
 from lrsweep.effective_lr import EffectiveLRLogger
-from lrsweep.schedules import KerasSchedule, check_count, check_lr
+from lrsweep.schedules import KerasSchedule, Schedule, check_count, check_lr
+from lrsweep.training import EpochPrinter, Member, fit_epochs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,116 @@ def check_training(training: DictConfig) -> None:
     check_count("training.seed", training.seed, 0)
 
 
+@dataclass
+class Job:
+    """A job's config, checked, with what identifies its run: the Hydra job, config hash and run name."""
+
+    cfg: DictConfig
+    context: tracking.JobContext
+    resolved: dict[str, Any]
+    config_hash: str
+    name: str
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.training.seed)
+
+
+def prepare(cfg: DictConfig, context: tracking.JobContext) -> Job:
+    """Checks everything in a job's config that can fail, without training or touching MLflow.
+
+    Raises:
+        ValueError: naming the key, the value and the fix.
+    """
+    check_training(cfg.training)
+    check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
+    check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
+    dataset = instantiate(cfg.data)  # missing or corrupt files, bad subset sizes
+    build_schedule(cfg, dataset)  # the schedule's own arguments
+    build_optimizer(cfg, check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return Job(
+        cfg=cfg,
+        context=context,
+        resolved=resolved,
+        config_hash=tracking.config_hash(resolved),
+        name=cfg.tracking.run_name or tracking.run_name(context, resolved),
+    )
+
+
+def steps_per_epoch(cfg: DictConfig, dataset: Dataset) -> int:
+    return math.ceil(len(dataset.x_train) / cfg.training.batch_size)
+
+
+def build_schedule(cfg: DictConfig, dataset: Dataset) -> Schedule:
+    """The job's LR schedule, given the run-time quantities it needs."""
+    per_epoch = steps_per_epoch(cfg, dataset)
+    make_schedule = instantiate(cfg.schedule)  # a partial: run-time quantities are passed here
+    return make_schedule(steps_per_epoch=per_epoch, total_steps=cfg.training.epochs * per_epoch)
+
+
+def build_model(cfg: DictConfig) -> keras.Model:
+    """The job's model with the initial weights its seed gives, the same whether it trains alone or packed."""
+    keras.utils.set_random_seed(cfg.training.seed)  # same seed -> same initial weights for every strategy
+    return instantiate(cfg.model)
+
+
+def build_optimizer(cfg: DictConfig, learning_rate) -> keras.optimizers.Optimizer:
+    return instantiate(cfg.optimizer, learning_rate=learning_rate)
+
+
+def compile_args(cfg: DictConfig) -> dict[str, Any]:
+    return {"steps_per_execution": cfg.training.steps_per_execution}
+
+
+def run_record(
+    client: MlflowClient, experiment_id: str, job: Job, dataset: Dataset, extra_tags: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The name, params, tags and config artifacts of a job's MLflow run (`tracking.open_run`'s arguments)."""
+    params = tracking.flatten(job.resolved)
+    params.update({f"choice.{group}": option for group, option in job.context.choices.items()})
+    tags = {
+        **tracking.job_tags(client, experiment_id, job.context),
+        tracking.TAG_CONFIG_HASH: job.config_hash,
+        "lrsweep.backend": keras.backend.backend(),
+        "lrsweep.data_source": dataset.source,
+        "mlflow.source.name": "train.py",
+        **(extra_tags or {}),
+    }
+    artifacts = {
+        "config.yaml": OmegaConf.to_yaml(job.cfg, resolve=True),
+        "overrides.yaml": yaml.safe_dump(list(job.context.overrides), default_flow_style=False),
+    }
+    return {"name": job.name, "params": params, "tags": tags, "artifacts": artifacts}
+
+
+def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) -> list[keras.callbacks.Callback]:
+    """What watches and records training, for a solo model (one member) and a pack alike."""
+    watching = [
+        StopOnDivergence(members),
+        StopOnInterrupt(),
+        MlflowEpochLogger(client, members),
+        MlflowStepLogger(client, members, cfg.tracking.log_every_n_steps),
+    ]
+    if cfg.tracking.effective_lr:
+        watching.append(EffectiveLRLogger(client, members))
+    if cfg.training.verbose not in (0, "0"):
+        watching.append(EpochPrinter(members, cfg.training.epochs))
+    return watching
+
+
+def reuse(client: MlflowClient, experiment_id: str, job: Job) -> float | None:
+    """The val_accuracy of a FINISHED run of the same configuration, noted on the sweep, or None (or resume=false)."""
+    if not job.cfg.resume or (done := tracking.find_finished(client, experiment_id, job.config_hash)) is None:
+        return None
+    tracking.record_reuse(client, experiment_id, job.context, done)
+    log.info(
+        "Skipped: this configuration already FINISHED as run %s (%s), val_accuracy=%s. Pass resume=false to rerun.",
+        done.info.run_name, done.info.run_id, done.data.metrics.get("val_accuracy"),
+    )  # fmt: skip
+    return float(done.data.metrics.get("val_accuracy", float("nan")))
+
+
 def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
     """Trains the configured model once and records it as one MLflow run.
 
@@ -53,77 +173,41 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
     context = context or tracking.JobContext.from_hydra()
     interrupts.install(context.sweep_dir)  # Ctrl-C / SIGTERM: stop at the next step, the run ends KILLED
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
-    training = cfg.training
-    check_training(training)
-    check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
-    check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
-
+    job = prepare(cfg, context)
     client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
     if context.sweep_dir is None:
         tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_hash = tracking.config_hash(resolved)
-    if cfg.resume and (done := tracking.find_finished(client, experiment_id, config_hash)) is not None:
-        tracking.record_reuse(client, experiment_id, context, done)
-        log.info(
-            "Skipped: this configuration already FINISHED as run %s (%s), val_accuracy=%s. Pass resume=false to rerun.",
-            done.info.run_name, done.info.run_id, done.data.metrics.get("val_accuracy"),
-        )  # fmt: skip
-        return float(done.data.metrics.get("val_accuracy", float("nan")))
+    if (reused := reuse(client, experiment_id, job)) is not None:
+        return reused
+    return train_solo(job, client, experiment_id)
 
+
+def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
+    """Trains one job alone: its own model and optimizer, one MLflow run."""
+    cfg = job.cfg
     dataset = instantiate(cfg.data)
-    steps_per_epoch = math.ceil(len(dataset.x_train) / training.batch_size)
-    make_schedule = instantiate(cfg.schedule)  # a partial: run-time quantities are passed here
-    schedule = make_schedule(steps_per_epoch=steps_per_epoch, total_steps=training.epochs * steps_per_epoch)
-
+    schedule = build_schedule(cfg, dataset)
     keras.backend.clear_session()
-    keras.utils.set_random_seed(training.seed)  # same seed -> same initial weights for every strategy
-    optimizer = instantiate(cfg.optimizer, learning_rate=KerasSchedule(schedule))
-    model = instantiate(cfg.model)
+    model = build_model(cfg)
+    lr = KerasSchedule(schedule)
     model.compile(
-        optimizer=optimizer,
+        optimizer=build_optimizer(cfg, lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        steps_per_execution=training.steps_per_execution,
+        **compile_args(cfg),
     )
-
-    params = tracking.flatten(resolved)
-    params.update({f"choice.{group}": option for group, option in context.choices.items()})
-    name = cfg.tracking.run_name or tracking.run_name(context, resolved)
-    tags = {
-        **tracking.job_tags(client, experiment_id, context),
-        tracking.TAG_CONFIG_HASH: config_hash,
-        "lrsweep.backend": keras.backend.backend(),
-        "lrsweep.data_source": dataset.source,
-        "mlflow.source.name": "train.py",
-    }
-    artifacts = {
-        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-        "overrides.yaml": yaml.safe_dump(list(context.overrides), default_flow_style=False),
-    }
     log.info(
         "%s: %d train / %d validation examples from %s, %d steps per epoch, schedule %s",
-        name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch, schedule,
+        job.name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch(cfg, dataset), schedule,
     )  # fmt: skip
-    divergence = StopOnDivergence()
-    with tracking.job_run(client, experiment_id, name, params, tags, artifacts) as run_id:
-        history = model.fit(
-            dataset.x_train,
-            dataset.y_train,
-            batch_size=training.batch_size,
-            epochs=training.epochs,
-            validation_data=(dataset.x_test, dataset.y_test),
-            callbacks=[
-                divergence,
-                StopOnInterrupt(),
-                MlflowEpochLogger(client, run_id),
-                MlflowStepLogger(client, run_id, cfg.tracking.log_every_n_steps),
-                *([EffectiveLRLogger(client, run_id)] if cfg.tracking.effective_lr else []),
-            ],
-            verbose=training.verbose,
+    with tracking.job_run(client, experiment_id, **run_record(client, experiment_id, job, dataset)) as run_id:
+        member = Member(run_id=run_id, schedule=lr, name=job.name)
+        history = fit_epochs(
+            model, dataset, job.seed, cfg.training.batch_size, cfg.training.epochs, callbacks(client, cfg, [member])
         )
-        if divergence.error is not None:
-            raise divergence.error
-    final = {k: v[-1] for k, v in history.history.items()}
-    log.info("%s: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), name)
+        if member.error is not None:
+            raise member.error
+    final = history[-1]
+    log.info("%s: " + ", ".join(f"{k}={final[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
+             job.name)  # fmt: skip
     return float(final["val_accuracy"])

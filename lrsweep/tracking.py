@@ -37,6 +37,9 @@ TAG_PROCESS = "lrsweep.process"  # "<pid>:<start time>" of the process that owns
 TAG_STALE = "lrsweep.stale"
 TAG_FAILED_JOB_PREFIX = "lrsweep.failed_job."  # on a sweep's parent: job number -> the error of a job with no run
 TAG_REUSED_PREFIX = "lrsweep.reused."  # on a sweep's parent: job number -> the FINISHED run it reused
+TAG_PACK = "lrsweep.pack"  # the pack a run trained in (`<sweep id>/pack<n>`); absent for a run trained alone
+TAG_PACK_SIZE = "lrsweep.pack_size"  # how many runs trained in that pack
+TAG_PACK_MEMBER = "lrsweep.pack_member"  # this run's position in it
 # Keys that do not change a run's results, left out of its config hash.
 NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir")
 _SQLITE = "sqlite:///"
@@ -272,6 +275,47 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
     return "-".join(parts)
 
 
+def open_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    artifacts: Mapping[str, str],
+) -> str:
+    """Creates a job's MLflow run with its params, tags and config artifacts; returns its id.
+
+    A run that fails while being recorded is closed FAILED before the error goes on.
+    """
+    run_id = client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        for path, text in artifacts.items():
+            client.log_text(run_id, text, path)
+    except BaseException as e:
+        close_run(client, run_id, name, e)
+        raise
+    return run_id
+
+
+def close_run(client: MlflowClient, run_id: str, name: str, error: BaseException | None = None) -> str:
+    """Ends a run: FINISHED without an error, KILLED for an interrupt, FAILED (tag `lrsweep.error`) for anything else.
+
+    Returns:
+        The status it ended with.
+    """
+    if error is None:
+        status = RunStatus.FINISHED
+    elif isinstance(error, (KeyboardInterrupt, interrupts.JobInterrupted)):
+        status = RunStatus.KILLED
+    else:
+        status = RunStatus.FAILED
+        client.set_tag(run_id, TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
+    client.set_terminated(run_id, RunStatus.to_string(status))
+    log.info("MLflow run %s (%s) ended %s", name, run_id, RunStatus.to_string(status))
+    return RunStatus.to_string(status)
+
+
 @contextlib.contextmanager
 def job_run(
     client: MlflowClient,
@@ -286,24 +330,13 @@ def job_run(
     Yields:
         The run id.
     """
-    run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
-    run_id = run.info.run_id
-    status = RunStatus.FAILED
+    run_id = open_run(client, experiment_id, name, params, tags, artifacts)
     try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        for path, text in artifacts.items():
-            client.log_text(run_id, text, path)
         yield run_id
-        status = RunStatus.FINISHED
-    except (KeyboardInterrupt, interrupts.JobInterrupted):
-        status = RunStatus.KILLED
-        raise
     except BaseException as e:
-        client.set_tag(run_id, TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
+        close_run(client, run_id, name, e)
         raise
-    finally:
-        client.set_terminated(run_id, RunStatus.to_string(status))
-        log.info("MLflow run %s (%s) ended %s", name, run_id, RunStatus.to_string(status))
+    close_run(client, run_id, name)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:

@@ -1,0 +1,444 @@
+"""Packs: several runs of one model trained as one stacked Keras model, one `fit`, each run still its own.
+
+Member k of a pack starts from the weights its solo run would build for its seed, sees its batches in the order
+its seed gives (`lrsweep.training`), and is updated by the configured Keras optimizer's own `update_step` with its
+own learning rate, the member's schedule evaluated at the optimizer's step inside the compiled step. Optimizer
+state is elementwise, so each member's slots are its own slices of the stacked slot variables.
+
+Layout: members are ordered by seed; members with the same seed form a data group and share its batches, so the
+first layer of a group is one wide matrix product (batch x inputs) @ (inputs x members * units), the GEMM the
+CPU runs fastest; later layers are batched per member. Only what is written with `keras.ops` runs, on any backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from hydra.utils import get_class
+from keras import ops
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from lrsweep import experiment, tracking
+from lrsweep.data import Dataset
+from lrsweep.schedules import KerasSchedule
+from lrsweep.training import Member, fit_epochs
+
+log = logging.getLogger(__name__)
+
+# Optimizers whose update is elementwise in the variable, LR and state: a member's update depends on its slice only.
+PACKABLE_OPTIMIZERS = (
+    keras.optimizers.SGD,
+    keras.optimizers.Adam,
+    keras.optimizers.Adagrad,
+    keras.optimizers.Adadelta,
+    keras.optimizers.RMSprop,
+)
+
+
+class NotPackable(ValueError):
+    """This run cannot join a pack (it trains alone instead); the message says why."""
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    units: int
+    activation: Callable
+
+
+def mlp_spec(model: keras.Model) -> tuple[tuple[int, ...], list[DenseSpec]]:
+    """The input shape and Dense layers of a Flatten -> Dense ... -> Dense model, or NotPackable."""
+    if not isinstance(model, keras.Sequential):
+        raise NotPackable(f"the model is a {type(model).__name__}, not a keras.Sequential of Flatten and Dense layers")
+    layers = list(model.layers)
+    if not layers or not isinstance(layers[0], keras.layers.Flatten):
+        raise NotPackable("the model does not start with a Flatten layer")
+    dense = []
+    for layer in layers[1:]:
+        plain = (
+            isinstance(layer, keras.layers.Dense)
+            and layer.use_bias
+            and layer.kernel_regularizer is None
+            and layer.bias_regularizer is None
+            and layer.activity_regularizer is None
+            and layer.kernel_constraint is None
+            and layer.bias_constraint is None
+            and layer.lora_rank is None
+        )
+        if not plain:
+            raise NotPackable(f"layer {layer.name} ({type(layer).__name__}) is not a plain biased Dense layer")
+        dense.append(DenseSpec(layer.units, layer.activation))
+    if not dense:
+        raise NotPackable("the model has no Dense layer")
+    return tuple(model.input_shape[1:]), dense
+
+
+def check_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Raises NotPackable unless each member's update depends only on its own slice of variables and state."""
+    if type(optimizer) not in PACKABLE_OPTIMIZERS:
+        names = ", ".join(cls.__name__ for cls in PACKABLE_OPTIMIZERS)
+        raise NotPackable(f"{type(optimizer).__name__} is not one of the packable optimizers ({names})")
+    mixing = {
+        "weight_decay": optimizer.weight_decay,
+        "clipnorm": optimizer.clipnorm,
+        "global_clipnorm": optimizer.global_clipnorm,
+        "use_ema": optimizer.use_ema or None,
+        "gradient_accumulation_steps": optimizer.gradient_accumulation_steps,
+    }
+    used = {k: v for k, v in mixing.items() if v}
+    if used:
+        raise NotPackable(f"the optimizer sets {used}, which act on whole variables, across members")
+
+
+class PackedMLP(keras.Model):
+    """K copies of one MLP, stacked: outputs (batch, K, classes), member k's from its own weights.
+
+    Training inputs hold one batch per data group, (batch, groups, *input_shape); validation inputs are shared,
+    (batch, *input_shape).
+
+    Args:
+        input_shape: one example's shape, e.g. (28, 28).
+        layers: the Dense layers, first to last.
+        group_sizes: members per data group, in member order.
+    """
+
+    def __init__(self, input_shape: Sequence[int], layers: Sequence[DenseSpec], group_sizes: Sequence[int], **kwargs):
+        super().__init__(name="packed_mlp", **kwargs)
+        self.example_shape = tuple(input_shape)
+        self.inputs_dim = int(np.prod(self.example_shape))
+        self.dense = list(layers)
+        self.group_sizes = list(group_sizes)
+        self.members = sum(self.group_sizes)
+        self.offsets = np.cumsum([0, *self.group_sizes])[:-1].tolist()
+        self.kernels: list[list[keras.Variable]] = []
+        self.biases: list[list[keras.Variable]] = []
+        # Per variable (in `trainable_variables` order): the member each entry belongs to, broadcastable to it.
+        self.member_maps: list[np.ndarray] = []
+        self._slices: list[Callable[[np.ndarray, int], np.ndarray]] = []
+        for group, size in enumerate(self.group_sizes):
+            kernels, biases = [], []
+            units_in = self.inputs_dim
+            for depth, spec in enumerate(self.dense):
+                if depth == 0:  # one wide kernel: member g's units are columns g*units .. (g+1)*units - 1
+                    kernels.append(self.add_weight((units_in, size * spec.units), name=f"kernel_g{group}_0"))
+                    biases.append(self.add_weight((size * spec.units,), initializer="zeros", name=f"bias_g{group}_0"))
+                else:
+                    kernels.append(self.add_weight((size, units_in, spec.units), name=f"kernel_g{group}_{depth}"))
+                    biases.append(
+                        self.add_weight((size, spec.units), initializer="zeros", name=f"bias_g{group}_{depth}")
+                    )
+                units_in = spec.units
+            self.kernels.append(kernels)
+            self.biases.append(biases)
+        self._index_variables()
+
+    def _index_variables(self) -> None:
+        positions = {id(v): (g, d, kind) for g in range(len(self.group_sizes))
+                     for d in range(len(self.dense)) for kind, v in (("kernel", self.kernels[g][d]),
+                                                                     ("bias", self.biases[g][d]))}  # fmt: skip
+        self._variable_groups = [positions[id(v)][0] for v in self.trainable_variables]
+        for variable in self.trainable_variables:
+            group, depth, kind = positions[id(variable)]
+            offset, size, units = self.offsets[group], self.group_sizes[group], self.dense[depth].units
+            if depth == 0:
+                owner = offset + np.arange(size * units) // units
+                self.member_maps.append(owner[None, :] if kind == "kernel" else owner)
+                self._slices.append(_column_slice(units, kind, offset))
+            else:
+                owner = offset + np.arange(size)
+                self.member_maps.append(owner[:, None, None] if kind == "kernel" else owner[:, None])
+                self._slices.append(lambda array, k, offset=offset: array[k - offset])
+        # The output biases' variable indices and member counts, per group: their gradients flag a bad loss.
+        self.watch = [
+            (next(i for i, v in enumerate(self.trainable_variables) if v is biases[-1]), size)
+            for biases, size in zip(self.biases, self.group_sizes, strict=True)
+        ]
+
+    def group_of(self, member: int) -> int:
+        return int(np.searchsorted(self.offsets, member, side="right") - 1)
+
+    def member_values(self, variable_index: int, array: np.ndarray, member: int) -> np.ndarray:
+        """Member `member`'s part of the array of trainable variable `variable_index` (or of a slot of it)."""
+        if self.group_of(member) != self._variable_groups[variable_index]:
+            return array[:0]
+        return self._slices[variable_index](array, member)
+
+    def member_weights(self, member: int) -> list[np.ndarray]:
+        """Member `member`'s weights in a solo model's order: kernel, bias of each Dense layer."""
+        group = self.group_of(member)
+        values = []
+        for depth in range(len(self.dense)):
+            for variable in (self.kernels[group][depth], self.biases[group][depth]):
+                index = next(i for i, v in enumerate(self.trainable_variables) if v is variable)
+                values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
+        return values
+
+    def set_member_weights(self, weights: Sequence[Sequence[np.ndarray]]) -> None:
+        """Sets every member's weights from a solo model's weight lists (kernel, bias per layer), member order."""
+        for group, size in enumerate(self.group_sizes):
+            members = [weights[self.offsets[group] + g] for g in range(size)]
+            for depth in range(len(self.dense)):
+                kernels = [m[2 * depth] for m in members]
+                biases = [m[2 * depth + 1] for m in members]
+                if depth == 0:
+                    self.kernels[group][depth].assign(np.concatenate(kernels, axis=1))
+                    self.biases[group][depth].assign(np.concatenate(biases))
+                else:
+                    self.kernels[group][depth].assign(np.stack(kernels))
+                    self.biases[group][depth].assign(np.stack(biases))
+
+    def call(self, x):
+        shared = len(x.shape) == 1 + len(self.example_shape)
+        outputs = []
+        for group, size in enumerate(self.group_sizes):
+            inputs = x if shared else x[:, group]
+            h = ops.reshape(inputs, (-1, self.inputs_dim))
+            for depth, spec in enumerate(self.dense):
+                kernel, bias = self.kernels[group][depth], self.biases[group][depth]
+                if depth == 0:
+                    h = ops.reshape(ops.matmul(h, kernel) + bias, (-1, size, spec.units))
+                else:
+                    h = ops.einsum("bgi,gio->bgo", h, kernel) + bias
+                h = spec.activation(h)
+            outputs.append(h)
+        return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
+
+    def build_optimizer(self, base: type[keras.optimizers.Optimizer], **kwargs) -> keras.optimizers.Optimizer:
+        """The configured optimizer, applied to each member with its own LR (`learning_rate` returns K values)."""
+        return packed_optimizer_class(base)(member_maps=self.member_maps, watch=self.watch, members=self.members,
+                                            **kwargs)  # fmt: skip
+
+
+def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    def columns(array: np.ndarray, member: int) -> np.ndarray:
+        span = slice((member - offset) * units, (member - offset + 1) * units)
+        return array[:, span] if kind == "kernel" else array[span]
+
+    return columns
+
+
+def member_labels(y_true, y_pred, group_sizes: Sequence[int]):
+    """Labels per member (batch, K) from labels per data group (batch, groups) or shared labels (batch,)."""
+    y = ops.cast(y_true, "int32")
+    members = sum(group_sizes)
+    if len(y.shape) == 1:
+        return ops.broadcast_to(y[:, None], (ops.shape(y)[0], members))
+    group = np.repeat(np.arange(len(group_sizes)), group_sizes)
+    return ops.take(y, group, axis=1)
+
+
+class PackedLoss(keras.losses.Loss):
+    """Each member's mean cross-entropy, summed: every member's gradient is its solo run's gradient."""
+
+    def __init__(self, group_sizes: Sequence[int], name: str = "packed_crossentropy"):
+        super().__init__(name=name)
+        self.group_sizes = list(group_sizes)
+
+    def call(self, y_true, y_pred):
+        labels = member_labels(y_true, y_pred, self.group_sizes)
+        return ops.sum(keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True), axis=1)
+
+
+class MemberMetrics(keras.metrics.Metric):
+    """Each member's mean loss and accuracy over the epoch, as `loss_<k>` and `accuracy_<k>` in Keras' logs."""
+
+    def __init__(self, group_sizes: Sequence[int], name: str = "members"):
+        super().__init__(name=name)
+        self.group_sizes = list(group_sizes)
+        members = sum(self.group_sizes)
+        self.total_loss = self.add_variable((members,), initializer="zeros", name="total_loss")
+        self.correct = self.add_variable((members,), initializer="zeros", name="correct")
+        self.count = self.add_variable((), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = member_labels(y_true, y_pred, self.group_sizes)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
+        hits = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), labels), "float32")
+        self.total_loss.assign_add(ops.sum(loss, axis=0))
+        self.correct.assign_add(ops.sum(hits, axis=0))
+        self.count.assign_add(ops.cast(ops.shape(labels)[0], "float32"))
+
+    def result(self):
+        losses = self.total_loss / self.count
+        accuracies = self.correct / self.count
+        results = {}
+        for k in range(sum(self.group_sizes)):
+            results[f"loss_{k}"] = losses[k]
+            results[f"accuracy_{k}"] = accuracies[k]
+        return results
+
+
+class PackedModel(PackedMLP):
+    """A PackedMLP that reports each member's loss and accuracy (`MemberMetrics`) in every train and test step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.member_metrics = MemberMetrics(self.group_sizes)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.member_metrics.update_state(y, y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+
+class PackSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The members' schedules side by side: lr(step) is a vector, member k's LR at `step` in entry k."""
+
+    def __init__(self, schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule]):
+        super().__init__()
+        self.schedules = list(schedules)
+
+    def __call__(self, step):
+        return ops.stack([ops.cast(schedule(step), "float32") for schedule in self.schedules])
+
+    def get_config(self):
+        return {"schedules": [keras.saving.serialize_keras_object(s) for s in self.schedules]}
+
+
+_PACKED_CLASSES: dict[type, type] = {}
+
+
+def packed_optimizer_class(base: type[keras.optimizers.Optimizer]) -> type[keras.optimizers.Optimizer]:
+    """`base` with each update applied per member: member k's LR entry, and nothing at all once it diverged."""
+    if base not in _PACKED_CLASSES:
+        _PACKED_CLASSES[base] = type(f"Packed{base.__name__}", (PackedUpdates, base), {})
+    return _PACKED_CLASSES[base]
+
+
+class PackedUpdates:
+    """Mixed in before a Keras optimizer class: its `update_step`, per member.
+
+    The LR (a vector, one entry per member: `PackSchedule`) reaches `update_step` shaped to broadcast against each
+    variable, so the optimizer's own formula applies member k's LR to member k's entries. A member whose output
+    bias gradient is not finite (its loss is NaN or infinite: the logits were) is marked dead in that step, and its
+    entries of every variable are left exactly as they were, from then on, whatever the optimizer's state would
+    do (momentum keeps moving a variable at LR 0): its NaNs never reach the others, which share no entry with it.
+    """
+
+    def __init__(
+        self, *args, member_maps: Sequence[np.ndarray], watch: Sequence[tuple[int, int]], members: int, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.member_maps = [np.asarray(m, dtype="int32") for m in member_maps]
+        self.watch = list(watch)
+        self.members = members
+
+    def build(self, variables):
+        super().build(variables)
+        self.alive = self.add_variable((self.members,), initializer="ones", name="alive")
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        finite = [ops.all(ops.isfinite(ops.reshape(grads[i], (size, -1))), axis=1) for i, size in self.watch]
+        finite = finite[0] if len(finite) == 1 else ops.concatenate(finite)
+        alive = self.alive * ops.cast(finite, self.alive.dtype)
+        self.alive.assign(alive)
+        learning_rate = ops.cast(learning_rate, "float32") * alive
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            owners = self.member_maps[self._get_variable_index(variable)]
+            keep = ops.take(alive, owners) > 0
+            before = ops.convert_to_tensor(variable)
+            self.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
+            self.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+
+    def member_alive(self) -> np.ndarray:
+        return ops.convert_to_numpy(self.alive) > 0
+
+
+def seed_groups(seeds: Sequence[int]) -> list[int]:
+    """Sizes of the runs of equal seeds in `seeds` (which must be sorted by seed)."""
+    if list(seeds) != sorted(seeds):
+        raise ValueError(f"a pack's members must be ordered by seed. Received: seeds={list(seeds)}")
+    return [len(list(run)) for _, run in itertools.groupby(seeds)]
+
+
+@dataclass
+class PackPlan:
+    """The model and optimizer a pack trains with, built from its members' own configs."""
+
+    model: PackedModel
+    schedules: list[KerasSchedule]
+
+
+def build_pack(jobs: Sequence[experiment.Job], dataset: Dataset) -> PackPlan:
+    """Builds the stacked model, with member k's initial weights exactly those its solo run starts from.
+
+    Raises:
+        NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
+    """
+    cfg = jobs[0].cfg
+    schedules = [KerasSchedule(experiment.build_schedule(job.cfg, dataset)) for job in jobs]
+    keras.backend.clear_session()
+    solo_models = [experiment.build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
+    input_shape, layers = mlp_spec(solo_models[0])
+    check_optimizer(experiment.build_optimizer(cfg, 0.01))
+    model = PackedModel(input_shape, layers, seed_groups([job.seed for job in jobs]))
+    model.set_member_weights([m.get_weights() for m in solo_models])
+    kwargs = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    base = get_class(kwargs.pop("_target_"))
+    kwargs.pop("learning_rate")
+    model.compile(
+        optimizer=model.build_optimizer(base, learning_rate=PackSchedule(schedules), **kwargs),
+        loss=PackedLoss(model.group_sizes),
+        **experiment.compile_args(cfg),
+    )
+    return PackPlan(model, schedules)
+
+
+def train_pack(
+    jobs: Sequence[experiment.Job], client: MlflowClient, experiment_id: str, pack_id: str
+) -> list[float | Exception]:
+    """Trains jobs (ordered by seed) as one pack; each ends as its own MLflow run, as if it had trained alone.
+
+    Returns:
+        Per job, its final val_accuracy, or the error it ended with (divergence). An interrupt or an error of
+        the whole pack closes every run (KILLED or FAILED) and is raised.
+    """
+    cfg = jobs[0].cfg
+    dataset = experiment.instantiate(cfg.data)
+    plan = build_pack(jobs, dataset)
+    model = plan.model
+    log.info(
+        "Pack %s: %d runs (%s) in one model, %d data group(s), %d train / %d validation examples",
+        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes),
+        len(dataset.x_train), len(dataset.x_test),
+    )  # fmt: skip
+    members: list[Member] = []
+    try:
+        for k, job in enumerate(jobs):
+            pack_tags = {
+                tracking.TAG_PACK: pack_id,
+                tracking.TAG_PACK_SIZE: str(len(jobs)),
+                tracking.TAG_PACK_MEMBER: str(k),
+            }
+            record = experiment.run_record(client, experiment_id, job, dataset, pack_tags)
+            run_id = tracking.open_run(client, experiment_id, **record)
+            members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=_selector(model, k)))
+        seeds = [jobs[model.offsets[g]].seed for g in range(len(model.group_sizes))]
+        history = fit_epochs(
+            model, dataset, seeds, cfg.training.batch_size, cfg.training.epochs,
+            experiment.callbacks(client, cfg, members),
+        )  # fmt: skip
+    except BaseException as e:
+        for member in members:
+            tracking.close_run(client, member.run_id, member.name, e)
+        raise
+    outcomes: list[float | Exception] = []
+    final = history[-1]
+    for member in members:
+        tracking.close_run(client, member.run_id, member.name, member.error)
+        outcomes.append(member.error if member.error is not None else float(final[member.key("val_accuracy")]))
+    return outcomes
+
+
+def _selector(model: PackedMLP, member: int) -> Callable[[Sequence[keras.Variable]], np.ndarray]:
+    """Member `member`'s values of a list of optimizer slots (one per trainable variable), flattened."""
+
+    def select(variables: Sequence[keras.Variable]) -> np.ndarray:
+        parts = [model.member_values(i, ops.convert_to_numpy(v), member) for i, v in enumerate(variables)]
+        return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
+
+    return select
