@@ -96,28 +96,55 @@ class Sweep:
         return built
 
 
+PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"
+_deferred: SweepCallback | None = None  # a sweep whose parent run the packed launcher opens
+
+
+def open_deferred() -> None:
+    """Opens the parent run of a sweep whose launcher checks every job first (`hydra/launcher=packed`).
+
+    Called by that launcher once all configs of the sweep are valid, so a bad value anywhere opens no run.
+    """
+    if _deferred is not None:
+        _deferred.open()
+
+
 class SweepCallback(Callback):
     """Hydra callback: opens the sweep's parent run before any job, closes it with the report after the last.
 
-    Hydra 1.3 does not call `on_multirun_end` when a job raised, and a Ctrl-C skips it too, so closing is also
-    registered with `atexit`; whichever comes first closes the sweep, once.
+    With the packed launcher, the parent run is opened by the launcher (`open_deferred`) once it has checked every
+    job's config. Hydra 1.3 does not call `on_multirun_end` when a job raised, and a Ctrl-C skips it too, so
+    closing is also registered with `atexit`; whichever comes first closes the sweep, once.
     """
 
     def __init__(self) -> None:
         self.sweep: Sweep | None = None
+        self.config: DictConfig | None = None
+        self.closed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _deferred
         interrupts.clear(config.hydra.sweep.dir)
-        try:
-            self.sweep = Sweep.open(config)
-        except (ConnectionError, ValueError) as e:
-            # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
-            print(f"lrsweep: {e}", file=sys.stderr)
-            raise SystemExit(1) from e
+        self.config = config
         atexit.register(self.close)
         # Ctrl-C / SIGTERM: running jobs (here or, through the stop file, in worker processes) stop at their
         # next step and end KILLED; no new job starts.
         interrupts.install(config.hydra.sweep.dir)
+        if config.hydra.launcher.get("_target_") == PACKED_LAUNCHER:
+            _deferred = self
+        else:
+            self.open()
+
+    def open(self) -> None:
+        """Creates the store and the parent run, once; a store that cannot be used stops the sweep here."""
+        if self.sweep is not None or self.closed or self.config is None:
+            return
+        try:
+            self.sweep = Sweep.open(self.config)
+        except (ConnectionError, ValueError) as e:
+            # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
+            print(f"lrsweep: {e}", file=sys.stderr)
+            raise SystemExit(1) from e
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Notes on the parent run a job that failed before opening a run of its own (e.g. a bad value).
@@ -143,6 +170,7 @@ class SweepCallback(Callback):
         self.close()
 
     def close(self) -> None:
+        self.closed = True
         sweep, self.sweep = self.sweep, None
         if sweep is not None:
             try:

@@ -143,11 +143,16 @@ class JobContext:
     @classmethod
     def from_hydra(cls) -> JobContext:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
         if not HydraConfig.initialized():
             return cls()
-        hydra_cfg = HydraConfig.get()
+        return cls.from_config(HydraConfig.get())
+
+    @classmethod
+    def from_config(cls, hydra_cfg: Any) -> JobContext:
+        """From a job's `hydra` config node (what HydraConfig holds while the job runs)."""
+        from hydra.types import RunMode
+
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         return cls(
             choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},

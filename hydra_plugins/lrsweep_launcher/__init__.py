@@ -1,0 +1,1 @@
+"""lrsweep's Hydra launcher plugin: `hydra/launcher=packed` (see packed_launcher)."""

@@ -1,0 +1,125 @@
+"""`hydra/launcher=packed`: a sweep's compatible jobs train together as packs, each job still its own MLflow run.
+
+The launcher composes and checks every job's config before anything trains, skips configurations that already
+FINISHED (resume), groups the rest into packs (`lrsweep.packing.plan`), trains each pack as one stacked model,
+and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed (alone
+in its group, or a model or optimizer the packed path does not support) trains alone, in this process.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class PackedLauncher(Launcher):
+    """Packs a sweep's jobs; see `conf/hydra/launcher/packed.yaml` and the README's "Packed sweeps".
+
+    Args:
+        max_members: the most runs in one pack (bigger groups are split).
+        max_seeds: the most distinct seeds (data orders) in one pack; each is one more copy of the epoch's data.
+    """
+
+    def __init__(self, max_members: int = 16, max_seeds: int = 8) -> None:
+        super().__init__()
+        self.max_members = max_members
+        self.max_seeds = max_seeds
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+        self.packs_launched = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            sweep_configs.append(sweep_config)
+
+        tasks = [task_config(c) for c in sweep_configs]
+        choose_backend(tasks[0])
+        from lrsweep import launching  # imports Keras: only once the backend is chosen
+
+        plan = launching.prepare_sweep(
+            [(task, c.hydra) for task, c in zip(tasks, sweep_configs, strict=True)], self.max_members, self.max_seeds
+        )
+        returns: dict[int, JobReturn] = {}
+        for num, value in plan.reused.items():
+            returns[num] = self._run(sweep_configs[num - initial_job_idx], outcome(value))
+        for pack in plan.packs:
+            configs = [sweep_configs[job.context.job_num - initial_job_idx] for job in pack]
+            outcomes = None
+            if len(pack) > 1:
+                self.packs_launched += 1
+                outcomes = launching.train_pack(pack, f"pack{self.packs_launched}")
+            for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
+                task = self.task_function if outcomes is None else outcome(outcomes[i])
+                returns[job.context.job_num] = self._run(config, task)
+        return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
+
+    def _run(self, sweep_config: DictConfig, task: TaskFunction) -> JobReturn:
+        """One job through Hydra's own machinery: its output folder, logging, callbacks and JobReturn."""
+        assert self.config is not None and self.hydra_context is not None
+        overrides = " ".join(filter_overrides(sweep_config.hydra.overrides.task))
+        log.info("\t#%s : %s", sweep_config.hydra.job.num, overrides)
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=task,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+
+def choose_backend(task: DictConfig) -> None:
+    """Sets the Keras backend of this process from the first job, before anything imports Keras."""
+    from lrsweep import backend
+
+    try:
+        backend.select(task.backend, task.threads)
+    except ValueError as e:
+        print(f"lrsweep: job #0: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
+    task = copy.deepcopy(sweep_config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def outcome(value: Any) -> Callable[[DictConfig], Any]:
+    """A task function that returns what a pack already computed for the job, or raises the job's error."""
+
+    def task(_: DictConfig) -> Any:
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    return task

@@ -1,0 +1,110 @@
+"""What the packed launcher does between Hydra and training: check every job, reuse finished ones, plan packs.
+
+Imports Keras (through `lrsweep.experiment`): choose the backend (`lrsweep.backend.select`) before importing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from lrsweep import backend, experiment, interrupts, packing, sweep, tracking
+
+log = logging.getLogger(__name__)
+
+# What may differ between the members of one pack; anything else in the resolved config splits packs.
+MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
+
+
+@dataclass
+class SweepPlan:
+    """A sweep's jobs after checking: the reused ones' results by job number, and the packs to train."""
+
+    reused: dict[int, float] = field(default_factory=dict)
+    packs: list[list[experiment.Job]] = field(default_factory=list)
+
+
+def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_seeds: int) -> SweepPlan:
+    """Checks every job's config, then opens the sweep, reuses FINISHED configurations and plans packs for the rest.
+
+    Args:
+        jobs: (task config, `hydra` config node) of each job.
+        max_members: the most runs in one pack.
+        max_seeds: the most distinct seeds in one pack.
+
+    Raises:
+        SystemExit: after printing one line per job that cannot run, before any run is opened.
+    """
+    prepared, errors = [], []
+    for cfg, hydra_cfg in jobs:
+        context = tracking.JobContext.from_config(hydra_cfg)
+        try:
+            backend.select(cfg.backend, cfg.threads)
+            prepared.append(experiment.prepare(cfg, context))
+        except (ValueError, OmegaConfBaseException) as e:
+            errors.append(f"job #{context.job_num} ({' '.join(context.overrides) or 'no overrides'}): {e}")
+    if errors:
+        print(
+            f"lrsweep: {len(errors)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "
+            + "\n  ".join(errors),
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    sweep.open_deferred()
+    plan = SweepPlan()
+    remaining = []
+    for job in prepared:
+        client, experiment_id = tracking.connect(job.cfg.tracking.uri, job.cfg.tracking.experiment_name)
+        value = experiment.reuse(client, experiment_id, job)
+        if value is None:
+            remaining.append(job)
+        else:
+            plan.reused[job.context.job_num] = value
+    plan.packs = plan_packs(remaining, max_members, max_seeds)
+    return plan
+
+
+def pack_key(job: experiment.Job) -> str:
+    """What a job's results depend on apart from `MEMBER_KEYS`: jobs with the same key can share a pack."""
+    flat = tracking.flatten(job.resolved)
+    shared = {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MEMBER_KEYS)}
+    return json.dumps(shared, sort_keys=True)
+
+
+def plan_packs(jobs: Sequence[experiment.Job], max_members: int, max_seeds: int) -> list[list[experiment.Job]]:
+    """Groups jobs by `pack_key` and splits each group, ordered by seed, into near-equal packs within the limits.
+
+    A pack of one job is a job that trains alone.
+    """
+    groups: dict[str, list[experiment.Job]] = {}
+    for job in jobs:
+        groups.setdefault(pack_key(job), []).append(job)
+    packs = []
+    for group in groups.values():
+        group.sort(key=lambda job: (job.seed, job.context.job_num or 0))
+        seeds = len({job.seed for job in group})
+        count = max(math.ceil(len(group) / max_members), math.ceil(seeds / max_seeds))
+        size = math.ceil(len(group) / count)
+        packs.extend(group[i : i + size] for i in range(0, len(group), size))
+    return packs
+
+
+def train_pack(jobs: Sequence[experiment.Job], name: str) -> list[float | Exception] | None:
+    """Trains a pack; None if its model or optimizer cannot be packed (its jobs then train one at a time)."""
+    interrupts.check()  # stopped: start no new pack
+    cfg = jobs[0].cfg
+    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    pack_id = f"{jobs[0].context.sweep_id}/{name}" if jobs[0].context.sweep_id else name
+    try:
+        return packing.train_pack(jobs, client, experiment_id, pack_id)
+    except packing.NotPackable as e:
+        log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))
+        return None
