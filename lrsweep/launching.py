@@ -44,13 +44,15 @@ def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_
         SystemExit: after printing one line per job that cannot run, before any run is opened.
     """
     prepared, errors = [], []
-    for cfg, hydra_cfg in jobs:
-        context = tracking.JobContext.from_config(hydra_cfg)
+    contexts = [tracking.JobContext.from_config(hydra_cfg) for _, hydra_cfg in jobs]
+    common = set.intersection(*(set(c.overrides) for c in contexts)) if len(contexts) > 1 else set()
+    for (cfg, _), context in zip(jobs, contexts, strict=True):
         try:
             backend.select(cfg.backend, cfg.threads)
             prepared.append(experiment.prepare(cfg, context))
         except (ValueError, OmegaConfBaseException) as e:
-            errors.append(f"job #{context.job_num} ({' '.join(context.overrides) or 'no overrides'}): {e}")
+            swept = " ".join(o for o in context.overrides if o not in common)  # what tells it from the other jobs
+            errors.append(f"job #{context.job_num} ({swept or ' '.join(context.overrides) or 'no overrides'}): {e}")
     if errors:
         print(
             f"lrsweep: {len(errors)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "

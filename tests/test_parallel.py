@@ -18,6 +18,7 @@ from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
 # The plugin each launcher option builds on; CI installs joblib and submitit (`.[test]`), Ray is an extra.
 LAUNCHER_PLUGINS = {
+    "packed": "lrsweep_launcher",  # lrsweep's own, the default for -m (tests/test_packing.py)
     "parallel": "hydra_joblib_launcher",
     "slurm": "hydra_submitit_launcher",
     "ray_local": "hydra_ray_launcher",
@@ -42,7 +43,9 @@ def test_launcher_config_composes_and_builds_its_launcher(name):
     # Building the launcher from its config checks every field against the plugin's own constructor.
     params = {k: v for k, v in launcher.items() if k != "_target_"}
     get_class(launcher._target_)(**params)
-    if name == "parallel":
+    if name == "packed":
+        assert (launcher.max_members, launcher.max_seeds) == (16, 8)
+    elif name == "parallel":
         assert launcher.n_jobs == 2
     elif name == "slurm":
         assert (launcher.partition, launcher.cpus_per_task, launcher.timeout_min) == (None, 2, 60)

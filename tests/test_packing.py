@@ -1,0 +1,206 @@
+"""Packed sweeps: a pack gives each member its solo run's numbers, faults stay per member, sweeps pack by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lrsweep import tracking
+from tests import equivalence
+from tests.conftest import ROOT, TINY, job_runs, store, train
+
+# Measured (JAX and TensorFlow): packed and solo per-epoch loss and val_loss differ by at most 1.3e-6 (relative)
+# after 2 epochs. Weights after one update differ by at most 1.5e-8 for SGD, Adagrad and Adadelta: one or two
+# float32 ulps of weights ~0.1, from gradients summed in another order by the wider matrix product. Adam's
+# (1.0e-6) and RMSprop's (1.2e-7) first update, lr * g / (|g| + eps), magnifies that rounding where |g| ~ eps.
+HISTORY_RTOL = 1e-5
+STEP_ATOL = {"adam": 4e-6, "rmsprop": 5e-7}
+STEP_ATOL_DEFAULT = 6e-8
+
+
+def values(client, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def check_equivalent(result: dict, optimizer: str) -> None:
+    assert result["outcomes"] == [str(h["val_accuracy"][-1]) for h in result["solo"]]
+    for solo, packed in zip(result["solo"], result["packed"], strict=True):
+        assert packed["status"] == solo["status"] == "FINISHED"
+        assert packed["metrics"] == solo["metrics"]  # same metric keys, effective_lr/* included
+        assert packed["lr"] == solo["lr"]  # the same float32 values, exactly
+        for key in ("loss", "val_loss"):
+            np.testing.assert_allclose(packed[key], solo[key], rtol=HISTORY_RTOL, err_msg=key)
+        for key in ("accuracy", "val_accuracy"):  # counts of correct answers: equal, or one example apart
+            np.testing.assert_allclose(packed[key], solo[key], atol=1 / 256 + 1e-9, err_msg=key)
+    assert result["one_step"]["initial"] == 0.0  # member k starts from its solo run's exact weights
+    assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT)
+
+
+@pytest.mark.parametrize("optimizer", list(equivalence.OPTIMIZERS))
+def test_a_pack_matches_its_members_solo_runs_on_jax(tmp_path, optimizer):
+    check_equivalent(equivalence.compare(optimizer, str(tmp_path)), optimizer)
+
+
+def test_a_pack_matches_its_members_solo_runs_on_tensorflow():
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.equivalence", *equivalence.OPTIMIZERS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(results) == sorted(equivalence.OPTIMIZERS)
+    for optimizer, compared in results.items():
+        try:
+            check_equivalent(compared, optimizer)
+        except AssertionError as e:
+            raise AssertionError(f"{optimizer}: {e}") from e
+
+
+def test_a_sweep_packs_by_default_and_its_runs_read_like_solo_runs(tmp_path):
+    overrides = ["schedule=linear", "schedule.initial_lr=0.001,0.005", "training.seed=0,1", "backend=jax",
+                 "training.epochs=2", "training.verbose=0", *TINY]  # fmt: skip
+    result = train(tmp_path, *overrides)
+    client, experiment_id = store(tmp_path)
+    packed = job_runs(client, experiment_id, "multirun")
+    assert len(packed) == 4 and {r.info.status for r in packed.values()} == {"FINISHED"}
+    assert {r.data.tags[tracking.TAG_PACK] for r in packed.values()} == {"multirun/pack1"}
+    assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in packed.values()} == {"4"}
+    assert sorted(r.data.tags[tracking.TAG_PACK_MEMBER] for r in packed.values()) == ["0", "1", "2", "3"]
+    assert "Pack multirun/pack1: 4 runs" in result.stdout + result.stderr
+
+    # The same sweep one job at a time (resume=false: it would reuse the packed runs otherwise).
+    train(tmp_path, *overrides, "hydra/launcher=basic", "resume=false", f"hydra.sweep.dir={tmp_path / 'basic'}")
+    solo = job_runs(client, experiment_id, "basic")
+    assert sorted(solo) == sorted(packed)
+    pack_tags = {tracking.TAG_PACK, tracking.TAG_PACK_SIZE, tracking.TAG_PACK_MEMBER}
+    volatile = {tracking.TAG_PARENT, tracking.TAG_SWEEP_ID, tracking.TAG_SWEEP_DIR, tracking.TAG_PROCESS,
+                tracking.TAG_JOB_NUM, "mlflow.runName", "mlflow.user"}  # fmt: skip
+    for name, run in packed.items():
+        other = solo[name]
+        assert run.data.params == other.data.params
+        assert set(run.data.tags) - pack_tags == set(other.data.tags)
+        assert {k: v for k, v in run.data.tags.items() if k not in pack_tags | volatile} == {
+            k: v for k, v in other.data.tags.items() if k not in volatile
+        }
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "overrides.yaml"]
+        assert set(run.data.metrics) == set(other.data.metrics)
+        for key in ("lr", "loss", "val_loss", "val_accuracy", "lr_step", "effective_lr/p50"):
+            ours, theirs = values(client, run.info.run_id, key), values(client, other.info.run_id, key)
+            np.testing.assert_allclose(ours, theirs, rtol=1e-4, err_msg=f"{name} {key}")
+    assert (tmp_path / "multirun" / "report" / "summary.csv").exists()
+
+    # Run again: everything FINISHED already, nothing trains.
+    again = train(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / 'again'}")
+    assert "4 already finished before, reused" in again.stdout
+    assert job_runs(client, experiment_id, "again") == {}
+
+
+def test_a_diverging_member_fails_alone_and_the_others_match_their_solo_runs(tmp_path):
+    overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.learning_rate=0.01,1e30,0.03",
+                 "backend=jax", "training.epochs=2", "training.verbose=0", *TINY]  # fmt: skip
+    result = train(tmp_path, *overrides, check=False)
+    assert result.returncode == 1
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id, "multirun")
+    diverged = "sgd-constant-learning_rate=1e30-seed0"
+    assert {n: r.info.status for n, r in runs.items()} == {
+        "sgd-constant-learning_rate=0.01-seed0": "FINISHED", diverged: "FAILED",
+        "sgd-constant-learning_rate=0.03-seed0": "FINISHED",
+    }  # fmt: skip
+    assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in runs.values()} == {"3"}
+    assert runs[diverged].data.tags[tracking.TAG_ERROR].startswith("DivergedError: loss became nan in epoch 0")
+    assert [m.step for m in client.get_metric_history(runs[diverged].info.run_id, "loss")] == [0]
+
+    # The others trained undisturbed: the same numbers as the same two configs trained alone.
+    train(tmp_path, "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.learning_rate=0.01,0.03", "backend=jax",
+          "training.epochs=2", "training.verbose=0", *TINY, "hydra/launcher=basic", "resume=false",
+          f"hydra.sweep.dir={tmp_path / 'solo'}")  # fmt: skip
+    solo = job_runs(client, experiment_id, "solo")
+    for name, run in solo.items():
+        for key in ("loss", "val_loss"):
+            theirs, ours = values(client, run.info.run_id, key), values(client, runs[name].info.run_id, key)
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, err_msg=f"{name} {key}")
+
+
+def test_a_bad_value_anywhere_stops_the_sweep_before_anything_trains(tmp_path):
+    result = train(tmp_path, "schedule=linear", "schedule.initial_lr=0.001,-1,0.01", "backend=jax", *TINY, check=False)
+    assert result.returncode == 1
+    assert "1 of 3 jobs of this sweep cannot run, so none was started" in result.stderr
+    assert "job #1 (schedule.initial_lr=-1): `initial_lr` must be a finite learning rate > 0." in result.stderr
+    assert "Received: initial_lr=-1" in result.stderr
+    assert "Traceback" not in result.stderr
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if db.exists():  # no run at all, not even the sweep's parent
+        client, experiment_id = store(tmp_path)
+        assert client.search_runs([experiment_id]) == []
+
+
+def test_plan_groups_by_everything_but_schedule_lr_and_seed():
+    from hydra import compose, initialize_config_dir
+
+    from lrsweep import backend, experiment, launching
+    from tests.conftest import CONF_DIR
+
+    backend.select("jax")
+    variants = [
+        ["optimizer.learning_rate=0.01", "training.seed=1"],
+        ["optimizer.learning_rate=0.02", "training.seed=0", "schedule=linear"],
+        ["optimizer=adagrad"],  # another optimizer class: its own pack
+        ["training.batch_size=32"],  # another batch size: its own pack
+        ["schedule=warmup", "schedule.warmup.length=0.5", "training.seed=2"],
+        ["optimizer.beta_1=0.8"],  # another optimizer hyperparameter: its own pack
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        jobs = [
+            experiment.prepare(
+                compose(config_name="config", overrides=[*TINY, *v]),
+                tracking.JobContext(overrides=tuple(v), job_num=i),
+            )
+            for i, v in enumerate(variants)
+        ]
+    packs = launching.plan_packs(jobs, max_members=16, max_seeds=8)
+    assert sorted([job.context.job_num for job in pack] for pack in packs) == [[1, 0, 4], [2], [3], [5]]
+    assert [job.seed for job in packs[0]] == [0, 1, 2]  # ordered by seed
+    split = launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=2, max_seeds=8)
+    assert [len(pack) for pack in split] == [2, 1]
+    assert [len(p) for p in launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=16, max_seeds=1)] == [1] * 3
+
+
+def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinished_runs(tmp_path):
+    from tests.test_faults import logged_epochs, running_run_with_epochs, start_train, wait_for
+
+    sweep = ["training.epochs=2,400", "training.seed=0,1"]  # two packs: the short one finishes first
+    for attempt in ("multirun", "again"):
+        process = start_train(tmp_path, *sweep, f"hydra.sweep.dir={tmp_path / attempt}")
+        wait_for(lambda: running_run_with_epochs(tmp_path), what="the long pack running")
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode != 0, output[-3000:]
+        client, experiment_id = store(tmp_path)
+        assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment_id])}
+        runs = job_runs(client, experiment_id, attempt)
+        by_epochs = {}
+        for run in runs.values():
+            by_epochs.setdefault(run.data.params["training.epochs"], []).append(run)
+        killed = by_epochs.pop("400")
+        assert len(killed) == 2 and {r.info.status for r in killed} == {"KILLED"}
+        assert len({r.data.tags[tracking.TAG_PACK] for r in killed}) == 1
+        for run in killed:
+            epochs = logged_epochs(client, run)
+            assert epochs == list(range(len(epochs))) and len(epochs) < 400  # only completed epochs
+        assert tracking.find_sweep_run(client, experiment_id, attempt).info.status == "KILLED"
+        if attempt == "multirun":
+            finished = by_epochs.pop("2")
+            assert {r.info.status for r in finished} == {"FINISHED"} and len(finished) == 2
+            first_pack = killed[0].data.tags[tracking.TAG_PACK]
+        else:  # the rerun reused the two FINISHED runs and packed only the killed configurations, anew
+            assert by_epochs == {}
+            assert "2 already finished before, reused" in output
+            assert killed[0].data.tags[tracking.TAG_PACK] != first_pack
