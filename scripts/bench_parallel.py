@@ -24,7 +24,7 @@ from lrsweep import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "1 job at a time (basic launcher), default threads": [],
+    "1 job at a time (basic launcher), default threads": ["hydra/launcher=basic"],
     "2 jobs at once (hydra/launcher=parallel), threads=1": ["hydra/launcher=parallel", "threads=1"],
     "2 jobs at once (hydra/launcher=parallel), default threads": ["hydra/launcher=parallel"],
 }

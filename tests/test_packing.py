@@ -81,10 +81,10 @@ def test_a_sweep_packs_by_default_and_its_runs_read_like_solo_runs(tmp_path):
     assert sorted(solo) == sorted(packed)
     pack_tags = {tracking.TAG_PACK, tracking.TAG_PACK_SIZE, tracking.TAG_PACK_MEMBER}
     volatile = {tracking.TAG_PARENT, tracking.TAG_SWEEP_ID, tracking.TAG_SWEEP_DIR, tracking.TAG_PROCESS,
-                tracking.TAG_JOB_NUM, "mlflow.runName", "mlflow.user"}  # fmt: skip
+                tracking.TAG_JOB_NUM, tracking.TAG_OVERRIDES, "mlflow.runName", "mlflow.user"}  # fmt: skip
     for name, run in packed.items():
         other = solo[name]
-        assert run.data.params == other.data.params
+        assert run.data.params == other.data.params | {"resume": "True"}  # the only value the two commands differ in
         assert set(run.data.tags) - pack_tags == set(other.data.tags)
         assert {k: v for k, v in run.data.tags.items() if k not in pack_tags | volatile} == {
             k: v for k, v in other.data.tags.items() if k not in volatile
@@ -109,10 +109,10 @@ def test_a_diverging_member_fails_alone_and_the_others_match_their_solo_runs(tmp
     assert result.returncode == 1
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id, "multirun")
-    diverged = "sgd-constant-learning_rate=1e30-seed0"
+    diverged = "sgd-constant-momentum=0.9-learning_rate=1e+30-seed0"
     assert {n: r.info.status for n, r in runs.items()} == {
-        "sgd-constant-learning_rate=0.01-seed0": "FINISHED", diverged: "FAILED",
-        "sgd-constant-learning_rate=0.03-seed0": "FINISHED",
+        "sgd-constant-momentum=0.9-learning_rate=0.01-seed0": "FINISHED", diverged: "FAILED",
+        "sgd-constant-momentum=0.9-learning_rate=0.03-seed0": "FINISHED",
     }  # fmt: skip
     assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in runs.values()} == {"3"}
     assert runs[diverged].data.tags[tracking.TAG_ERROR].startswith("DivergedError: loss became nan in epoch 0")
@@ -185,9 +185,9 @@ def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinishe
         assert process.returncode != 0, output[-3000:]
         client, experiment_id = store(tmp_path)
         assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment_id])}
-        runs = job_runs(client, experiment_id, attempt)
-        by_epochs = {}
-        for run in runs.values():
+        query = f"tags.`{tracking.TAG_ROLE}` = 'job' and tags.`{tracking.TAG_SWEEP_ID}` = '{attempt}'"
+        by_epochs = {}  # (run names leave training.epochs out, so two runs here share each name)
+        for run in client.search_runs([experiment_id], query):
             by_epochs.setdefault(run.data.params["training.epochs"], []).append(run)
         killed = by_epochs.pop("400")
         assert len(killed) == 2 and {r.info.status for r in killed} == {"KILLED"}
@@ -204,3 +204,22 @@ def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinishe
             assert by_epochs == {}
             assert "2 already finished before, reused" in output
             assert killed[0].data.tags[tracking.TAG_PACK] != first_pack
+
+
+def test_packs_go_to_submitit_as_one_job_each(tmp_path):
+    """hydra.launcher.cluster=local: each pack (and lone job) is a submitit job, a process of its own here."""
+    sweep = ["schedule=linear,constant", "training.seed=0,1", "optimizer=adam,adagrad"]
+    result = train(tmp_path, "hydra.launcher.cluster=local", *sweep, "backend=jax", "training.epochs=1",
+                   "training.verbose=0", *TINY)  # fmt: skip
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id, "multirun")
+    assert len(runs) == 8 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    packs = {}
+    for run in runs.values():
+        packs.setdefault(run.data.tags[tracking.TAG_PACK], set()).add(run.data.tags["mlflow.parentRunId"])
+    assert len(packs) == 2  # Adam's 4 runs and Adagrad's 4, each pack one submitit job
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert all(parents == {parent.info.run_id} for parents in packs.values())
+    assert parent.info.status == "FINISHED"
+    assert "Submitted 2 pack(s) to submitit (local)" in result.stdout + result.stderr
+    assert len([p for p in (tmp_path / "multirun" / ".submitit").iterdir() if p.name.isdigit()]) == 2  # job ids

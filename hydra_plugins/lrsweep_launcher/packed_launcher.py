@@ -29,12 +29,27 @@ class PackedLauncher(Launcher):
     Args:
         max_members: the most runs in one pack (bigger groups are split).
         max_seeds: the most distinct seeds (data orders) in one pack; each is one more copy of the epoch's data.
+        cluster: None trains the packs here, one after another; "local" or "slurm" submits each pack (or lone job)
+            as one submitit job, all at once, and waits for them.
+        submitit_folder: where submitit keeps its job scripts and logs.
+        submitit: parameters for submitit's `AutoExecutor.update_parameters` (timeout_min, cpus_per_task, mem_gb,
+            slurm_partition, ...).
     """
 
-    def __init__(self, max_members: int = 16, max_seeds: int = 8) -> None:
+    def __init__(
+        self,
+        max_members: int = 16,
+        max_seeds: int = 8,
+        cluster: str | None = None,
+        submitit_folder: str | None = None,
+        submitit: dict | None = None,
+    ) -> None:
         super().__init__()
         self.max_members = max_members
         self.max_seeds = max_seeds
+        self.cluster = cluster
+        self.submitit_folder = submitit_folder
+        self.submitit = dict(submitit or {})
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -68,12 +83,21 @@ class PackedLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         for num, value in plan.reused.items():
             returns[num] = self._run(sweep_configs[num - initial_job_idx], outcome(value))
-        for pack in plan.packs:
+        if self.cluster:
+            from lrsweep import remote
+
+            work = [[(job.cfg, job.context) for job in pack] for pack in plan.packs]
+            folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
+            results = remote.submit(work, self.cluster, folder, self.submitit) if work else []
+        for k, pack in enumerate(plan.packs):
             configs = [sweep_configs[job.context.job_num - initial_job_idx] for job in pack]
-            outcomes = None
-            if len(pack) > 1:
+            if self.cluster:
+                outcomes = results[k]
+            elif len(pack) > 1:
                 self.packs_launched += 1
                 outcomes = launching.train_pack(pack, f"pack{self.packs_launched}")
+            else:
+                outcomes = None  # alone: the task function trains it, as the basic launcher would
             for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
                 task = self.task_function if outcomes is None else outcome(outcomes[i])
                 returns[job.context.job_num] = self._run(config, task)

@@ -1,0 +1,198 @@
+"""Benchmark: packed sweeps against one job at a time, and against the tutorial's own script, in one session.
+
+    .venv/bin/python scripts/bench_packed.py                         # everything below (about 25 minutes)
+    .venv/bin/python scripts/bench_packed.py --parts steady          # only the speed inside one pack
+    .venv/bin/python scripts/bench_packed.py --parts grid --backends jax
+
+Parts (each a real `python train.py -m ...` into a fresh temporary folder and SQLite store, as a user runs it):
+- grid: the 3x3 warm-up grid (schedule=linear, initial_lr 0.001/0.003/0.005 x final_lr 0.005/0.01/0.02), Adam,
+  5 epochs, full data: 45 model-epochs;
+- tutorial: `+experiment=tutorial training.seed=0,1,2`: 12 runs x 5 epochs = 60 model-epochs; and the tutorial's
+  script as written (../shared/bench/seed_tutorial.py, TensorFlow) run 3 times, for the same 60 model-epochs;
+- steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
+  after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
+  per backend.
+Prints figures; asserts nothing. Timings on a shared 2-core machine vary by about 20%: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL_SCRIPT = ROOT.parent / "shared" / "bench" / "seed_tutorial.py"
+DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
+GRID = ["schedule=linear", "schedule.initial_lr=0.001,0.003,0.005", "schedule.final_lr=0.005,0.01,0.02"]
+TUTORIAL = ["+experiment=tutorial", "training.seed=0,1,2"]
+LAUNCHERS = {"one at a time": ["hydra/launcher=basic"], "packed": []}
+
+
+def sweep(backend: str, overrides: list[str]) -> tuple[float, int]:
+    """Wall time of `python train.py -m ...` in a fresh folder, and the runs it logged."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"sqlite:///{folder}/mlruns/mlflow.db"
+        command = [sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={store}", f"backend={backend}",
+                   f"hydra.sweep.dir={folder}/sweep", "training.verbose=0", *overrides]  # fmt: skip
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            sys.exit(f"train.py exited {result.returncode}:\n{result.stderr[-4000:]}")
+        client = MlflowClient(store)
+        experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+        runs = client.search_runs([experiment_id], "tags.`lrsweep.role` = 'job' and attributes.status = 'FINISHED'")
+        return wall, len(runs)
+
+
+def tutorial_script(times: int = 3) -> float:
+    """Wall time of the tutorial's own script run `times` times (TensorFlow, Keras reading ~/.keras/datasets)."""
+    with tempfile.TemporaryDirectory() as home:
+        cache = Path(home) / ".keras" / "datasets" / "fashion-mnist"
+        cache.mkdir(parents=True)
+        for file in DEBIAN_DATA.glob("*.gz"):
+            (cache / file.name).symlink_to(file)
+        env = {**os.environ, "HOME": home, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        start = time.perf_counter()
+        for _ in range(times):
+            result = subprocess.run([sys.executable, str(TUTORIAL_SCRIPT)], env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                sys.exit(f"{TUTORIAL_SCRIPT} exited {result.returncode}:\n{result.stderr[-4000:]}")
+        return time.perf_counter() - start
+
+
+def _clock():
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        """Each epoch's seconds, from its first step to the end of its validation."""
+
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.start)
+
+    return Clock
+
+
+def steady(members: list[int], epochs: int = 3) -> dict:
+    """In this process: seconds per model-epoch inside packs of each size, after the first (compiling) epoch."""
+    import keras
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from lrsweep import experiment, packing, tracking, training
+
+    Clock = _clock()
+    results = {}
+    for size in members:
+        lrs = np.geomspace(0.001, 0.02, size)
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            jobs = [
+                experiment.prepare(
+                    compose(config_name="config", overrides=[f"optimizer.learning_rate={lr:.6g}"]),
+                    tracking.JobContext(),
+                )
+                for lr in lrs
+            ]
+        dataset = experiment.instantiate(jobs[0].cfg.data)
+        if size == 1:
+            keras.backend.clear_session()
+            model = experiment.build_model(jobs[0].cfg)
+            model.compile(optimizer=experiment.build_optimizer(jobs[0].cfg, 0.01), metrics=["accuracy"],
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          **experiment.compile_args(jobs[0].cfg))  # fmt: skip
+            seeds = 0
+        else:
+            model = packing.build_pack(jobs, dataset).model
+            seeds = [0]
+        clock = Clock()
+        start = time.perf_counter()
+        training.fit_epochs(model, dataset, seeds, 32, epochs, [clock])
+        times = clock.times
+        total = time.perf_counter() - start
+        # Where a steady epoch goes: its data order, and validation on its own.
+        t = time.perf_counter()
+        training.epoch_data(dataset, seeds, 99)
+        order = time.perf_counter() - t
+        t = time.perf_counter()
+        model.evaluate(dataset.x_test, dataset.y_test, batch_size=32, verbose=0)
+        validation = time.perf_counter() - t
+        epoch = float(np.median(times[1:]))
+        results[size] = {
+            "first_epoch_s": times[0],
+            "steady_epoch_s": epoch,
+            "per_model_epoch_s": epoch / size,
+            "validation_s": validation,
+            "data_order_s": order,
+            "fit_overhead_s": (total - sum(times)) / epochs,
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parts = ["steady", "grid", "tutorial"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax"], default=["jax", "tensorflow"])
+    parser.add_argument("--members", nargs="+", type=int, default=[1, 9, 32])
+    parser.add_argument("--steady-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steady_child:  # one backend per process: Keras keeps the first it imports
+        from lrsweep import backend
+
+        backend.select(args.steady_child)
+        print(json.dumps(steady(args.members)))
+        return
+
+    if "steady" in args.parts:
+        print("Inside one pack, after compilation (Adam, batch 32, full data; s = seconds):")
+        print(f"{'backend':<11} {'members':>7} {'first epoch':>11} {'epoch':>7} {'per model-epoch':>15} "
+              f"{'validation':>10} {'data order':>10}")  # fmt: skip
+        for backend in args.backends:
+            command = [sys.executable, __file__, "--steady-child", backend, "--members", *map(str, args.members)]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+            if result.returncode != 0:
+                sys.exit(result.stderr[-4000:])
+            for size, r in json.loads(result.stdout.strip().splitlines()[-1]).items():
+                print(f"{backend:<11} {size:>7} {r['first_epoch_s']:>10.1f}s {r['steady_epoch_s']:>6.2f}s "
+                      f"{r['per_model_epoch_s']:>14.3f}s {r['validation_s']:>9.2f}s {r['data_order_s']:>9.2f}s",
+                      flush=True)  # fmt: skip
+
+    sweeps = {"grid": ("3x3 warm-up grid", GRID, 45), "tutorial": ("tutorial x 3 seeds", TUTORIAL, 60)}
+    for part in ("grid", "tutorial"):
+        if part not in args.parts:
+            continue
+        title, overrides, model_epochs = sweeps[part]
+        print(f"\n{title} ({model_epochs} model-epochs), end to end from a fresh store:")
+        print(f"{'backend':<11} {'launcher':<14} {'runs':>4} {'wall':>8} {'per model-epoch':>15} {'speed-up':>8}")
+        for backend in args.backends:
+            walls = {}
+            for launcher, extra in LAUNCHERS.items():
+                wall, runs = sweep(backend, overrides + extra)
+                walls[launcher] = wall
+                speedup = walls["one at a time"] / wall if launcher == "packed" else 1.0
+                print(f"{backend:<11} {launcher:<14} {runs:>4} {wall:>7.1f}s {wall / model_epochs:>14.2f}s "
+                      f"{speedup:>7.1f}x", flush=True)  # fmt: skip
+        if part == "tutorial":
+            wall = tutorial_script()
+            print(f"{'tensorflow':<11} {'tutorial x3':<14} {12:>4} {wall:>7.1f}s {wall / model_epochs:>14.2f}s  "
+                  "(the tutorial's script, run 3 times)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
