@@ -45,6 +45,8 @@ def check_training(training: DictConfig) -> None:
     check_count("training.batch_size", training.batch_size, 1)
     check_count("training.steps_per_execution", training.steps_per_execution, 1)
     check_count("training.seed", training.seed, 0)
+    if training.jit_compile not in (True, False, "auto"):
+        raise ValueError(f"`training.jit_compile` must be true, false or auto. Received: {training.jit_compile!r}")
 
 
 @dataclass
@@ -106,7 +108,8 @@ def build_optimizer(cfg: DictConfig, learning_rate) -> keras.optimizers.Optimize
 
 
 def compile_args(cfg: DictConfig) -> dict[str, Any]:
-    return {"steps_per_execution": cfg.training.steps_per_execution}
+    """Keras `compile` settings from `training`, the same for a solo model and a pack."""
+    return {"steps_per_execution": cfg.training.steps_per_execution, "jit_compile": cfg.training.jit_compile}
 
 
 def run_record(

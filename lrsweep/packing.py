@@ -315,8 +315,9 @@ class PackedUpdates:
     The LR (a vector, one entry per member: `PackSchedule`) reaches `update_step` shaped to broadcast against each
     variable, so the optimizer's own formula applies member k's LR to member k's entries. A member whose output
     bias gradient is not finite (its loss is NaN or infinite: the logits were) is marked dead in that step, and its
-    entries of every variable are left exactly as they were, from then on, whatever the optimizer's state would
-    do (momentum keeps moving a variable at LR 0): its NaNs never reach the others, which share no entry with it.
+    entries of every variable are left exactly as they were, from then on: its gradient and LR are zero, which
+    leaves a variable unchanged in every packable optimizer except where momentum would still move it, and there
+    the update is undone. Its NaNs never reach the optimizer's state, nor the others, which share no entry with it.
     """
 
     def __init__(
@@ -337,12 +338,15 @@ class PackedUpdates:
         alive = self.alive * ops.cast(finite, self.alive.dtype)
         self.alive.assign(alive)
         learning_rate = ops.cast(learning_rate, "float32") * alive
+        # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
+        restore = bool(getattr(self, "momentum", 0))
         for grad, variable in zip(grads, trainable_variables, strict=True):
             owners = self.member_maps[self._get_variable_index(variable)]
             keep = ops.take(alive, owners) > 0
-            before = ops.convert_to_tensor(variable)
+            before = ops.convert_to_tensor(variable) if restore else None
             self.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
-            self.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+            if restore:
+                self.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
 
     def member_alive(self) -> np.ndarray:
         return ops.convert_to_numpy(self.alive) > 0
