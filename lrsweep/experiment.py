@@ -114,8 +114,8 @@ def compile_args(cfg: DictConfig) -> dict[str, Any]:
 
 def run_record(
     client: MlflowClient, experiment_id: str, job: Job, dataset: Dataset, extra_tags: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """The name, params, tags and config artifacts of a job's MLflow run (`tracking.open_run`'s arguments)."""
+) -> tracking.RunRecord:
+    """The name, params, tags and config artifacts of a job's MLflow run, alone or in a pack."""
     params = tracking.flatten(job.resolved)
     params.update({f"choice.{group}": option for group, option in job.context.choices.items()})
     tags = {
@@ -130,7 +130,7 @@ def run_record(
         "config.yaml": OmegaConf.to_yaml(job.cfg, resolve=True),
         "overrides.yaml": yaml.safe_dump(list(job.context.overrides), default_flow_style=False),
     }
-    return {"name": job.name, "params": params, "tags": tags, "artifacts": artifacts}
+    return tracking.RunRecord(job.name, params, tags, artifacts)
 
 
 def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) -> list[keras.callbacks.Callback]:
@@ -203,7 +203,8 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
         "%s: %d train / %d validation examples from %s, %d steps per epoch, schedule %s",
         job.name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch(cfg, dataset), schedule,
     )  # fmt: skip
-    with tracking.job_run(client, experiment_id, **run_record(client, experiment_id, job, dataset)) as run_id:
+    record = run_record(client, experiment_id, job, dataset)
+    with tracking.job_run(client, experiment_id, record.name, record.params, record.tags, record.artifacts) as run_id:
         member = Member(run_id=run_id, schedule=lr, name=job.name)
         history = fit_epochs(
             model, dataset, job.seed, cfg.training.batch_size, cfg.training.epochs, callbacks(client, cfg, [member])

@@ -124,11 +124,15 @@ class PackedMLP(keras.Model):
             kernels, biases = [], []
             units_in = self.inputs_dim
             for depth, spec in enumerate(self.dense):
+                # Zeros: every member's weights are set from its solo model's (`set_member_weights`).
                 if depth == 0:  # one wide kernel: member g's units are columns g*units .. (g+1)*units - 1
-                    kernels.append(self.add_weight((units_in, size * spec.units), name=f"kernel_g{group}_0"))
+                    kernels.append(
+                        self.add_weight((units_in, size * spec.units), initializer="zeros", name=f"kernel_g{group}_0")
+                    )
                     biases.append(self.add_weight((size * spec.units,), initializer="zeros", name=f"bias_g{group}_0"))
                 else:
-                    kernels.append(self.add_weight((size, units_in, spec.units), name=f"kernel_g{group}_{depth}"))
+                    shape = (size, units_in, spec.units)
+                    kernels.append(self.add_weight(shape, initializer="zeros", name=f"kernel_g{group}_{depth}"))
                     biases.append(
                         self.add_weight((size, spec.units), initializer="zeros", name=f"bias_g{group}_{depth}")
                     )
@@ -419,7 +423,7 @@ def train_pack(
                 tracking.TAG_PACK_MEMBER: str(k),
             }
             record = experiment.run_record(client, experiment_id, job, dataset, pack_tags)
-            run_id = tracking.open_run(client, experiment_id, **record)
+            run_id = tracking.open_run(client, experiment_id, record)
             members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=_selector(model, k)))
         seeds = [jobs[model.offsets[g]].seed for g in range(len(model.group_sizes))]
         history = fit_epochs(

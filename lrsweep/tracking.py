@@ -280,25 +280,28 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
     return "-".join(parts)
 
 
-def open_run(
-    client: MlflowClient,
-    experiment_id: str,
-    name: str,
-    params: Mapping[str, str],
-    tags: Mapping[str, str],
-    artifacts: Mapping[str, str],
-) -> str:
+@dataclass(frozen=True)
+class RunRecord:
+    """What a job's run is opened with: its name, params, tags and config artifacts (path -> text)."""
+
+    name: str
+    params: Mapping[str, str]
+    tags: Mapping[str, str]
+    artifacts: Mapping[str, str]
+
+
+def open_run(client: MlflowClient, experiment_id: str, record: RunRecord) -> str:
     """Creates a job's MLflow run with its params, tags and config artifacts; returns its id.
 
     A run that fails while being recorded is closed FAILED before the error goes on.
     """
-    run_id = client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+    run_id = client.create_run(experiment_id, run_name=record.name, tags=dict(record.tags)).info.run_id
     try:
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        for path, text in artifacts.items():
+        client.log_batch(run_id, params=[Param(k, v) for k, v in record.params.items()])
+        for path, text in record.artifacts.items():
             client.log_text(run_id, text, path)
     except BaseException as e:
-        close_run(client, run_id, name, e)
+        close_run(client, run_id, record.name, e)
         raise
     return run_id
 
@@ -335,7 +338,7 @@ def job_run(
     Yields:
         The run id.
     """
-    run_id = open_run(client, experiment_id, name, params, tags, artifacts)
+    run_id = open_run(client, experiment_id, RunRecord(name, params, tags, artifacts))
     try:
         yield run_id
     except BaseException as e:

@@ -30,6 +30,7 @@ def test_optuna_search_on_tiny_data_produces_mlflow_runs(tmp_path):
         tmp_path,
         "+experiment=warmup_search",
         "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=3",  # one batch of 3 trials, handed to the launcher at once: one pack
         "backend=jax",
         "training.epochs=2",
         "training.verbose=0",
@@ -39,6 +40,7 @@ def test_optuna_search_on_tiny_data_produces_mlflow_runs(tmp_path):
     runs = list(job_runs(client, experiment_id).values())
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags[tracking.TAG_SWEEP_ID] for r in runs}) == 1
+    assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in runs} == {"3"}
     trials = []
     for run in runs:
         params = run.data.params
