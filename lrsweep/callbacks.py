@@ -16,14 +16,9 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from lrsweep import interrupts, tracking
 from lrsweep.schedules import check_count
-from lrsweep.training import Member
+from lrsweep.training import Member, as_members
 
 Targets = str | Sequence[Member]
-
-
-def as_members(target: Targets) -> list[Member]:
-    """Callbacks report to members; a bare run id is a solo model whose LR is read from its optimizer."""
-    return [Member(run_id=target, schedule=None)] if isinstance(target, str) else list(target)
 
 
 def optimizer_schedule(optimizer: keras.optimizers.Optimizer) -> Callable[[Any], Any]:

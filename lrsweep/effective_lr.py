@@ -11,7 +11,7 @@ from keras import ops
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from lrsweep.training import Member
+from lrsweep.training import Member, as_members
 
 
 class EffectiveLR(NamedTuple):
@@ -30,9 +30,9 @@ class EffectiveLR(NamedTuple):
 Select = Callable[[Sequence[keras.Variable]], np.ndarray]
 
 
-def _flat(variables: Sequence[keras.Variable]) -> np.ndarray:
-    """All values of an optimizer's slot variables (one per model variable), flattened into one float64 array."""
-    return np.concatenate([np.ravel(ops.convert_to_numpy(v)) for v in variables]).astype(np.float64)
+def _flat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The values of an optimizer's slot variables (one per model variable), flattened into one float64 array."""
+    return np.concatenate([np.ravel(a) for a in arrays]).astype(np.float64)
 
 
 def _as_float32(value: float) -> float:
@@ -40,7 +40,7 @@ def _as_float32(value: float) -> float:
     return float(np.float32(value))
 
 
-def adagrad(optimizer: keras.optimizers.Adagrad, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
+def adagrad(optimizer: keras.optimizers.Adagrad, lr: float, step: int, select: Select) -> EffectiveLR:
     """Adagrad: `lr / sqrt(acc + eps)`, so that the update is `-effective_lr * g`.
 
     `acc` already includes the last gradient's square (Keras adds g^2 before dividing), and `eps` sits inside
@@ -51,7 +51,7 @@ def adagrad(optimizer: keras.optimizers.Adagrad, lr: float, step: int, select: S
     return EffectiveLR(values, acc != _as_float32(optimizer.initial_accumulator_value))
 
 
-def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
+def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int, select: Select) -> EffectiveLR:
     """Adadelta: `lr * sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps)`, so that the update is `-effective_lr * g`.
 
     Keras updates `E[g^2]` with the new gradient before the step and `E[dx^2]` with the step after it. Read after
@@ -69,7 +69,7 @@ def adadelta(optimizer: keras.optimizers.Adadelta, lr: float, step: int, select:
 _NO_RECENT_GRADIENT = 1e-30  # |m| below this: Adam's first moment has decayed for hundreds of gradient-free steps
 
 
-def adam(optimizer: keras.optimizers.Adam, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
+def adam(optimizer: keras.optimizers.Adam, lr: float, step: int, select: Select) -> EffectiveLR:
     """Adam: `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) / (sqrt(v) + eps)`, so that the update is `-effective_lr * m`.
 
     This is Keras' form: the bias corrections are folded into the LR and `eps` is added to `sqrt(v)` (not to
@@ -90,7 +90,7 @@ def adam(optimizer: keras.optimizers.Adam, lr: float, step: int, select: Select 
     return EffectiveLR(values, (v != 0) & (np.abs(m) >= _NO_RECENT_GRADIENT))
 
 
-def rmsprop(optimizer: keras.optimizers.RMSprop, lr: float, step: int, select: Select = _flat) -> EffectiveLR:
+def rmsprop(optimizer: keras.optimizers.RMSprop, lr: float, step: int, select: Select) -> EffectiveLR:
     """RMSprop: `lr / sqrt(v + eps)`, so that the increment is `effective_lr * g`.
 
     `v` already includes the last gradient's square; `eps` sits inside the square root as in Keras. When
@@ -126,7 +126,10 @@ def last_update_lr(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 def effective_lr(
-    optimizer: keras.optimizers.Optimizer, lr: float | None = None, select: Select = _flat
+    optimizer: keras.optimizers.Optimizer,
+    lr: float | None = None,
+    select: Callable[[Sequence[np.ndarray]], np.ndarray] = _flat,
+    values: Callable[[keras.Variable], np.ndarray] = ops.convert_to_numpy,
 ) -> EffectiveLR | None:
     """The per-parameter effective LR of the optimizer's last applied update, from its current slot variables.
 
@@ -137,8 +140,9 @@ def effective_lr(
     Args:
         optimizer: a built optimizer.
         lr: the last update's LR; None reads it from the optimizer's own schedule.
-        select: flattens the values that belong to this run from a list of slot variables (all of them for a
-            solo model, one member's slices for a pack).
+        select: flattens the values that belong to this run from the values of a list of slot variables (all of
+            them for a solo model, one member's slices for a pack).
+        values: a slot variable's values (a cache, so that a pack's members share one read of each).
 
     Returns:
         None before the first update, and for optimizers without a formula (SGD: its effective LR is the LR).
@@ -147,7 +151,8 @@ def effective_lr(
     step = int(ops.convert_to_numpy(optimizer.iterations))
     if formula is None or step == 0:
         return None
-    return formula(optimizer, last_update_lr(optimizer) if lr is None else lr, step, select)
+    lr = last_update_lr(optimizer) if lr is None else lr
+    return formula(optimizer, lr, step, lambda variables: select([values(v) for v in variables]))
 
 
 def summarize(effective: EffectiveLR, quantiles: Sequence[float] = (10, 50, 90)) -> dict[str, float]:
@@ -183,16 +188,23 @@ class EffectiveLRLogger(keras.callbacks.Callback):
     ):
         super().__init__()
         self.client = client
-        self.members = [Member(members, None)] if isinstance(members, str) else list(members)
+        self.members = as_members(members)
         self.quantiles = tuple(quantiles)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         optimizer = self.model.optimizer
         step = int(ops.convert_to_numpy(optimizer.iterations))
+        read: dict[int, np.ndarray] = {}  # each slot variable read once, whatever the number of members
+
+        def values(variable: keras.Variable) -> np.ndarray:
+            if id(variable) not in read:
+                read[id(variable)] = ops.convert_to_numpy(variable)
+            return read[id(variable)]
+
         for member in self.members:
             if not member.reports(epoch):
                 continue
             lr = None if member.schedule is None else member.lr(step - 1)
-            effective = effective_lr(optimizer, lr, member.select or _flat)
+            effective = effective_lr(optimizer, lr, member.select or _flat, values)
             if effective is not None:
                 tracking.log_metrics(self.client, member.run_id, summarize(effective, self.quantiles), step=epoch)

@@ -71,11 +71,11 @@ def prepare(cfg: DictConfig, context: tracking.JobContext) -> Job:
         ValueError: naming the key, the value and the fix.
     """
     check_training(cfg.training)
-    check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
+    learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
     check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
     dataset = instantiate(cfg.data)  # missing or corrupt files, bad subset sizes
     build_schedule(cfg, dataset)  # the schedule's own arguments
-    build_optimizer(cfg, check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate))
+    build_optimizer(cfg, learning_rate)  # the optimizer's own arguments
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return Job(
         cfg=cfg,

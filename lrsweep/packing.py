@@ -19,10 +19,8 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-from hydra.utils import get_class
 from keras import ops
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from lrsweep import experiment, tracking
 from lrsweep.data import Dataset
@@ -98,6 +96,8 @@ def check_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
 class PackedMLP(keras.Model):
     """K copies of one MLP, stacked: outputs (batch, K, classes), member k's from its own weights.
 
+    Every train and test step also records each member's loss and accuracy (`MemberMetrics`).
+
     Training inputs hold one batch per data group, (batch, groups, *input_shape); validation inputs are shared,
     (batch, *input_shape).
 
@@ -140,11 +140,17 @@ class PackedMLP(keras.Model):
             self.kernels.append(kernels)
             self.biases.append(biases)
         self._index_variables()
+        self.member_metrics = MemberMetrics(self.group_sizes)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.member_metrics.update_state(y, y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def _index_variables(self) -> None:
         positions = {id(v): (g, d, kind) for g in range(len(self.group_sizes))
                      for d in range(len(self.dense)) for kind, v in (("kernel", self.kernels[g][d]),
                                                                      ("bias", self.biases[g][d]))}  # fmt: skip
+        self._variable_index = {id(v): i for i, v in enumerate(self.trainable_variables)}
         self._variable_groups = [positions[id(v)][0] for v in self.trainable_variables]
         for variable in self.trainable_variables:
             group, depth, kind = positions[id(variable)]
@@ -159,7 +165,7 @@ class PackedMLP(keras.Model):
                 self._slices.append(lambda array, k, offset=offset: array[k - offset])
         # The output biases' variable indices and member counts, per group: their gradients flag a bad loss.
         self.watch = [
-            (next(i for i, v in enumerate(self.trainable_variables) if v is biases[-1]), size)
+            (self._variable_index[id(biases[-1])], size)
             for biases, size in zip(self.biases, self.group_sizes, strict=True)
         ]
 
@@ -178,7 +184,7 @@ class PackedMLP(keras.Model):
         values = []
         for depth in range(len(self.dense)):
             for variable in (self.kernels[group][depth], self.biases[group][depth]):
-                index = next(i for i, v in enumerate(self.trainable_variables) if v is variable)
+                index = self._variable_index[id(variable)]
                 values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
         return values
 
@@ -212,10 +218,15 @@ class PackedMLP(keras.Model):
             outputs.append(h)
         return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
 
-    def build_optimizer(self, base: type[keras.optimizers.Optimizer], **kwargs) -> keras.optimizers.Optimizer:
-        """The configured optimizer, applied to each member with its own LR (`learning_rate` returns K values)."""
-        return packed_optimizer_class(base)(member_maps=self.member_maps, watch=self.watch, members=self.members,
-                                            **kwargs)  # fmt: skip
+    def build_optimizer(
+        self, optimizer: keras.optimizers.Optimizer, learning_rate: PackSchedule
+    ) -> keras.optimizers.Optimizer:
+        """`optimizer`'s class and settings, applied to each member with its own LR (`learning_rate`: K values)."""
+        settings = {k: v for k, v in optimizer.get_config().items() if k != "learning_rate"}
+        return packed_optimizer_class(type(optimizer))(
+            learning_rate=learning_rate, member_maps=self.member_maps, watch=self.watch, members=self.members,
+            **settings,
+        )  # fmt: skip
 
 
 def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -226,7 +237,7 @@ def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, i
     return columns
 
 
-def member_labels(y_true, y_pred, group_sizes: Sequence[int]):
+def member_labels(y_true, group_sizes: Sequence[int]):
     """Labels per member (batch, K) from labels per data group (batch, groups) or shared labels (batch,)."""
     y = ops.cast(y_true, "int32")
     members = sum(group_sizes)
@@ -244,7 +255,7 @@ class PackedLoss(keras.losses.Loss):
         self.group_sizes = list(group_sizes)
 
     def call(self, y_true, y_pred):
-        labels = member_labels(y_true, y_pred, self.group_sizes)
+        labels = member_labels(y_true, self.group_sizes)
         return ops.sum(keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True), axis=1)
 
 
@@ -260,7 +271,7 @@ class MemberMetrics(keras.metrics.Metric):
         self.count = self.add_variable((), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = member_labels(y_true, y_pred, self.group_sizes)
+        labels = member_labels(y_true, self.group_sizes)
         loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
         hits = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), labels), "float32")
         self.total_loss.assign_add(ops.sum(loss, axis=0))
@@ -275,18 +286,6 @@ class MemberMetrics(keras.metrics.Metric):
             results[f"loss_{k}"] = losses[k]
             results[f"accuracy_{k}"] = accuracies[k]
         return results
-
-
-class PackedModel(PackedMLP):
-    """A PackedMLP that reports each member's loss and accuracy (`MemberMetrics`) in every train and test step."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.member_metrics = MemberMetrics(self.group_sizes)
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self.member_metrics.update_state(y, y_pred)
-        return super().compute_metrics(x, y, y_pred, sample_weight)
 
 
 class PackSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -352,9 +351,6 @@ class PackedUpdates:
             if restore:
                 self.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
 
-    def member_alive(self) -> np.ndarray:
-        return ops.convert_to_numpy(self.alive) > 0
-
 
 def seed_groups(seeds: Sequence[int]) -> list[int]:
     """Sizes of the runs of equal seeds in `seeds` (which must be sorted by seed)."""
@@ -367,8 +363,9 @@ def seed_groups(seeds: Sequence[int]) -> list[int]:
 class PackPlan:
     """The model and optimizer a pack trains with, built from its members' own configs."""
 
-    model: PackedModel
+    model: PackedMLP
     schedules: list[KerasSchedule]
+    seeds: list[int]  # one per data group: the order of examples its members see
 
 
 def build_pack(jobs: Sequence[experiment.Job], dataset: Dataset) -> PackPlan:
@@ -382,18 +379,16 @@ def build_pack(jobs: Sequence[experiment.Job], dataset: Dataset) -> PackPlan:
     keras.backend.clear_session()
     solo_models = [experiment.build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
     input_shape, layers = mlp_spec(solo_models[0])
-    check_optimizer(experiment.build_optimizer(cfg, 0.01))
-    model = PackedModel(input_shape, layers, seed_groups([job.seed for job in jobs]))
+    optimizer = experiment.build_optimizer(cfg, 0.01)  # its settings; each member's LR comes from its schedule
+    check_optimizer(optimizer)
+    model = PackedMLP(input_shape, layers, seed_groups([job.seed for job in jobs]))
     model.set_member_weights([m.get_weights() for m in solo_models])
-    kwargs = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    base = get_class(kwargs.pop("_target_"))
-    kwargs.pop("learning_rate")
     model.compile(
-        optimizer=model.build_optimizer(base, learning_rate=PackSchedule(schedules), **kwargs),
+        optimizer=model.build_optimizer(optimizer, PackSchedule(schedules)),
         loss=PackedLoss(model.group_sizes),
         **experiment.compile_args(cfg),
     )
-    return PackPlan(model, schedules)
+    return PackPlan(model, schedules, [jobs[offset].seed for offset in model.offsets])
 
 
 def train_pack(
@@ -425,9 +420,8 @@ def train_pack(
             record = experiment.run_record(client, experiment_id, job, dataset, pack_tags)
             run_id = tracking.open_run(client, experiment_id, record)
             members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=_selector(model, k)))
-        seeds = [jobs[model.offsets[g]].seed for g in range(len(model.group_sizes))]
         history = fit_epochs(
-            model, dataset, seeds, cfg.training.batch_size, cfg.training.epochs,
+            model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             experiment.callbacks(client, cfg, members),
         )  # fmt: skip
     except BaseException as e:
@@ -442,11 +436,11 @@ def train_pack(
     return outcomes
 
 
-def _selector(model: PackedMLP, member: int) -> Callable[[Sequence[keras.Variable]], np.ndarray]:
-    """Member `member`'s values of a list of optimizer slots (one per trainable variable), flattened."""
+def _selector(model: PackedMLP, member: int) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """Member `member`'s values of a list of optimizer slot values (one per trainable variable), flattened."""
 
-    def select(variables: Sequence[keras.Variable]) -> np.ndarray:
-        parts = [model.member_values(i, ops.convert_to_numpy(v), member) for i, v in enumerate(variables)]
+    def select(arrays: Sequence[np.ndarray]) -> np.ndarray:
+        parts = [model.member_values(i, array, member) for i, array in enumerate(arrays)]
         return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
 
     return select

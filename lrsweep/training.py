@@ -56,8 +56,8 @@ class Member:
     error: Exception | None = None  # why it stopped early (divergence)
     stopped_epoch: int | None = None
     stopped_step: int | None = None  # the global step it stopped at (exclusive)
-    # This member's values from a list of optimizer slot variables, flattened (None: all values, a solo model).
-    select: Callable[[Sequence[keras.Variable]], np.ndarray] | None = None
+    # This member's values from the values of a list of optimizer slot variables, flattened (None: all of them).
+    select: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
 
     def key(self, metric: str) -> str:
         return metric if self.index is None else f"{metric}_{self.index}"
@@ -72,6 +72,11 @@ class Member:
 
     def lr(self, step: int) -> float:
         return float(keras.ops.convert_to_numpy(self.schedule(step)))
+
+
+def as_members(target: str | Sequence[Member]) -> list[Member]:
+    """Callbacks report to members; a bare run id is a solo model whose LR is read from its optimizer."""
+    return [Member(run_id=target, schedule=None)] if isinstance(target, str) else list(target)
 
 
 class _Relay(keras.callbacks.Callback):

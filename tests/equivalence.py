@@ -80,8 +80,7 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
     plan = packing.build_pack(prepared, dataset)
     model = plan.model
     batch = prepared[0].cfg.training.batch_size
-    seeds = [prepared[model.offsets[g]].seed for g in range(len(model.group_sizes))]
-    x, y = training.epoch_data(dataset, seeds, 0)
+    x, y = training.epoch_data(dataset, plan.seeds, 0)
     initial = [model.member_weights(k) for k in range(model.members)]
     model.train_on_batch(x[:batch], y[:batch])
     initial_diff, step_diff = 0.0, 0.0

@@ -1,7 +1,7 @@
 """`hydra/launcher=packed`: a sweep's compatible jobs train together as packs, each job still its own MLflow run.
 
 The launcher composes and checks every job's config before anything trains, skips configurations that already
-FINISHED (resume), groups the rest into packs (`lrsweep.packing.plan`), trains each pack as one stacked model,
+FINISHED (resume), groups the rest into packs (`lrsweep.launching.plan_packs`), trains each pack as one stacked model,
 and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed (alone
 in its group, or a model or optimizer the packed path does not support) trains alone, in this process.
 """
