@@ -1,4 +1,4 @@
-"""A sweep at a glance, rebuilt from MLflow alone: a ranked table over seeds, CSV/Markdown and figures."""
+"""A sweep at a glance, rebuilt from MLflow alone: a ranked table over seeds with verdicts, CSV/Markdown, figures."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,16 @@ import requests
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from lrsweep import tracking
+from lrsweep import stats, tracking
 
 SEED_KEY = "training.seed"
+RANK_METRIC = "val_accuracy"
 FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
+TAG_VALIDATION = "lrsweep.validation"  # what the validation set is, e.g. "held-out 10000 of train" or "test set"
+# A run diverged if its loss became NaN/inf (it ended FAILED) or it ended no better than guessing: a final
+# training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10 = 2.303.
+CHANCE_LOSS = math.log(10)
 CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy")
 EFFECTIVE_LR = ("effective_lr/p10", "effective_lr/p50", "effective_lr/p90")
 HISTORY_METRICS = (*CURVE_METRICS, "lr", *EFFECTIVE_LR)
@@ -38,6 +45,7 @@ class JobRun:
     final: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     reused: bool = False  # a FINISHED run of an earlier sweep that this sweep's job skipped to (resume)
+    tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_mlflow(cls, run: Run) -> JobRun:
@@ -48,7 +56,24 @@ class JobRun:
             overrides=json.loads(run.data.tags.get(tracking.TAG_OVERRIDES, "{}")),
             params=dict(run.data.params),
             final=dict(run.data.metrics),
+            tags=dict(run.data.tags),
         )
+
+    @property
+    def seed(self) -> int | None:
+        value = self.params.get(SEED_KEY, self.overrides.get(SEED_KEY))
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def diverged(self) -> bool:
+        """The loss became NaN/inf (FAILED), or training ended no better than chance (final loss >= ln 10)."""
+        if self.status == "FAILED":
+            return "DivergedError" in self.tags.get(tracking.TAG_ERROR, "")
+        loss = self.final.get("loss")
+        return self.status == "FINISHED" and loss is not None and not loss < CHANCE_LOSS
 
 
 @dataclass
@@ -62,6 +87,17 @@ class Configuration:
     @property
     def finished(self) -> list[JobRun]:
         return [r for r in self.runs if r.status == "FINISHED"]
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.diverged for r in self.runs)
+
+    def samples(self, metric: str = RANK_METRIC) -> dict[int, float]:
+        """{seed: final value} of the finished runs (a run without a seed is keyed by its position)."""
+        values = {}
+        for i, run in enumerate(r for r in self.finished if metric in r.final):
+            values[run.seed if run.seed is not None else -1 - i] = run.final[metric]
+        return values
 
     def stat(self, metric: str) -> tuple[float, float, int]:
         """Mean, sample standard deviation (nan for n < 2) and n of a final metric over finished runs."""
@@ -87,17 +123,38 @@ class SweepReport:
     runs: list[JobRun]
     swept: list[str]
     configurations: list[Configuration]
+    comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # by configuration label
+
+    @property
+    def validation(self) -> str:
+        """What ranked the configurations: the validation set the runs report `val_*` on."""
+        described = sorted({r.tags[TAG_VALIDATION] for r in self.runs if TAG_VALIDATION in r.tags})
+        return " / ".join(described) if described else "test set"
+
+    @property
+    def test_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in TEST_METRICS if any(m in r.final for r in self.runs))
+
+    @property
+    def comparable(self) -> bool:
+        """Whether any configuration has 2 or more finished runs, so that a comparison is possible."""
+        return any(len(c.samples()) >= 2 for c in self.configurations)
 
     def rows(self) -> list[dict[str, object]]:
-        """One row per configuration, best mean val_accuracy first: swept values, mean/std/n of final metrics."""
+        """One row per configuration, best mean val_accuracy first: swept values, mean/std/n, verdict vs the best."""
         rows = []
         for rank, config in enumerate(self.configurations, start=1):
             row: dict[str, object] = {"rank": rank, **{short_key(k, self.swept): config.values[k] for k in self.swept}}
-            for metric in FINAL_METRICS:
+            for metric in (*FINAL_METRICS, *self.test_metrics):
                 mean, std, n = config.stat(metric)
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
-            row["n"] = config.stat("val_accuracy")[2]
+            comparison = self.comparisons.get(config.label)
+            row["verdict"] = comparison.verdict if comparison else "no finished run"
+            for key in ("difference", "low", "high", "p_adjusted", "test", "seeds_needed"):
+                row[f"vs_best_{key}"] = getattr(comparison, key) if comparison else math.nan
+            row["n"] = config.stat(RANK_METRIC)[2]
             row["failed"] = len(config.runs) - len(config.finished)
+            row["diverged"] = config.diverged
             row["reused"] = sum(r.reused for r in config.runs)
             row["runs"] = " ".join(r.name for r in config.runs)
             rows.append(row)
@@ -105,13 +162,51 @@ class SweepReport:
 
     def table(self, markdown: bool = False) -> str:
         header = ["rank", *([short_key(k, self.swept) for k in self.swept] or ["configuration"])]
-        header += [f"{m} (mean ± std)" for m in FINAL_METRICS] + ["n", "failed", "reused"]
+        header += [f"{RANK_METRIC} (mean ± std)", "vs best [95% CI]", "p (Holm)", "verdict"]
+        others = [m for m in (*FINAL_METRICS, *self.test_metrics) if m != RANK_METRIC]
+        header += [f"{m} (mean ± std)" for m in others] + ["n", "failed", "diverged", "reused"]
         body = []
         for config, row in zip(self.configurations, self.rows(), strict=True):
             cells = [row["rank"], *([_short_number(config.values[k]) for k in self.swept] or [config.label])]
-            cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in FINAL_METRICS]
-            body.append([*cells, row["n"], row["failed"], row["reused"]])
+            cells.append(_mean_std(row[f"{RANK_METRIC}_mean"], row[f"{RANK_METRIC}_std"]))
+            cells += _comparison_cells(self.comparisons.get(config.label))
+            cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in others]
+            body.append([*cells, row["n"], row["failed"], row["diverged"], row["reused"]])
         return format_table(header, body, markdown=markdown)
+
+    def verdicts(self, limit: int | None = None) -> list[str]:
+        """The comparisons in words, one line each (the `limit` closest to the best), headed by what ranked them;
+        or why none is possible."""
+        head = f"Ranked by final {RANK_METRIC} on the {self.validation}."
+        if len(self.configurations) < 2:
+            return [head]
+        if not self.comparable:
+            return [
+                f"{head} One run per configuration: no comparison is possible, and the ranking may be noise. "
+                f"Sweep seeds to compare, e.g. {SEED_KEY}=0,1,2."
+            ]
+        lines = [
+            f"{head} Each configuration vs the best: difference in mean {RANK_METRIC} [95% CI], p corrected for "
+            f"{sum(1 for c in self.comparisons.values() if c.test)} comparisons (Holm); paired by seed when both ran "
+            "the same seeds, else Welch."
+        ]
+        others = [c.sentence(RANK_METRIC) for c in self.comparisons.values() if c.verdict != stats.BEST]
+        if limit is not None and len(others) > limit:
+            verdicts = Counter(c.verdict for c in self.comparisons.values())
+            counts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
+            others = [*others[:limit], f"... {len(others) - limit} more in summary.md ({counts})"]
+        return lines + others
+
+
+def _comparison_cells(comparison: stats.Comparison | None) -> list[str]:
+    if comparison is None:
+        return ["-", "-", "no finished run"]
+    if comparison.verdict == stats.BEST:
+        return ["-", "-", stats.BEST]
+    if not comparison.test:
+        return [f"{comparison.difference:+.4f}", "-", f"{stats.NO_TEST} (n={comparison.n})"]
+    interval = f"{comparison.difference:+.4f} [{comparison.low:+.4f}, {comparison.high:+.4f}]"
+    return [interval, f"{comparison.p_adjusted:.2g}", comparison.verdict]
 
 
 def _short_number(value: str) -> str:
@@ -261,8 +356,9 @@ def build(
             r"-seed\d+$", "", members[0].name
         )
         configurations.append(Configuration(named, members, label))
-    configurations.sort(key=lambda c: (c.stat("val_accuracy")[2] == 0, -_nan_to(c.stat("val_accuracy")[0], -1.0)))
-    return SweepReport(sweep_id, jobs, swept, configurations)
+    configurations.sort(key=lambda c: (c.stat(RANK_METRIC)[2] == 0, -_nan_to(c.stat(RANK_METRIC)[0], -1.0)))
+    comparisons = stats.compare_to_best({c.label: c.samples() for c in configurations})
+    return SweepReport(sweep_id, jobs, swept, configurations, comparisons)
 
 
 def _nan_to(value: float, default: float) -> float:
@@ -373,35 +469,170 @@ def _numeric(values: Iterable[str]) -> list[float] | None:
         return None
 
 
-def plot_heatmap(report: SweepReport):
-    """Mean final val_accuracy over a grid of two numeric swept parameters, values written in the cells.
+LR_KEY = re.compile(r"(^|[._])(lr|learning_rate)$")
 
+
+@dataclass
+class Cell:
+    """One cell of a two-parameter grid: its configurations' runs pooled."""
+
+    mean: float  # mean final val_accuracy of the finished runs (nan: none finished)
+    runs: int
+    finished: int
+    diverged: int  # finished no better than chance, or failed on a NaN/inf loss
+    failed: int  # failed for another reason (a crash), or killed
+
+    @property
+    def trains(self) -> bool:
+        return self.finished > 0 and self.diverged == 0 and self.finished == self.runs
+
+
+def grid_axes(report: SweepReport) -> tuple[str, str, list[str]] | None:
+    """(row key, column key, facet keys) when the sweep is a grid of two numeric keys (times categorical ones).
+
+    A learning-rate key (`...lr`, `...learning_rate`) goes on the columns, so that a row reads from small to
+    large LR; None when there are not exactly two numeric swept keys.
+    """
+    numeric = [k for k in report.swept if _numeric(c.values[k] for c in report.configurations) is not None]
+    if len(numeric) != 2:
+        return None
+    rows, cols = numeric
+    if LR_KEY.search(rows) and not LR_KEY.search(cols):
+        rows, cols = cols, rows
+    return rows, cols, [k for k in report.swept if k not in numeric]
+
+
+def grid_cells(
+    report: SweepReport, row_key: str, col_key: str, facet: dict[str, str]
+) -> tuple[list[str], list[str], list[list[Cell | None]]]:
+    """Row values, column values (numerically sorted) and the cells of one facet (None: not in the sweep)."""
+
+    def ordered(key: str) -> list[str]:
+        return sorted({c.values[key] for c in report.configurations}, key=lambda v: float(v))
+
+    row_values, col_values = ordered(row_key), ordered(col_key)
+    grid: list[list[Cell | None]] = [[None] * len(col_values) for _ in row_values]
+    for config in report.configurations:
+        if any(config.values[k] != v for k, v in facet.items()):
+            continue
+        mean, _, _ = config.stat(RANK_METRIC)
+        failed = sum(r.status != "FINISHED" and not r.diverged for r in config.runs)
+        cell = Cell(mean, len(config.runs), len(config.finished), config.diverged, failed)
+        grid[row_values.index(config.values[row_key])][col_values.index(config.values[col_key])] = cell
+    return row_values, col_values, grid
+
+
+def largest_training_column(row: Sequence[Cell | None]) -> int | None:
+    """The index of the largest column value whose every run trained (finished, none diverged), or None."""
+    trained = [j for j, cell in enumerate(row) if cell is not None and cell.trains]
+    return max(trained) if trained else None
+
+
+def plot_heatmap(report: SweepReport):
+    """Mean final val_accuracy over a grid of two numeric swept keys, one panel per value of any other swept key.
+
+    Cells where a run diverged (NaN/inf loss, or no better than chance) are hatched and say how many of their runs
+    did; cells with no finished run are grey. When the columns are a learning rate, a red line marks, per row,
+    the largest LR at which every run trained: with rows = warm-up length, the warm-up phase diagram.
     Returns None when the sweep is not such a grid.
     """
-    if len(report.swept) != 2:
+    axes_keys = grid_axes(report)
+    if axes_keys is None:
         return None
-    row_key, col_key = report.swept
-    row_values = sorted({c.values[row_key] for c in report.configurations}, key=lambda v: _numeric([v]) or [0.0])
-    col_values = sorted({c.values[col_key] for c in report.configurations}, key=lambda v: _numeric([v]) or [0.0])
-    if _numeric(row_values) is None or _numeric(col_values) is None:
+    row_key, col_key, facet_keys = axes_keys
+    facets = list(dict.fromkeys(tuple(c.values[k] for k in facet_keys) for c in report.configurations))
+    plt = _pyplot()
+    from matplotlib.patches import Patch, Rectangle
+
+    row_values, col_values, _ = grid_cells(report, row_key, col_key, {})
+    width, height = 1.25 * len(col_values) + 3, 0.8 * len(row_values) + 2.2
+    fig, axes = plt.subplots(
+        1, len(facets), figsize=(width * len(facets) + 1, height), squeeze=False, layout="constrained"
+    )
+    is_lr = bool(LR_KEY.search(col_key))
+    # From chance (a uniform guess over the 10 classes) to the best cell, so that the trained cells differ.
+    finished_means = [c.stat(RANK_METRIC)[0] for c in report.configurations if c.finished]
+    top = max((m for m in finished_means if math.isfinite(m)), default=1.0)
+    low = min(0.1, top - 0.01)
+    for ax, facet_values in zip(axes[0], facets, strict=True):
+        facet = dict(zip(facet_keys, facet_values, strict=True))
+        _, _, grid = grid_cells(report, row_key, col_key, facet)
+        means = [[cell.mean if cell is not None else math.nan for cell in row] for row in grid]
+        image = ax.imshow(means, cmap="viridis", aspect="auto", vmin=low, vmax=top)
+        for i, row in enumerate(grid):
+            for j, cell in enumerate(row):
+                if cell is None:
+                    continue
+                if cell.finished == 0:  # no value to colour by
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.6"))
+                    text, colour = "-", "black"
+                else:
+                    red, green, blue, _ = image.cmap(image.norm(cell.mean))
+                    colour = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+                    text = f"{cell.mean:.3f}"
+                if cell.diverged:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red", lw=0))
+                    text += f"\n✗ {cell.diverged}/{cell.runs}"
+                if cell.failed:
+                    text += f"\nfailed {cell.failed}/{cell.runs}"
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize="small")
+        if is_lr:
+            boundary = [largest_training_column(row) for row in grid]
+            xs, ys = [], []
+            for i, j in enumerate(boundary):
+                x = (j if j is not None else -1) + 0.5
+                xs += [x, x]
+                ys += [i - 0.5, i + 0.5]
+            ax.plot(xs, ys, color="red", lw=2.5, label="largest LR at which every seed trains")
+        ax.set_xticks(range(len(col_values)), [_short_number(v) for v in col_values])
+        ax.set_yticks(range(len(row_values)), [_short_number(v) for v in row_values])
+        title = ", ".join(f"{short_key(k, report.swept)}={v}" for k, v in facet.items())
+        ax.set(xlabel=col_key, ylabel=row_key, title=title or None)
+    handles = [Patch(facecolor="white", edgecolor="red", hatch="///", label="diverged in ✗ k/n runs")]
+    if is_lr:
+        handles.append(axes[0][0].get_lines()[0])
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
+    fig.colorbar(image, ax=list(axes[0]), label=f"final {RANK_METRIC} (mean over seeds)")
+    fig.suptitle(
+        f"Final {RANK_METRIC} (mean over seeds, {report.validation})\ndiverged: NaN/inf loss, or no better than chance"
+    )
+    return fig
+
+
+def plot_seeds(report: SweepReport):
+    """Each seed's final val_accuracy as a dot per configuration, the mean with its 95% CI, the verdict as colour.
+
+    Returns None when no configuration has a finished run.
+    """
+    configs = [c for c in report.configurations if c.samples()]
+    if not configs:
         return None
     plt = _pyplot()
-    grid = [[math.nan] * len(col_values) for _ in row_values]
-    for config in report.configurations:
-        mean, std, n = config.stat("val_accuracy")
-        grid[row_values.index(config.values[row_key])][col_values.index(config.values[col_key])] = mean
-    fig, ax = plt.subplots(figsize=(1.6 * len(col_values) + 3, 1.1 * len(row_values) + 2))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            red, green, blue, _ = image.cmap(image.norm(value))
-            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-            text = "-" if math.isnan(value) else f"{value:.4f}"
-            ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black")
-    ax.set_xticks(range(len(col_values)), col_values)
-    ax.set_yticks(range(len(row_values)), row_values)
-    ax.set(xlabel=col_key, ylabel=row_key, title="Final validation accuracy (mean over seeds)")
-    fig.colorbar(image, ax=ax, label="val_accuracy")
+    colours = {stats.BEST: "tab:green", stats.TIED: "tab:blue", stats.WORSE: "tab:red"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(configs) + 3), 4.8))
+    for x, config in enumerate(configs):
+        samples = config.samples()
+        verdict = report.comparisons[config.label].verdict if config.label in report.comparisons else stats.NO_TEST
+        colour = colours.get(verdict, "0.4")
+        values = list(samples.values())
+        offsets = [0.08 * (k - (len(values) - 1) / 2) for k in range(len(values))]
+        ax.scatter([x + o for o in offsets], values, color=colour, alpha=0.6, s=22, zorder=3)
+        mean = statistics.fmean(values)
+        low, high = stats.mean_interval(values)
+        if math.isnan(low):
+            ax.plot([x - 0.25, x + 0.25], [mean, mean], color=colour, lw=2)
+        else:
+            ax.errorbar(x + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="D", color=colour, capsize=4, zorder=4)
+    ax.set_xticks(range(len(configs)), [c.label for c in configs], rotation=30 if len(configs) > 3 else 0, ha="right")
+    ax.set(ylabel=f"final {RANK_METRIC} ({report.validation})")
+    ax.grid(axis="y", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    legend = [Line2D([], [], marker="o", ls="", color="0.4", alpha=0.6, label="one seed")]
+    legend.append(Line2D([], [], marker="D", color="0.4", label="mean, 95% CI"))
+    legend += [Line2D([], [], marker="s", ls="", color=c, label=v) for v, c in colours.items()]
+    ax.legend(handles=legend, fontsize="small", loc="best")
+    ax.set_title(f"Sweep {report.sweep_id}: final {RANK_METRIC} per seed" if report.sweep_id else "Per seed")
     fig.tight_layout()
     return fig
 
@@ -432,20 +663,28 @@ def write(report: SweepReport, out_dir: Path) -> list[Path]:
         writer.writerows(rows)
     written.append(path)
     path = out_dir / "summary.md"
-    path.write_text(f"# Sweep {report.sweep_id}\n\n{report.table(markdown=True)}\n")
+    verdicts = "\n".join(f"- {line}" for line in report.verdicts())
+    path.write_text(f"# Sweep {report.sweep_id}\n\n{report.table(markdown=True)}\n\n{verdicts}\n")
     written.append(path)
     path = out_dir / "runs.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "run_id", "status", "reused", *report.swept, SEED_KEY, *FINAL_METRICS])
+        metrics = (*FINAL_METRICS, *report.test_metrics)
+        writer.writerow(["run", "run_id", "status", "diverged", "reused", *report.swept, SEED_KEY, *metrics])
         for run in report.runs:
             values = [run.overrides.get(k, "") for k in report.swept]
             writer.writerow(
-                [run.name, run.run_id, run.status, run.reused, *values, run.params.get(SEED_KEY, ""),
-                 *(run.final.get(m, "") for m in FINAL_METRICS)]
+                [run.name, run.run_id, run.status, run.diverged, run.reused, *values, run.params.get(SEED_KEY, ""),
+                 *(run.final.get(m, "") for m in metrics)]
             )  # fmt: skip
     written.append(path)
-    for name, figure in (("lr", plot_lr(report)), ("curves", plot_curves(report)), ("heatmap", plot_heatmap(report))):
+    figures = (
+        ("lr", plot_lr(report)),
+        ("curves", plot_curves(report)),
+        ("seeds", plot_seeds(report)),
+        ("heatmap", plot_heatmap(report)),
+    )
+    for name, figure in figures:
         if figure is not None:
             path = out_dir / f"{name}.png"
             figure.savefig(path, dpi=120)
@@ -476,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = write(report, out_dir)
     print(f"Sweep {sweep_id}: {len(report.runs)} runs, {len(report.configurations)} configurations")
     print(report.table())
+    print("\n".join(report.verdicts()))
     print("\n".join(f"wrote {p}" for p in paths))
     parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
     if args.log and parent is not None:

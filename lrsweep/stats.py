@@ -13,7 +13,6 @@ Every configuration of a sweep is compared with the best one (highest mean of th
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,6 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 ALPHA = 0.05  # family-wise error rate of a sweep's verdicts; the intervals are 1 - ALPHA
 POWER = 0.8  # for "about N seeds would detect a difference of this size"
@@ -47,7 +45,9 @@ class Comparison:
     p_adjusted: float  # Holm-corrected over the sweep's comparisons
     test: str  # "paired" | "welch" | "" (none possible)
     verdict: str  # BEST | TIED | WORSE | NO_TEST
-    seeds_needed: int | None = None  # per configuration, to detect `difference` (None: no difference to detect)
+    # Per configuration, to detect `difference` at the sweep's Bonferroni level ALPHA / comparisons, a bound on
+    # Holm's (None: no difference to detect).
+    seeds_needed: int | None = None
 
     def sentence(self, metric: str = "val_accuracy") -> str:
         """The comparison in words, e.g. `adam_linear vs adam_constant: -0.0047 [-0.0170, +0.0076], p=0.37 ...`."""
@@ -112,18 +112,19 @@ def _test(a: Samples, b: Samples) -> tuple[str, float, float, float, float | Non
     return "welch", float(result.pvalue), float(interval.low), float(interval.high), abs(x.mean() - y.mean()) / spread
 
 
-def seeds_needed(effect_size: float | None, paired: bool) -> int | None:
-    """Runs per configuration (pairs, if paired) for a t-test to detect `effect_size` (Cohen's d) with POWER."""
+def seeds_needed(effect_size: float | None, paired: bool, alpha: float = ALPHA) -> int | None:
+    """Runs per configuration (pairs, if paired) for a two-sided t-test at `alpha` to detect `effect_size`
+    (Cohen's d) with POWER: the smallest n in 2..MAX_SEEDS whose power reaches it (MAX_SEEDS if none does)."""
     if effect_size is None or not math.isfinite(effect_size) or effect_size == 0:
         return None
-    solver = TTestPower() if paired else TTestIndPower()
-    try:
-        with warnings.catch_warnings():  # a tiny effect: the root finder gives up (nan), i.e. more than we report
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            n = float(solver.solve_power(effect_size=effect_size, alpha=ALPHA, power=POWER))
-    except (ValueError, RuntimeError):
-        return MAX_SEEDS
-    return min(MAX_SEEDS, max(2, math.ceil(n))) if math.isfinite(n) else MAX_SEEDS
+    n = np.arange(2, MAX_SEEDS + 1)
+    with np.errstate(invalid="ignore"):  # power is nan at n = 2 when alpha is tiny: not reached
+        if paired:
+            power = TTestPower().power(effect_size=effect_size, nobs=n, alpha=alpha)
+        else:
+            power = TTestIndPower().power(effect_size=effect_size, nobs1=n, alpha=alpha)
+    reached = np.nan_to_num(power) >= POWER
+    return int(n[np.argmax(reached)]) if reached.any() else MAX_SEEDS
 
 
 def compare_to_best(samples: Mapping[str, Samples]) -> dict[str, Comparison]:
@@ -159,6 +160,6 @@ def compare_to_best(samples: Mapping[str, Samples]) -> dict[str, Comparison]:
             verdict = WORSE if adjusted[label] < ALPHA else TIED
         comparisons[label] = Comparison(
             label, best, n, n_reference, means[label] - means[best], low, high, p, adjusted[label], test, verdict,
-            seeds_needed(effect, test == "paired") if test else None,
+            seeds_needed(effect, test == "paired", ALPHA / max(1, len(testable))) if test else None,
         )  # fmt: skip
     return comparisons

@@ -90,6 +90,7 @@ class Sweep:
                 + (f"; not finished: {', '.join(failed)}" if failed else "")
             )
             print(built.table())
+            print("\n".join(built.verdicts(limit=10)))
             print(f"Report: {out_dir} ({', '.join(p.name for p in paths)}); MLflow parent run {self.run_id}")
         finally:
             self.client.set_terminated(self.run_id, status)

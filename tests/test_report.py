@@ -36,7 +36,8 @@ def test_jobs_nest_under_one_finished_sweep_run(grid_sweep):
     assert {r.data.tags[tracking.TAG_PARENT] for r in jobs} == {parent.info.run_id}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {
-        f"report/{n}" for n in ("summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "heatmap.png")
+        f"report/{n}"
+        for n in ("summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png")
     }
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "dataset")] == ["dataset/samples.png"]
 
@@ -94,7 +95,7 @@ def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sw
     assert ax.images[0].get_array().shape == (2, 2)
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 4
-    expected = {f"{c.stat('val_accuracy')[0]:.4f}" for c in built.configurations}
+    expected = {f"{c.stat('val_accuracy')[0]:.3f}" for c in built.configurations}
     assert set(cells) == expected
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("schedule.final_lr", "schedule.initial_lr")
 
@@ -109,7 +110,7 @@ def test_report_rebuilds_from_mlflow_alone(grid_sweep, tmp_path):
     )  # fmt: skip
     assert "Sweep multirun: 8 runs, 4 configurations" in result.stdout  # the latest sweep by default
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "heatmap.png"]
+        ["summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png"]
     )
     original = (sweep_path / "multirun" / "report" / "summary.csv").read_text()
     assert (out / "summary.csv").read_text() == original
