@@ -27,6 +27,7 @@ TAG_VALIDATION = "lrsweep.validation"  # what the validation set is, e.g. "held-
 # A run diverged if its loss became NaN/inf (it ended FAILED) or it ended no better than guessing: a final
 # training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10 = 2.303.
 CHANCE_LOSS = math.log(10)
+SEEDS_SHOWN = 15  # configurations in seeds.png
 CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy")
 EFFECTIVE_LR = ("effective_lr/p10", "effective_lr/p50", "effective_lr/p90")
 HISTORY_METRICS = (*CURVE_METRICS, "lr", *EFFECTIVE_LR)
@@ -607,10 +608,11 @@ def plot_seeds(report: SweepReport):
     configs = [c for c in report.configurations if c.samples()]
     if not configs:
         return None
+    shown = configs[:SEEDS_SHOWN]  # the leading ones: a phase diagram has dozens
     plt = _pyplot()
     colours = {stats.BEST: "tab:green", stats.TIED: "tab:blue", stats.WORSE: "tab:red"}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(configs) + 3), 4.8))
-    for x, config in enumerate(configs):
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 3), 4.8))
+    for x, config in enumerate(shown):
         samples = config.samples()
         verdict = report.comparisons[config.label].verdict if config.label in report.comparisons else stats.NO_TEST
         colour = colours.get(verdict, "0.4")
@@ -623,7 +625,7 @@ def plot_seeds(report: SweepReport):
             ax.plot([x - 0.25, x + 0.25], [mean, mean], color=colour, lw=2)
         else:
             ax.errorbar(x + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="D", color=colour, capsize=4, zorder=4)
-    ax.set_xticks(range(len(configs)), [c.label for c in configs], rotation=30 if len(configs) > 3 else 0, ha="right")
+    ax.set_xticks(range(len(shown)), [c.label for c in shown], rotation=30 if len(shown) > 3 else 0, ha="right")
     ax.set(ylabel=f"final {RANK_METRIC} ({report.validation})")
     ax.grid(axis="y", alpha=0.3)
     from matplotlib.lines import Line2D
@@ -632,7 +634,8 @@ def plot_seeds(report: SweepReport):
     legend.append(Line2D([], [], marker="D", color="0.4", label="mean, 95% CI"))
     legend += [Line2D([], [], marker="s", ls="", color=c, label=v) for v, c in colours.items()]
     ax.legend(handles=legend, fontsize="small", loc="best")
-    ax.set_title(f"Sweep {report.sweep_id}: final {RANK_METRIC} per seed" if report.sweep_id else "Per seed")
+    title = f"Sweep {report.sweep_id}: final {RANK_METRIC} per seed" if report.sweep_id else f"Final {RANK_METRIC}"
+    ax.set_title(title + (f" (the best {len(shown)} of {len(configs)} configurations)" if shown != configs else ""))
     fig.tight_layout()
     return fig
 
