@@ -9,9 +9,11 @@ from lrsweep import backend
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     backend.select(cfg.backend, cfg.threads)  # before Keras is imported
-    from lrsweep import experiment
+    from lrsweep import experiment, range_test
 
-    return experiment.run(cfg)
+    value = experiment.run(cfg)
+    range_test.print_single_run(cfg)  # a range test run alone (no -m): its suggested LR bounds
+    return value
 
 
 if __name__ == "__main__":

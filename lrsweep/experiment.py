@@ -19,7 +19,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lrsweep import interrupts, tracking
+from lrsweep import interrupts, range_test, tracking
 from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
 from lrsweep.data import Dataset
 from lrsweep.effective_lr import EffectiveLRLogger
@@ -137,6 +137,7 @@ def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) 
     """What watches and records training, for a solo model (one member) and a pack alike."""
     watching = [
         StopOnDivergence(members),
+        *range_test.callbacks(client, cfg, members),  # after StopOnDivergence: a range test ends by diverging
         StopOnInterrupt(),
         MlflowEpochLogger(client, members),
         MlflowStepLogger(client, members, cfg.tracking.log_every_n_steps),

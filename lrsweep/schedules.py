@@ -571,3 +571,31 @@ class KerasSchedule(keras.optimizers.schedules.LearningRateSchedule):
         from hydra.utils import instantiate
 
         return cls(instantiate(config["schedule"]))
+
+
+@schedule_factory
+def lr_range(min_lr: float = 1e-6, max_lr: float = 10.0, *, steps_per_epoch: int = 1, total_steps: int) -> StepFn:
+    """The LR range test's ramp (Smith 2017, fastai's `lr_find`): exponential from `min_lr` to `max_lr`.
+
+        lr(step) = min_lr * (max_lr / min_lr) ** (min(step, T - 1) / (T - 1)),   T = total_steps
+
+    so the first step trains at `min_lr`, the last at `max_lr`, and the LR grows by the same factor every step.
+    `lrsweep.range_test` records the loss at each step and stops when it explodes.
+
+    Args:
+        min_lr: the learning rate of the first step, > 0.
+        max_lr: the learning rate of the last step, > min_lr.
+        steps_per_epoch: unused.
+        total_steps: T, optimizer steps in the whole training, >= 2.
+    """
+    min_lr = check_lr("min_lr", min_lr)
+    max_lr = check_lr("max_lr", max_lr)
+    if max_lr <= min_lr:
+        raise ValueError(
+            f"`max_lr` must be > min_lr={min_lr!r} for a range test (the LR grows from min_lr to max_lr). "
+            f"Received: max_lr={max_lr!r}"
+        )
+    total_steps = check_count("total_steps", total_steps, 2, " for a range test (raise data.train_size)")
+    span = total_steps - 1
+    log_ratio = math.log(max_lr / min_lr)
+    return lambda step: min_lr * ops.exp(log_ratio * ops.minimum(_float(step), span) / span)

@@ -1,0 +1,628 @@
+"""The LR range test (Smith 2017; fastai's `lr_find`): which learning rates to put in a warm-up grid.
+
+    python train.py +experiment=lr_range                                   # one run, prints its suggestion
+    python train.py -m +experiment=lr_range training.seed=0,1,2            # 3 seeds, one pack: how stable it is
+    python -m lrsweep.range_test --sweep 2026-11-26_13-05-22               # the analysis of a past sweep
+
+Training runs a short while with the LR growing exponentially every step (`lrsweep.schedules.lr_range`).
+`RangeTestRecorder` recovers each step's loss from Keras' running mean, logs `range_test/loss`,
+`range_test/smoothed_loss` and `range_test/lr` at step = global step, and stops a run once its smoothed loss
+is above 4x its minimum or not finite: the run ends FINISHED, tag `lrsweep.range_test.stopped_at_lr`.
+`analyse` reads those histories back, groups runs by configuration (seed aside) and suggests two LRs per seed:
+the steepest descent of the smoothed loss against log LR, and the LR at its minimum / 10.
+
+This module does not import Keras at import time (the sweep's report imports it before a job chooses its
+backend); the Keras callback is built on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mlflow.entities import Metric, Run, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from lrsweep import tracking
+
+if TYPE_CHECKING:
+    import keras
+
+    from lrsweep.training import Member
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_TARGET = "lrsweep.schedules.lr_range"
+LOSS = "range_test/loss"  # the loss of the batch at that step, before its update
+SMOOTHED = "range_test/smoothed_loss"  # its exponential moving average, bias-corrected
+LR = "range_test/lr"  # the LR of that step's update
+TAG_STOPPED_AT_LR = "lrsweep.range_test.stopped_at_lr"
+TAG_STOPPED_AT_STEP = "lrsweep.range_test.stopped_at_step"
+TAG_STOP_REASON = "lrsweep.range_test.stop_reason"
+TAG_PLANNED_STEPS = "lrsweep.range_test.planned_steps"
+BETA = 0.98  # fastai's smoothing of the loss
+STOP_FACTOR = 4.0  # stop once the smoothed loss is above this many times its minimum (fastai's `stop_div`)
+SKIP_START = 0.1  # the first 10% of the planned steps are left out of the suggestions (fastai: num_it // 10)
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
+SEED_KEY = "training.seed"
+
+
+def is_range_test(cfg: DictConfig) -> bool:
+    return OmegaConf.select(cfg, "schedule._target_") == SCHEDULE_TARGET
+
+
+# Training ----------------------------------------------------------------------------------------------------
+
+
+class Smoother:
+    """fastai's smoothed loss: an exponential moving average with bias correction, updated one loss at a time.
+
+    avg_i = beta * avg_(i-1) + (1 - beta) * loss_i, avg_(-1) = 0;   smoothed_i = avg_i / (1 - beta ** (i + 1))
+    """
+
+    def __init__(self, beta: float = BETA):
+        self.beta = beta
+        self.average = 0.0
+        self.count = 0
+
+    def update(self, loss: float) -> float:
+        self.count += 1
+        self.average = self.beta * self.average + (1.0 - self.beta) * loss
+        return self.average / (1.0 - self.beta**self.count)
+
+
+def smooth(losses: Sequence[float] | np.ndarray, beta: float = BETA) -> np.ndarray:
+    """The smoothed loss of each step of a series (`Smoother`)."""
+    smoother = Smoother(beta)
+    return np.array([smoother.update(float(loss)) for loss in losses], dtype=np.float64)
+
+
+@dataclass
+class _MemberState:
+    smoother: Smoother = field(default_factory=Smoother)
+    best: float = math.inf
+    prev_examples: int = 0  # examples seen in the epoch at the previous call, and the running mean then
+    prev_mean: float = 0.0
+    pending: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, smoothed) not yet logged
+    stopped_step: int | None = None
+    stopped_epoch: int | None = None
+
+
+def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) -> list[keras.callbacks.Callback]:
+    """The range test's recorder when the job's schedule is the range test's ramp, else nothing.
+
+    `lrsweep.experiment.callbacks` puts it right after `StopOnDivergence`, whose verdict it overrules.
+    """
+    if not is_range_test(cfg):
+        return []
+    from lrsweep import experiment
+
+    examples = len(experiment.instantiate(cfg.data).x_train)  # data.load is cached: no second read
+    batch_size = int(cfg.training.batch_size)
+    planned = int(cfg.training.epochs) * math.ceil(examples / batch_size)
+    if cfg.training.steps_per_execution != 1:
+        log.warning(
+            "Range test with training.steps_per_execution=%s: one loss per %s steps (their mean, logged at the "
+            "last of them). Set training.steps_per_execution=1 (the lr_range preset does) for one per step.",
+            cfg.training.steps_per_execution, cfg.training.steps_per_execution,
+        )  # fmt: skip
+    return [recorder_class()(client, members, batch_size, examples, planned)]
+
+
+@functools.cache
+def recorder_class() -> type:
+    """`RangeTestRecorder`, defined on first use: Keras is imported only once the job has chosen its backend."""
+    import keras
+
+    from lrsweep.callbacks import DivergedError, lr_at_steps, optimizer_steps, resolve_schedules, steps_done
+
+    class RangeTestRecorder(keras.callbacks.Callback):
+        """Logs each member's per-step loss against its LR; stops a member when its smoothed loss explodes.
+
+        Keras' batch logs hold the loss's running mean over the epoch (per member `loss_<k>` in a pack), so the
+        loss of the steps since the last call is (n * mean - n' * mean') / (n - n') with n, n' the examples seen
+        by this and the previous call: with `steps_per_execution=1`, one step's loss, exact to float32 rounding.
+
+        A member stops when its smoothed loss (`Smoother`) exceeds `stop_factor` x its minimum so far, or its
+        loss is not finite: `member.stopped_step` / `stopped_epoch` are set, not `member.error`, so its run ends
+        FINISHED with tags `lrsweep.range_test.stopped_at_lr` etc.; a loss that becomes NaN is how a range test
+        ends, so the DivergedError `StopOnDivergence` (called before this) set is taken back. Training stops when
+        every member has. In a pack, a stopped member's weights keep training (unlogged) until the others stop.
+
+        Points are written with `log_batch` (not one call per point), handed to MLflow's background writer at
+        every epoch end, at the end, and every `flush_seconds`; `on_train_end` waits for them to land.
+        """
+
+        def __init__(
+            self,
+            client: MlflowClient,
+            members: Sequence[Member],
+            batch_size: int,
+            examples: int,
+            planned_steps: int,
+            stop_factor: float = STOP_FACTOR,
+            beta: float = BETA,
+            flush_seconds: float = 10.0,
+        ):
+            super().__init__()
+            self.client = client
+            self.members = list(members)
+            self.batch_size = batch_size
+            self.examples = examples
+            self.planned_steps = planned_steps
+            self.stop_factor = stop_factor
+            self.beta = beta
+            self.flush_seconds = flush_seconds
+            self.states = [_MemberState(Smoother(beta)) for _ in self.members]
+            self._epoch = 0
+            self._epoch_start = 0
+            self._last_flush = 0.0
+            self._writes: list[Any] = []
+
+        def on_train_begin(self, logs=None) -> None:
+            resolve_schedules(self.members, self.model.optimizer)
+            self._lr_at = [lr_at_steps(member.schedule) for member in self.members]
+            self._last_flush = time.monotonic()
+            for member in self.members:
+                self.client.set_tag(member.run_id, TAG_PLANNED_STEPS, str(self.planned_steps))
+
+        def on_epoch_begin(self, epoch: int, logs=None) -> None:
+            self._epoch = epoch
+            self._epoch_start = optimizer_steps(self.model.optimizer)
+            for state in self.states:  # Keras' running means start again
+                state.prev_examples, state.prev_mean = 0, 0.0
+
+        def on_train_batch_end(self, batch: int, logs=None) -> None:
+            logs = logs or {}
+            done = steps_done(self.params, batch)
+            seen = min(done * self.batch_size, self.examples)
+            step = self._epoch_start + done - 1  # the global step of the last update in this call
+            for member, state in zip(self.members, self.states, strict=True):
+                if isinstance(member.error, DivergedError):  # the end of a range test, not a failure
+                    member.error = None
+                    if state.stopped_step is not None:  # stopped before: keep where
+                        member.stopped_step, member.stopped_epoch = state.stopped_step, state.stopped_epoch
+                if state.stopped_step is not None or member.error is not None or member.key("loss") not in logs:
+                    continue
+                mean = float(logs[member.key("loss")])
+                if seen > state.prev_examples:
+                    loss = (seen * mean - state.prev_examples * state.prev_mean) / (seen - state.prev_examples)
+                else:
+                    loss = mean
+                state.prev_examples, state.prev_mean = seen, mean
+                if not math.isfinite(loss):
+                    self._stop(member, state, step, "loss not finite")
+                    continue
+                smoothed = state.smoother.update(loss)
+                state.pending.append((step, loss, smoothed))
+                state.best = min(state.best, smoothed)
+                if smoothed > self.stop_factor * state.best:
+                    self._stop(member, state, step, f"smoothed loss above {self.stop_factor:g}x its minimum")
+            if all(state.stopped_step is not None or m.error is not None for m, state in zip(
+                    self.members, self.states, strict=True)):  # fmt: skip
+                self.model.stop_training = True
+            if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self._flush()
+
+        def _stop(self, member: Member, state: _MemberState, step: int, reason: str) -> None:
+            state.stopped_step, state.stopped_epoch = step + 1, self._epoch  # steps before it were trained
+            member.stopped_step, member.stopped_epoch = state.stopped_step, state.stopped_epoch
+            lr = member.lr(step)
+            log.info("%s: range test stopped at step %d, lr=%.3g (%s)", member.name, step, lr, reason)
+            self.client.log_batch(
+                member.run_id,
+                tags=[
+                    RunTag(TAG_STOPPED_AT_LR, repr(lr)),
+                    RunTag(TAG_STOPPED_AT_STEP, str(step)),
+                    RunTag(TAG_STOP_REASON, reason),
+                ],
+            )
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            self._flush()
+
+        def on_train_end(self, logs=None) -> None:
+            self._flush()
+            for write in self._writes:
+                write.wait()  # raises if a write failed
+            self._writes = []
+
+        def _flush(self) -> None:
+            self._last_flush = time.monotonic()
+            timestamp = int(time.time() * 1000)
+            for member, state, lr_at in zip(self.members, self.states, self._lr_at, strict=True):
+                if not state.pending:
+                    continue
+                steps = np.array([p[0] for p in state.pending])
+                lrs = lr_at(steps)
+                metrics = []
+                for (step, loss, smoothed), lr in zip(state.pending, lrs, strict=True):
+                    metrics += [Metric(LOSS, loss, timestamp, step), Metric(SMOOTHED, smoothed, timestamp, step),
+                                Metric(LR, float(lr), timestamp, step)]  # fmt: skip
+                state.pending = []
+                for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                    chunk = metrics[start : start + MAX_METRICS_PER_BATCH]
+                    self._writes.append(self.client.log_batch(member.run_id, metrics=chunk, synchronous=False))
+
+    return RangeTestRecorder
+
+
+# Analysis ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Two LRs read off one smoothed loss curve."""
+
+    steepest: float  # the LR where the smoothed loss falls fastest against log LR
+    minimum: float  # the LR where the smoothed loss is lowest
+
+    @property
+    def min10(self) -> float:
+        return self.minimum / 10.0
+
+
+def suggest(lrs: Sequence[float] | np.ndarray, smoothed: Sequence[float] | np.ndarray, skip: int = 0) -> Suggestion:
+    """The steepest descent of `smoothed` against log LR, and its minimum, after the first `skip` points.
+
+    The slope d(smoothed)/d(log lr) is taken by central differences (`np.gradient`), so a point's slope uses its
+    two neighbours. The steepest point is looked for up to the minimum only: past it the loss is exploding, and a
+    spike it recovers from falls steeply too.
+
+    Raises:
+        ValueError: with fewer than 3 points after `skip`.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)[skip:]
+    smoothed = np.asarray(smoothed, dtype=np.float64)[skip:]
+    if len(lrs) < 3:
+        raise ValueError(f"a suggestion needs at least 3 points after the first {skip}; there are {len(lrs)}")
+    lowest = int(np.argmin(smoothed))
+    slope = np.gradient(smoothed, np.log(lrs))[: lowest + 1]
+    return Suggestion(steepest=float(lrs[np.argmin(slope)]), minimum=float(lrs[lowest]))
+
+
+@dataclass
+class RangeRun:
+    """One run's range test: its (step, lr, loss) points, as logged, with the smoothed loss and its suggestion."""
+
+    run_id: str
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    steps: np.ndarray
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray = field(init=False)
+    suggestion: Suggestion | None = field(init=False)
+    problem: str = field(init=False, default="")
+
+    def __post_init__(self):
+        self.smoothed = smooth(self.losses)
+        planned = int(self.tags.get(TAG_PLANNED_STEPS, len(self.steps)))
+        skip = int(np.searchsorted(self.steps, int(SKIP_START * planned)))
+        try:
+            self.suggestion = suggest(self.lrs, self.smoothed, skip)
+        except ValueError as e:
+            self.suggestion, self.problem = None, str(e)
+
+    @property
+    def seed(self) -> str:
+        return self.params.get(SEED_KEY, "?")
+
+    @property
+    def stopped_at_lr(self) -> float | None:
+        value = self.tags.get(TAG_STOPPED_AT_LR)
+        return float(value) if value is not None else None
+
+    @property
+    def planned_steps(self) -> int | None:
+        value = self.tags.get(TAG_PLANNED_STEPS)
+        return int(value) if value is not None else None
+
+
+def geometric_median(values: Sequence[float]) -> float:
+    """The median in log space: for LRs, the middle one (or the geometric mean of the two middle ones)."""
+    return float(np.exp(np.median(np.log(values))))
+
+
+def _lr(value: float) -> str:
+    """An LR as a Hydra override value with 2 significant digits: 1.2e-03."""
+    return f"{value:.1e}"
+
+
+@dataclass
+class RangeTest:
+    """A configuration's range test over its seeds: the smoothed loss (mean, min, max) on the common LR grid."""
+
+    label: str
+    optimizer: str | None
+    runs: list[RangeRun]
+    steps: np.ndarray = field(init=False)  # the steps every seed reached
+    lrs: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    low: np.ndarray = field(init=False)
+    high: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.runs.sort(key=lambda run: (_seed_order(run.seed), run.name))
+        common = functools.reduce(np.intersect1d, [run.steps for run in self.runs])
+        curves = np.stack([run.smoothed[np.searchsorted(run.steps, common)] for run in self.runs])
+        self.steps = common
+        self.lrs = self.runs[0].lrs[np.searchsorted(self.runs[0].steps, common)]
+        self.mean, self.low, self.high = curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+    @property
+    def suggested(self) -> list[Suggestion]:
+        return [run.suggestion for run in self.runs if run.suggestion is not None]
+
+    @property
+    def steepest(self) -> float:
+        return geometric_median([s.steepest for s in self.suggested])
+
+    @property
+    def min10(self) -> float:
+        return geometric_median([s.min10 for s in self.suggested])
+
+    def grid(self) -> tuple[list[float], list[float]]:
+        """The warm-up grid around the suggestions: initial_lr in {steepest/10, steepest}, final_lr in
+        {steepest, min/10}, rounded to 2 significant digits."""
+        steepest, min10 = self.steepest, self.min10
+        initial = sorted({float(_lr(steepest / 10)), float(_lr(steepest))})
+        final = sorted({float(_lr(steepest)), float(_lr(min10))})  # min/10 may be below steepest: then it decays
+        return initial, final
+
+    def command(self) -> str:
+        initial, final = self.grid()
+        seeds = sorted({run.seed for run in self.runs}, key=_seed_order)
+        parts = ["python train.py -m"]
+        if self.optimizer:
+            parts.append(f"optimizer={self.optimizer}")
+        parts += [
+            "schedule=linear",
+            f"schedule.initial_lr={','.join(_lr(v) for v in initial)}",
+            f"schedule.final_lr={','.join(_lr(v) for v in final)}",
+        ]
+        if len(seeds) > 1:
+            parts.append(f"training.seed={','.join(seeds)}")
+        return " ".join(parts)
+
+    def lines(self) -> list[str]:
+        n = len(self.runs)
+        stopped = [run.stopped_at_lr for run in self.runs if run.stopped_at_lr is not None]
+        stop = f"stopped at lr {_spread(stopped)}" if stopped else "did not stop"
+        if len(stopped) not in (0, n):
+            stop += f" ({len(stopped)} of {n} runs; the others reached max_lr)"
+        elif not stopped:
+            stop += " (the loss never exploded up to max_lr: raise schedule.max_lr for a clearer upper bound)"
+        seeds = f"{n} seed{'s' if n > 1 else ''}"
+        out = []
+        if self.suggested:
+            out.append(
+                f"{self.label}: steepest {_spread([s.steepest for s in self.suggested], self.steepest)}, "
+                f"min/10 {_spread([s.min10 for s in self.suggested], self.min10)} over {seeds}; {stop}"
+            )
+            out.append(f"  warm-up grid: {self.command()}")
+        else:
+            out.append(f"{self.label}: no suggestion over {seeds}; {stop}")
+        out += [f"  {run.name}: {run.problem}" for run in self.runs if run.problem]
+        return out
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if seed.isdigit() else (1 << 62, seed)
+
+
+def _spread(values: Sequence[float], centre: float | None = None) -> str:
+    """`1.2e-03 [9.0e-04..1.5e-03]`: the (median) value and the range over seeds, or the value alone."""
+    centre = geometric_median(values) if centre is None else centre
+    if len(values) < 2:
+        return f"{centre:.1e}"
+    return f"{centre:.1e} [{min(values):.1e}..{max(values):.1e}]"
+
+
+def _config_key(params: Mapping[str, str]) -> str:
+    """What identifies a configuration: every param but the seed and those that do not change results."""
+    ignored = (SEED_KEY, *tracking.NON_RESULT_KEYS)
+    kept = {k: v for k, v in params.items() if not any(k == x or k.startswith(x + ".") for x in ignored)}
+    return repr(sorted(kept.items()))
+
+
+def _labels(groups: Sequence[Sequence[RangeRun]]) -> list[str]:
+    """Short names: the optimizer chosen, then the config values that tell configurations apart."""
+    params = [group[0].params for group in groups]
+    keys = sorted({k for p in params for k in p})
+    differing = [
+        k for k in keys
+        if len({p.get(k) for p in params}) > 1
+        and not k.startswith(("choice.", *(x + "." for x in tracking.NON_RESULT_KEYS)))
+        and k not in (SEED_KEY, *tracking.NON_RESULT_KEYS)
+    ]  # fmt: skip
+    if len({p.get("choice.optimizer") for p in params}) > 1:  # the optimizer's name says it
+        differing = [k for k in differing if not k.startswith("optimizer.")]
+    labels = []
+    for p in params:
+        name = p.get("choice.optimizer") or p.get("optimizer._target_", "?").rsplit(".", 1)[-1].lower()
+        labels.append(" ".join([name, *(f"{k.rsplit('.', 1)[-1]}={p.get(k, '-')}" for k in differing)]))
+    return labels
+
+
+def analyse(runs: Sequence[RangeRun]) -> list[RangeTest]:
+    """Groups range test runs by configuration (everything but the seed), in the order first seen."""
+    groups: dict[str, list[RangeRun]] = {}
+    for run in runs:
+        if len(run.steps):
+            groups.setdefault(_config_key(run.params), []).append(run)
+    members = list(groups.values())
+    return [
+        RangeTest(label, group[0].params.get("choice.optimizer"), group)
+        for label, group in zip(_labels(members), members, strict=True)
+    ]
+
+
+def load(client: MlflowClient, runs: Sequence[Run]) -> list[RangeRun]:
+    """The FINISHED range test runs among `runs`, with their range_test/* histories from MLflow."""
+    loaded = []
+    for run in runs:
+        if run.data.params.get("schedule._target_") != SCHEDULE_TARGET or run.info.status != "FINISHED":
+            continue
+        run_id = run.info.run_id
+        loss, lr = ({m.step: m.value for m in client.get_metric_history(run_id, key)} for key in (LOSS, LR))
+        steps = sorted(set(loss) & set(lr))
+        loaded.append(
+            RangeRun(
+                run_id=run_id,
+                name=run.info.run_name,
+                params=dict(run.data.params),
+                tags=dict(run.data.tags),
+                steps=np.array(steps, dtype=np.int64),
+                lrs=np.array([lr[s] for s in steps], dtype=np.float64),
+                losses=np.array([loss[s] for s in steps], dtype=np.float64),
+            )
+        )
+    return loaded
+
+
+def text(tests: Sequence[RangeTest], skipped: int = 0) -> str:
+    runs = sum(len(test.runs) for test in tests)
+    head = (
+        f"LR range test: {runs} run{'s' if runs != 1 else ''}, {len(tests)} configuration"
+        f"{'s' if len(tests) != 1 else ''}. steepest: the LR where the smoothed loss (EMA, beta {BETA}) falls "
+        f"fastest against log LR (first {SKIP_START:.0%} of the steps left out); min/10: the LR at its minimum / 10. "
+        "Median [min..max] over seeds."
+    )
+    if skipped:
+        head += f" {skipped} run(s) without range test data (not FINISHED, or no step logged) left out."
+    lines = [head]
+    for test in tests:
+        lines += test.lines()
+    return "\n".join(lines)
+
+
+def plot(tests: Sequence[RangeTest]):
+    """Smoothed loss against LR (log axis): per configuration the mean over seeds, a min-max band, and the
+    suggestions (dashed: steepest, dotted: min/10)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 5))
+    for i, test in enumerate(tests):
+        color = f"C{i}"
+        n = len(test.runs)
+        ax.plot(test.lrs, test.mean, color=color, label=f"{test.label} ({n} seed{'s' if n > 1 else ''})")
+        if n > 1:
+            ax.fill_between(test.lrs, test.low, test.high, color=color, alpha=0.2, linewidth=0)
+        if test.suggested:
+            ax.axvline(test.steepest, color=color, linestyle="--", linewidth=1,
+                       label=f"{test.label}: steepest {test.steepest:.1e}")  # fmt: skip
+            ax.axvline(test.min10, color=color, linestyle=":", linewidth=1.5,
+                       label=f"{test.label}: min/10 {test.min10:.1e}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"smoothed training loss (EMA, beta {BETA})")
+    ax.set_title("LR range test: mean over seeds, band min..max (steps every seed reached)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def write(tests: Sequence[RangeTest], out_dir: Path, summary: str) -> list[Path]:
+    """Writes lr_range.png, lr_range.csv (every run's points) and lr_range.txt (the suggestions) to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    path = out_dir / "lr_range.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "run", "run_id", "seed", "step", "lr", "loss", "smoothed_loss"])
+        for test in tests:
+            for run in test.runs:
+                for step, lr, loss, smoothed in zip(run.steps, run.lrs, run.losses, run.smoothed, strict=True):
+                    writer.writerow([test.label, run.name, run.run_id, run.seed, int(step), repr(float(lr)),
+                                     repr(float(loss)), repr(float(smoothed))])  # fmt: skip
+    written.append(path)
+    path = out_dir / "lr_range.txt"
+    path.write_text(summary + "\n")
+    written.append(path)
+    if tests:
+        figure = plot(tests)
+        path = out_dir / "lr_range.png"
+        figure.savefig(path, dpi=120)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def report(client: MlflowClient, experiment_id: str, run_ids: list[str], out_dir: Path) -> tuple[str, list[Path]]:
+    """The range test part of a report: the suggestions as text, and the files written into `out_dir`.
+
+    Returns:
+        ("", []) when none of the runs is a range test (schedule=lr_range).
+    """
+    runs = [client.get_run(run_id) for run_id in run_ids]
+    runs = [run for run in runs if run.data.params.get("schedule._target_") == SCHEDULE_TARGET]
+    if not runs:
+        return "", []
+    tests = analyse(load(client, runs))
+    summary = text(tests, skipped=len(runs) - sum(len(test.runs) for test in tests))
+    return summary, write(tests, out_dir, summary)
+
+
+def print_single_run(cfg: DictConfig) -> None:
+    """After a range test trained alone (no -m): prints its suggestion, writes its files to the Hydra run dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not is_range_test(cfg) or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    run = tracking.find_finished(client, experiment_id, tracking.config_hash(OmegaConf.to_container(cfg, resolve=True)))
+    if run is None:
+        return
+    summary, paths = report(client, experiment_id, [run.info.run_id], Path(HydraConfig.get().runtime.output_dir))
+    print(f"\n{summary}\nFiles: {', '.join(str(p) for p in paths)}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lrsweep.range_test",
+        description="Suggest LR bounds for a warm-up grid from the range test runs of a sweep (or given runs).",
+    )
+    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="default: %(default)s")
+    parser.add_argument("--experiment", default="lrsweep", help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--sweep", help="sweep id, the multirun folder's name (default: the latest sweep)")
+    parser.add_argument("--run", action="append", default=[], help="a run id instead of a sweep (repeatable)")
+    parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id or first run id>)")
+    args = parser.parse_args(argv)
+    from lrsweep import report as sweep_report
+
+    client, experiment_id = tracking.connect(args.tracking_uri, args.experiment)
+    if args.run:
+        run_ids, name = args.run, args.run[0]
+    else:
+        name = args.sweep or sweep_report.latest_sweep_id(client, experiment_id)
+        if name is None:
+            parser.exit(1, f"No sweep in experiment {args.experiment!r} at {args.tracking_uri}.\n")
+        run_ids = [run.info.run_id for run in sweep_report.sweep_runs(client, experiment_id, name)]
+    summary, paths = report(client, experiment_id, run_ids, args.out or Path("reports") / name)
+    if not summary:
+        parser.exit(1, f"No range test runs (schedule=lr_range) among the {len(run_ids)} runs of {name}.\n")
+    print(summary)
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
+if __name__ == "__main__":
+    main()
