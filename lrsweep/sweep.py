@@ -14,7 +14,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import interrupts, report, tracking
+from lrsweep import interrupts, range_test, report, tracking
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class Sweep:
         try:
             out_dir = self.sweep_dir / "report"
             paths = report.write(built, out_dir)
+            suggestion, more = range_test.report(
+                self.client, self.experiment_id, [r.run_id for r in built.runs], out_dir
+            )
+            paths += more
             self.client.log_artifacts(self.run_id, str(out_dir), "report")
             failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
             for key, error in sorted(failed_jobs.items()):
@@ -91,6 +95,8 @@ class Sweep:
             )
             print(built.table())
             print("\n".join(built.verdicts(limit=10)))
+            if suggestion:
+                print(f"\nLR range test:\n{suggestion}")
             print(f"Report: {out_dir} ({', '.join(p.name for p in paths)}); MLflow parent run {self.run_id}")
         finally:
             self.client.set_terminated(self.run_id, status)

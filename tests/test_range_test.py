@@ -217,7 +217,10 @@ def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_
 def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
     packed, solo = tmp_path / "packed", tmp_path / "solo"
     packed.mkdir(), solo.mkdir()
-    train(packed, "+experiment=lr_range", *SMALL, "training.seed=0,1,2")
+    result = train(packed, "+experiment=lr_range", *SMALL, "training.seed=0,1,2")
+    # The sweep's report ends with the suggestion over the 3 seeds and holds its files.
+    assert "LR range test:" in result.stdout and "adam: steepest " in result.stdout and "over 3 seeds" in result.stdout
+    assert {"lr_range.png", "lr_range.csv"} <= {p.name for p in (packed / "multirun" / "report").iterdir()}
     train(solo, "+experiment=lr_range", *SMALL, "training.seed=0,1,2", "hydra/launcher=basic")
     packed_client, packed_experiment = store(packed)
     solo_client, solo_experiment = store(solo)
