@@ -28,6 +28,8 @@ from lrsweep.training import EpochPrinter, Member, fit_epochs
 
 log = logging.getLogger(__name__)
 
+TAG_VALIDATION = "lrsweep.validation"  # what val_* was measured on (and a sweep ranked by): `Dataset.validation`
+
 
 def instantiate(node: DictConfig, **kwargs):
     """`hydra.utils.instantiate`, letting our own ValueErrors (which name the value and the fix) through unwrapped."""
@@ -123,6 +125,7 @@ def run_record(
         tracking.TAG_CONFIG_HASH: job.config_hash,
         "lrsweep.backend": keras.backend.backend(),
         "lrsweep.data_source": dataset.source,
+        TAG_VALIDATION: dataset.validation,
         "mlflow.source.name": "train.py",
         **(extra_tags or {}),
     }
@@ -147,6 +150,30 @@ def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) 
     if cfg.training.verbose not in (0, "0"):
         watching.append(EpochPrinter(members, cfg.training.epochs))
     return watching
+
+
+def log_test_metrics(
+    client: MlflowClient, model: keras.Model, dataset: Dataset, members: Sequence[Member], batch_size: int, epoch: int
+) -> None:
+    """Scores the test set once, after training, and logs `test_loss` and `test_accuracy` to each member's run.
+
+    Only when validation was on held-out examples (otherwise val_* already is the test score), and only for
+    members that trained to the end: a diverged member (`error` set) gets none, nor one a range test stopped
+    (`stopped_step` set; in a pack its weights trained on, unlogged). A pack is evaluated once for all its members
+    (its logs hold `loss_<k>`, `accuracy_<k>`).
+
+    Args:
+        epoch: the step to log at, the last epoch trained (0-based).
+    """
+    finished = [member for member in members if member.error is None and member.stopped_step is None]
+    if dataset.validates_on_test or not finished:
+        return
+    logs = model.evaluate(dataset.x_test, dataset.y_test, batch_size=batch_size, verbose=0, return_dict=True)
+    for member in finished:
+        scores = member.metrics(logs)
+        test = {f"test_{name}": scores[name] for name in ("loss", "accuracy")}
+        tracking.log_metrics(client, member.run_id, test, step=epoch)
+        log.info("%s: %s", member.name, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
 
 
 def reuse(client: MlflowClient, experiment_id: str, job: Job) -> float | None:
@@ -201,8 +228,9 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
         **compile_args(cfg),
     )
     log.info(
-        "%s: %d train / %d validation examples from %s, %d steps per epoch, schedule %s",
-        job.name, len(dataset.x_train), len(dataset.x_test), dataset.source, steps_per_epoch(cfg, dataset), schedule,
+        "%s: %d train / %d validation (%s) / %d test examples from %s, %d steps per epoch, schedule %s",
+        job.name, len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test), dataset.source,
+        steps_per_epoch(cfg, dataset), schedule,
     )  # fmt: skip
     record = run_record(client, experiment_id, job, dataset)
     with tracking.job_run(client, experiment_id, record.name, record.params, record.tags, record.artifacts) as run_id:
@@ -212,6 +240,7 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
         )
         if member.error is not None:
             raise member.error
+        log_test_metrics(client, model, dataset, [member], cfg.training.batch_size, len(history) - 1)
     final = history[-1]
     log.info("%s: " + ", ".join(f"{k}={final[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
              job.name)  # fmt: skip

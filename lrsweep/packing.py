@@ -405,9 +405,9 @@ def train_pack(
     plan = build_pack(jobs, dataset)
     model = plan.model
     log.info(
-        "Pack %s: %d runs (%s) in one model, %d data group(s), %d train / %d validation examples",
+        "Pack %s: %d runs (%s) in one model, %d data group(s), %d train / %d validation (%s) / %d test examples",
         pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes),
-        len(dataset.x_train), len(dataset.x_test),
+        len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
     )  # fmt: skip
     members: list[Member] = []
     try:
@@ -424,6 +424,8 @@ def train_pack(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             experiment.callbacks(client, cfg, members),
         )  # fmt: skip
+        # The test set once, for every member that trained to the end (after training: diverged members are known).
+        experiment.log_test_metrics(client, model, dataset, members, cfg.training.batch_size, len(history) - 1)
     except BaseException as e:
         for member in members:
             tracking.close_run(client, member.run_id, member.name, e)

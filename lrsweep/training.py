@@ -153,7 +153,7 @@ def fit_epochs(
     epochs: int,
     callbacks: Sequence[keras.callbacks.Callback],
 ) -> list[dict]:
-    """Trains `epochs` epochs, each on `epoch_data(dataset, seeds, epoch)` in that order, validating on the test split.
+    """Trains `epochs` epochs, each on `epoch_data(dataset, seeds, epoch)` in that order, validating on `x_val, y_val`.
 
     One Keras `fit` per epoch (Keras' own shuffle is off); `callbacks` see them as one training.
 
@@ -170,7 +170,7 @@ def fit_epochs(
             initial_epoch=epoch,
             epochs=epoch + 1,
             shuffle=False,
-            validation_data=(dataset.x_test, dataset.y_test),
+            validation_data=(dataset.x_val, dataset.y_val),
             callbacks=[relay],
             verbose=0,
         )

@@ -129,7 +129,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
         training.epoch_data(dataset, seeds, 99)
         order = time.perf_counter() - t
         t = time.perf_counter()
-        model.evaluate(dataset.x_test, dataset.y_test, batch_size=32, verbose=0)
+        model.evaluate(dataset.x_val, dataset.y_val, batch_size=32, verbose=0)
         validation = time.perf_counter() - t
         epoch = float(np.median(times[1:]))
         results[size] = {

@@ -115,7 +115,7 @@ def main() -> None:
             dataset.y_train,
             batch_size=args.batch_size,
             epochs=args.epochs,
-            validation_data=(dataset.x_test, dataset.y_test),
+            validation_data=(dataset.x_val, dataset.y_val),
             callbacks=callbacks,
             verbose=0,
         )

@@ -15,7 +15,7 @@ import numpy as np
 
 from lrsweep import backend
 
-TINY = ["data.train_size=512", "data.test_size=256", "training.batch_size=64"]
+TINY = ["data.train_size=512", "data.test_size=256", "data.validation_size=64", "training.batch_size=64"]  # as conftest.TINY
 # One pack of three: different LRs, seeds and schedules (constant, the tutorial's per-epoch linear warm-up, a
 # per-step cosine warm-up), so one pack checks every way a member's LR can differ from the others'.
 MEMBERS = [
@@ -32,6 +32,7 @@ OPTIMIZERS = {
     "rmsprop": ["optimizer=rmsprop"],
 }
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+TEST_KEYS = ("test_loss", "test_accuracy")  # the test set scored once, at the end (validation is held out)
 
 
 def jobs(optimizer: str, store_uri: str, epochs: int = 2):
@@ -59,7 +60,7 @@ def histories(client, experiment_id: str, name: str) -> dict[str, list[float]]:
     (run,) = client.search_runs([experiment_id], f"attributes.run_name = '{name}'")
     return {
         key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-        for key in EPOCH_KEYS
+        for key in (*EPOCH_KEYS, *TEST_KEYS)
     } | {"status": run.info.status, "metrics": sorted(run.data.metrics)}
 
 

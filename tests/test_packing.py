@@ -34,9 +34,11 @@ def check_equivalent(result: dict, optimizer: str) -> None:
         assert packed["status"] == solo["status"] == "FINISHED"
         assert packed["metrics"] == solo["metrics"]  # same metric keys, effective_lr/* included
         assert packed["lr"] == solo["lr"]  # the same float32 values, exactly
-        for key in ("loss", "val_loss"):
+        assert len(solo["test_loss"]) == len(solo["test_accuracy"]) == 1  # scored once: validation is held out
+        for key in ("loss", "val_loss", "test_loss"):
             np.testing.assert_allclose(packed[key], solo[key], rtol=HISTORY_RTOL, err_msg=key)
-        for key in ("accuracy", "val_accuracy"):  # counts of correct answers: equal, or one example apart
+        # Counts of correct answers: equal, or one example apart.
+        for key in ("accuracy", "val_accuracy", "test_accuracy"):
             np.testing.assert_allclose(packed[key], solo[key], atol=1 / 256 + 1e-9, err_msg=key)
     assert result["one_step"]["initial"] == 0.0  # member k starts from its solo run's exact weights
     assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT)
