@@ -15,7 +15,8 @@ import numpy as np
 
 from lrsweep import backend
 
-TINY = ["data.train_size=512", "data.test_size=256", "data.validation_size=64", "training.batch_size=64"]  # as conftest.TINY
+# As conftest.TINY.
+TINY = ["data.train_size=512", "data.test_size=256", "data.validation_size=64", "training.batch_size=64"]
 # One pack of three: different LRs, seeds and schedules (constant, the tutorial's per-epoch linear warm-up, a
 # per-step cosine warm-up), so one pack checks every way a member's LR can differ from the others'.
 MEMBERS = [
