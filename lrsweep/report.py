@@ -610,7 +610,12 @@ def plot_seeds(report: SweepReport):
         return None
     shown = configs[:SEEDS_SHOWN]  # the leading ones: a phase diagram has dozens
     plt = _pyplot()
-    colours = {stats.BEST: "tab:green", stats.TIED: "tab:blue", stats.WORSE: "tab:red"}
+    colours = {
+        stats.BEST: "tab:green",
+        stats.TIED: "tab:blue",
+        stats.WORSE_UNCORRECTED: "tab:orange",
+        stats.WORSE: "tab:red",
+    }
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 3), 4.8))
     for x, config in enumerate(shown):
         samples = config.samples()

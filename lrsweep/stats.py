@@ -6,7 +6,9 @@ Every configuration of a sweep is compared with the best one (highest mean of th
 - otherwise Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`);
 - the p-values of a sweep's comparisons corrected for their number with Holm's method
   (`statsmodels.stats.multitest.multipletests`), so more configurations do not mean more false "worse" verdicts;
-- how many seeds would detect a difference of the size seen (80% power at alpha 0.05,
+- a verdict: "worse" when the corrected p < 0.05; otherwise "tied with best" when the 95% interval includes 0,
+  and "worse before correction" when it does not (worse taken alone, not among all the sweep's comparisons);
+- how many seeds would detect a difference of the size seen (80% power at the corrected level,
   `statsmodels.stats.power`), which is what to do about a "tied" verdict.
 """
 
@@ -26,6 +28,8 @@ POWER = 0.8  # for "about N seeds would detect a difference of this size"
 MAX_SEEDS = 10_000
 
 BEST, TIED, WORSE, NO_TEST = "best", "tied with best", "worse", "n/a"
+# The interval excludes 0 but the corrected p does not reach ALPHA: worse taken alone, not among all comparisons.
+WORSE_UNCORRECTED = "worse before correction"
 
 Samples = Mapping[int, float]  # {seed: final value}
 
@@ -44,7 +48,7 @@ class Comparison:
     p: float  # two-sided, as the test gives it
     p_adjusted: float  # Holm-corrected over the sweep's comparisons
     test: str  # "paired" | "welch" | "" (none possible)
-    verdict: str  # BEST | TIED | WORSE | NO_TEST
+    verdict: str  # BEST | TIED | WORSE | WORSE_UNCORRECTED | NO_TEST
     # Per configuration, to detect `difference` at the sweep's Bonferroni level ALPHA / comparisons, a bound on
     # Holm's (None: no difference to detect).
     seeds_needed: int | None = None
@@ -64,7 +68,7 @@ class Comparison:
         )
         if self.verdict == WORSE:
             return f"{head}: worse"
-        tail = "not distinguishable"
+        tail = "worse taken alone, not after correction" if self.verdict == WORSE_UNCORRECTED else "not distinguishable"
         if self.seeds_needed is not None:
             tail += f"; about {self.seeds_needed if self.seeds_needed < MAX_SEEDS else f'{MAX_SEEDS}+'} seeds"
             tail += " would detect a difference of this size"
@@ -156,8 +160,10 @@ def compare_to_best(samples: Mapping[str, Samples]) -> dict[str, Comparison]:
         test, p, low, high, effect = raw[label]
         if not test:
             verdict = NO_TEST
+        elif adjusted[label] < ALPHA:
+            verdict = WORSE
         else:
-            verdict = WORSE if adjusted[label] < ALPHA else TIED
+            verdict = TIED if low <= 0 <= high else WORSE_UNCORRECTED
         comparisons[label] = Comparison(
             label, best, n, n_reference, means[label] - means[best], low, high, p, adjusted[label], test, verdict,
             seeds_needed(effect, test == "paired", ALPHA / max(1, len(testable))) if test else None,

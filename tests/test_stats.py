@@ -53,8 +53,10 @@ def test_holm_correction_and_verdicts_over_several_comparisons():
         "best": {s: 0.90 + rng.normal(0, 0.002) for s in seeds},
         "same": {s: 0.90 + rng.normal(0, 0.002) for s in seeds},
         "worse": {s: 0.80 + rng.normal(0, 0.002) for s in seeds},
-        "slightly": {s: 0.898 + rng.normal(0, 0.002) for s in seeds},
     }
+    # Per-seed differences with p = 0.030 alone; second smallest of 3 p-values, Holm doubles it to 0.060.
+    differences = (-0.002, -0.004, 0.0005, -0.003, -0.002, -0.001)
+    samples["slightly"] = {s: samples["best"][s] + d for s, d in zip(seeds, differences, strict=True)}
     comparisons = stats.compare_to_best(samples)
     assert comparisons["best"].verdict == stats.BEST
     raw = {k: scipy_stats.ttest_rel([samples[k][s] for s in seeds], [samples["best"][s] for s in seeds]).pvalue
@@ -70,6 +72,9 @@ def test_holm_correction_and_verdicts_over_several_comparisons():
         assert comparisons[key].p_adjusted == pytest.approx(adjusted[key])
     assert comparisons["worse"].verdict == stats.WORSE
     assert comparisons["same"].verdict == stats.TIED
+    # Worse taken alone (interval below 0), not after correcting for 3 comparisons.
+    assert comparisons["slightly"].high < 0 and 0.05 > comparisons["slightly"].p
+    assert comparisons["slightly"].p_adjusted >= 0.05 and comparisons["slightly"].verdict == stats.WORSE_UNCORRECTED
 
 
 def test_seeds_needed_is_the_t_test_sample_size_for_80_percent_power():
