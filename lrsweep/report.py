@@ -179,6 +179,8 @@ class SweepReport:
         """The comparisons in words, one line each (the `limit` closest to the best), headed by what ranked them;
         or why none is possible."""
         head = f"Ranked by final {RANK_METRIC} on the {self.validation}."
+        if self.validation == "test set":
+            head += " (data.validation_size=null, the tutorial's way: the best is chosen on the data it is scored on.)"
         if len(self.configurations) < 2:
             return [head]
         if not self.comparable:
