@@ -17,7 +17,6 @@ backend); the Keras callback is built on first use.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import logging
@@ -597,18 +596,15 @@ def print_single_run(cfg: DictConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m lrsweep.range_test",
-        description="Suggest LR bounds for a warm-up grid from the range test runs of a sweep (or given runs).",
+    from lrsweep import report as sweep_report
+
+    parser = sweep_report.sweep_parser(
+        "python -m lrsweep.range_test",
+        "Suggest LR bounds for a warm-up grid from the range test runs of a sweep (or given runs).",
     )
-    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="default: %(default)s")
-    parser.add_argument("--experiment", default="lrsweep", help="MLflow experiment name (default: %(default)s)")
-    parser.add_argument("--sweep", help="sweep id, the multirun folder's name (default: the latest sweep)")
     parser.add_argument("--run", action="append", default=[], help="a run id instead of a sweep (repeatable)")
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id or first run id>)")
     args = parser.parse_args(argv)
-    from lrsweep import report as sweep_report
-
     client, experiment_id = tracking.connect(args.tracking_uri, args.experiment)
     if args.run:
         run_ids, name = args.run, args.run[0]

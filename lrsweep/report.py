@@ -703,14 +703,19 @@ def write(report: SweepReport, out_dir: Path) -> list[Path]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m lrsweep.report",
-        description="Rebuild a sweep's report (table, CSV, Markdown, figures) from MLflow.",
-    )
+def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command line that reads one sweep of a store: --tracking-uri, --experiment, --sweep."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="default: %(default)s")
     parser.add_argument("--experiment", default="lrsweep", help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--sweep", help="sweep id, the multirun folder's name (default: the latest sweep)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = sweep_parser(
+        "python -m lrsweep.report", "Rebuild a sweep's report (table, CSV, Markdown, figures) from MLflow."
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id>)")
     parser.add_argument("--log", action="store_true", help="also attach the report to the sweep's parent run")
     args = parser.parse_args(argv)

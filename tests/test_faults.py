@@ -60,7 +60,7 @@ def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path)
     rerun = job_runs(client, experiment_id, "again")
     assert list(rerun) == [diverged] and rerun[diverged].info.status == "FAILED"
     with open(tmp_path / "again" / "report" / "runs.csv") as f:
-        assert sum(line.split(",")[3] == "True" for line in f) == 2  # the report includes the reused runs
+        assert sum(row["reused"] == "True" for row in csv.DictReader(f)) == 2  # the report includes the reused runs
     with open(tmp_path / "again" / "report" / "summary.csv") as f:
         rows = {row["learning_rate"]: row for row in csv.DictReader(f)}  # reused runs under this sweep's overrides
     assert {k: (v["n"], v["failed"], v["reused"]) for k, v in rows.items()} == {
