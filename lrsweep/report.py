@@ -190,8 +190,8 @@ class SweepReport:
             ]
         lines = [
             f"{head} Each configuration vs the best: difference in mean {RANK_METRIC} [95% CI], p corrected for "
-            f"{sum(1 for c in self.comparisons.values() if c.test)} comparisons (Holm); paired by seed when both ran "
-            "the same seeds, else Welch."
+            f"{_plural(sum(1 for c in self.comparisons.values() if c.test), 'comparison')} (Holm); paired by seed "
+            "when both ran the same seeds, else Welch."
         ]
         others = [c.sentence(RANK_METRIC) for c in self.comparisons.values() if c.verdict != stats.BEST]
         if limit is not None and len(others) > limit:
@@ -199,6 +199,10 @@ class SweepReport:
             counts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
             others = [*others[:limit], f"... {len(others) - limit} more in summary.md ({counts})"]
         return lines + others
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _comparison_cells(comparison: stats.Comparison | None) -> list[str]:

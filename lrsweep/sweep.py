@@ -96,7 +96,7 @@ class Sweep:
             print(built.table())
             print("\n".join(built.verdicts(limit=10)))
             if suggestion:
-                print(f"\nLR range test:\n{suggestion}")
+                print(f"\n{suggestion}")
             print(f"Report: {out_dir} ({', '.join(p.name for p in paths)}); MLflow parent run {self.run_id}")
         finally:
             self.client.set_terminated(self.run_id, status)
