@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
 from lrsweep import interrupts, tracking
-from lrsweep.schedules import check_count
+from lrsweep.checks import check_count
 from lrsweep.training import Member, as_members
 
 Targets = str | Sequence[Member]

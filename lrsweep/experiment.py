@@ -19,11 +19,12 @@ from hydra.utils import instantiate as hydra_instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lrsweep import interrupts, range_test, tracking
+from lrsweep import identity, interrupts, range_test, tracking
 from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
+from lrsweep.checks import check_count, check_lr, check_training
 from lrsweep.data import Dataset
 from lrsweep.effective_lr import EffectiveLRLogger
-from lrsweep.schedules import KerasSchedule, Schedule, check_count, check_lr
+from lrsweep.schedules import KerasSchedule, Schedule
 from lrsweep.training import EpochPrinter, Member, fit_epochs
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,12 @@ def instantiate(node: DictConfig, **kwargs):
         raise
 
 
-def check_training(training: DictConfig) -> None:
-    """Rejects training settings that cannot run, before any work starts."""
-    check_count("training.epochs", training.epochs, 1)
-    check_count("training.batch_size", training.batch_size, 1)
-    check_count("training.steps_per_execution", training.steps_per_execution, 1)
-    check_count("training.seed", training.seed, 0)
-    if training.jit_compile not in (True, False, "auto"):
-        raise ValueError(f"`training.jit_compile` must be true, false or auto. Received: {training.jit_compile!r}")
-
-
 @dataclass
 class Job:
     """A job's config, checked, with what identifies its run: the Hydra job, config hash and run name."""
 
     cfg: DictConfig
-    context: tracking.JobContext
+    context: identity.JobContext
     resolved: dict[str, Any]
     config_hash: str
     name: str
@@ -66,7 +57,7 @@ class Job:
         return int(self.cfg.training.seed)
 
 
-def prepare(cfg: DictConfig, context: tracking.JobContext) -> Job:
+def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
     """Checks everything in a job's config that can fail, without training or touching MLflow.
 
     Raises:
@@ -83,8 +74,8 @@ def prepare(cfg: DictConfig, context: tracking.JobContext) -> Job:
         cfg=cfg,
         context=context,
         resolved=resolved,
-        config_hash=tracking.config_hash(resolved),
-        name=cfg.tracking.run_name or tracking.run_name(context, resolved),
+        config_hash=identity.config_hash(resolved),
+        name=cfg.identity.run_name or identity.run_name(context, resolved),
     )
 
 
@@ -118,7 +109,7 @@ def run_record(
     client: MlflowClient, experiment_id: str, job: Job, dataset: Dataset, extra_tags: dict[str, str] | None = None
 ) -> tracking.RunRecord:
     """The name, params, tags and config artifacts of a job's MLflow run, alone or in a pack."""
-    params = tracking.flatten(job.resolved)
+    params = identity.flatten(job.resolved)
     params.update({f"choice.{group}": option for group, option in job.context.choices.items()})
     tags = {
         **tracking.job_tags(client, experiment_id, job.context),
@@ -188,7 +179,7 @@ def reuse(client: MlflowClient, experiment_id: str, job: Job) -> float | None:
     return float(done.data.metrics.get("val_accuracy", float("nan")))
 
 
-def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
+def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
     """Trains the configured model once and records it as one MLflow run.
 
     Everything that can be wrong with the config or the data fails here before the MLflow run is opened;
@@ -201,7 +192,7 @@ def run(cfg: DictConfig, context: tracking.JobContext | None = None) -> float:
     Returns:
         The final epoch's validation accuracy, the objective a Hydra sweeper maximises.
     """
-    context = context or tracking.JobContext.from_hydra()
+    context = context or identity.JobContext.from_hydra()
     interrupts.install(context.sweep_dir)  # Ctrl-C / SIGTERM: stop at the next step, the run ends KILLED
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
     job = prepare(cfg, context)

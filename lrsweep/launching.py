@@ -16,12 +16,12 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from lrsweep import backend, experiment, interrupts, packing, sweep, tracking
+from lrsweep import backend, experiment, identity, interrupts, packing, sweep, tracking
 
 log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
-MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
+MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "identity.run_name")
 
 
 @dataclass
@@ -44,7 +44,7 @@ def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_
         SystemExit: after printing one line per job that cannot run, before any run is opened.
     """
     prepared, errors = [], []
-    contexts = [tracking.JobContext.from_config(hydra_cfg) for _, hydra_cfg in jobs]
+    contexts = [identity.JobContext.from_config(hydra_cfg) for _, hydra_cfg in jobs]
     common = set.intersection(*(set(c.overrides) for c in contexts)) if len(contexts) > 1 else set()
     for (cfg, _), context in zip(jobs, contexts, strict=True):
         try:
@@ -76,7 +76,7 @@ def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_
 
 def pack_key(job: experiment.Job) -> str:
     """What a job's results depend on apart from `MEMBER_KEYS`: jobs with the same key can share a pack."""
-    flat = tracking.flatten(job.resolved)
+    flat = identity.flatten(job.resolved)
     shared = {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MEMBER_KEYS)}
     return json.dumps(shared, sort_keys=True)
 

@@ -32,7 +32,7 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lrsweep import tracking
+from lrsweep import identity, tracking
 
 if TYPE_CHECKING:
     import keras
@@ -431,7 +431,7 @@ def _spread(values: Sequence[float], centre: float | None = None) -> str:
 
 def _config_key(params: Mapping[str, str]) -> str:
     """What identifies a configuration: every param but the seed and those that do not change results."""
-    ignored = (SEED_KEY, *tracking.NON_RESULT_KEYS)
+    ignored = (SEED_KEY, *identity.NON_RESULT_KEYS)
     kept = {k: v for k, v in params.items() if not any(k == x or k.startswith(x + ".") for x in ignored)}
     return repr(sorted(kept.items()))
 
@@ -443,8 +443,8 @@ def _labels(groups: Sequence[Sequence[RangeRun]]) -> list[str]:
     differing = [
         k for k in keys
         if len({p.get(k) for p in params}) > 1
-        and not k.startswith(("choice.", *(x + "." for x in tracking.NON_RESULT_KEYS)))
-        and k not in (SEED_KEY, *tracking.NON_RESULT_KEYS)
+        and not k.startswith(("choice.", *(x + "." for x in identity.NON_RESULT_KEYS)))
+        and k not in (SEED_KEY, *identity.NON_RESULT_KEYS)
     ]  # fmt: skip
     if len({p.get("choice.optimizer") for p in params}) > 1:  # the optimizer's name says it
         differing = [k for k in differing if not k.startswith("optimizer.")]
@@ -588,7 +588,7 @@ def print_single_run(cfg: DictConfig) -> None:
     if not is_range_test(cfg) or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
         return
     client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
-    run = tracking.find_finished(client, experiment_id, tracking.config_hash(OmegaConf.to_container(cfg, resolve=True)))
+    run = tracking.find_finished(client, experiment_id, identity.config_hash(OmegaConf.to_container(cfg, resolve=True)))
     if run is None:
         return
     summary, paths = report(client, experiment_id, [run.info.run_id], Path(HydraConfig.get().runtime.output_dir))
@@ -609,10 +609,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.run:
         run_ids, name = args.run, args.run[0]
     else:
-        name = args.sweep or sweep_report.latest_sweep_id(client, experiment_id)
+        name = args.sweep or tracking.latest_sweep_id(client, experiment_id)
         if name is None:
             parser.exit(1, f"No sweep in experiment {args.experiment!r} at {args.tracking_uri}.\n")
-        run_ids = [run.info.run_id for run in sweep_report.sweep_runs(client, experiment_id, name)]
+        run_ids = [run.info.run_id for run in tracking.sweep_runs(client, experiment_id, name)]
     summary, paths = report(client, experiment_id, run_ids, args.out or Path("reports") / name)
     if not summary:
         parser.exit(1, f"No range test runs (schedule=lr_range) among the {len(run_ids)} runs of {name}.\n")

@@ -21,7 +21,7 @@ def train_jobs(jobs: Sequence[tuple[DictConfig, Any]], name: str) -> list[float 
     """Trains a pack (or one job alone) in this process; what a submitit worker runs.
 
     Args:
-        jobs: (task config, `lrsweep.tracking.JobContext`) per job, ordered by seed.
+        jobs: (task config, `lrsweep.identity.JobContext`) per job, ordered by seed.
         name: the pack's name within its sweep.
 
     Returns:

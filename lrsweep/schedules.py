@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 from keras import ops
+
+from lrsweep.checks import check_choice, check_count, check_lr, check_number
 
 StepFn = Callable[[Any], Any]
 
@@ -66,27 +67,6 @@ def _as_config(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(name): _as_config(v) for name, v in value.items()}
     return value
-
-
-def check_lr(name: str, value: Any, zero_ok: bool = False) -> float:
-    """Returns `value` as a Python float if it is a finite learning rate > 0 (>= 0 if `zero_ok`), else raises.
-
-    Keras 3 optimizers reject int and NumPy scalars, so every LR leaves config through here as a float.
-    """
-    bound = ">= 0" if zero_ok else "> 0"
-    if value is None:
-        raise ValueError(f"`{name}` must be set to a learning rate {bound}. Received: {name}=None")
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not real or value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(f"`{name}` must be a finite learning rate {bound}. Received: {name}={value!r}")
-    return float(value)
-
-
-def check_count(name: str, value: Any, minimum: int, what: str = "") -> int:
-    """Returns `value` if it is an int >= `minimum`, else raises a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}{what}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _float(step):
@@ -141,34 +121,6 @@ def linear_warmup(
         return initial_lr + ops.minimum(epoch, warmup_epochs - 1) * delta
 
     return schedule
-
-
-def check_number(
-    name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
-) -> float:
-    """Returns `value` as a float if it is a finite real between `low` and `high` (None: no bound), else raises.
-
-    The interval is closed unless `low_open` / `high_open`; the message names it, e.g. "in (0, 1]".
-    """
-    upper = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
-    interval = f"{'(' if low_open else '['}{low:g}, {upper}"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < low
-        or (low_open and value == low)
-        or (high is not None and (value > high or (high_open and value == high)))
-    ):
-        raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Returns `value` if it is one of `choices`, else raises a ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(choices)}. Received: {name}={value!r}")
-    return value
 
 
 def join(pieces: Sequence[StepFn], boundaries: Sequence[int]) -> StepFn:

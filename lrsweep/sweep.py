@@ -14,7 +14,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import interrupts, range_test, report, tracking
+from lrsweep import figures, identity, interrupts, range_test, report, tracking
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Sweep:
         self.client = client
         self.experiment_id = experiment_id
         self.sweep_dir = Path(sweep_dir)
-        self.sweep_id = tracking.sweep_id(sweep_dir)
+        self.sweep_id = identity.sweep_id(sweep_dir)
         self.run_id = run_id
 
     @classmethod
@@ -46,7 +46,7 @@ class Sweep:
             tracking.TAG_ROLE: "sweep",
             "lrsweep.command": " ".join(["python", *sys.argv]),
         }
-        run = client.create_run(experiment_id, run_name=f"sweep-{tracking.sweep_id(sweep_dir)}", tags=tags)
+        run = client.create_run(experiment_id, run_name=f"sweep-{identity.sweep_id(sweep_dir)}", tags=tags)
         sweep = cls(client, experiment_id, sweep_dir, run.info.run_id)
         sweep.log_samples(config)
         return sweep
@@ -60,16 +60,16 @@ class Sweep:
         except (data.DataError, ValueError) as e:
             log.warning("No sample figure: %s", e)  # the jobs will report the data problem themselves
             return
-        figure = report.plot_samples(dataset.x_train, dataset.y_train, data.CLASS_NAMES)
+        figure = figures.plot_samples(dataset.x_train, dataset.y_train, data.CLASS_NAMES)
         self.client.log_figure(self.run_id, figure, "dataset/samples.png")
-        report._pyplot().close(figure)
+        figures.pyplot().close(figure)
 
     def close(self) -> report.SweepReport:
         """Builds the report from MLflow, writes it to `<sweep dir>/report`, attaches it, ends the parent run.
 
         The parent ends FAILED if any job failed, KILLED if any was interrupted, else FINISHED.
         """
-        built = report.load(self.client, self.experiment_id, self.sweep_id)
+        built = report.build(tracking.load_sweep(self.client, self.experiment_id, self.sweep_id))
         parent = self.client.get_run(self.run_id)
         failed_jobs = {k: v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_FAILED_JOB_PREFIX)}
         statuses = {run.status for run in built.runs} | ({"FAILED"} if failed_jobs else set())
@@ -166,7 +166,7 @@ class SweepCallback(Callback):
             client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
         except ConnectionError:
             return  # the job failed on the same store: its own error says so
-        sweep_id = tracking.sweep_id(config.hydra.sweep.dir)
+        sweep_id = identity.sweep_id(config.hydra.sweep.dir)
         job_num = config.hydra.job.num
         parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
         if parent is not None and tracking.find_job_run(client, experiment_id, sweep_id, job_num) is None:

@@ -1,19 +1,17 @@
-"""MLflow bookkeeping: the store, experiments, one run per job, and what identifies a job and its sweep."""
+"""Every MLflow call: the store, experiments, one run per job, a sweep's parent, and reading sweeps back."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 from mlflow.entities import Metric, Param, Run, RunStatus
@@ -21,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lrsweep import interrupts
+from lrsweep.identity import JobContext, overrides_dict, sweep_id
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,11 @@ TAG_REUSED_PREFIX = "lrsweep.reused."  # on a sweep's parent: job number -> the 
 TAG_PACK = "lrsweep.pack"  # the pack a run trained in (`<sweep id>/pack<n>`); absent for a run trained alone
 TAG_PACK_SIZE = "lrsweep.pack_size"  # how many runs trained in that pack
 TAG_PACK_MEMBER = "lrsweep.pack_member"  # this run's position in it
-# Keys that do not change a run's results, left out of its config hash.
-NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir")
+# The per-epoch metrics a report reads back as histories.
+HISTORY_METRICS = (
+    "loss", "val_loss", "accuracy", "val_accuracy", "lr", "effective_lr/p10", "effective_lr/p50", "effective_lr/p90"
+)  # fmt: skip
+_REST_BULK_RUNS = 100  # the tracking server's limit of run ids per bulk metric request
 _SQLITE = "sqlite:///"
 
 
@@ -115,74 +117,10 @@ def connect(uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
     return client, experiment.experiment_id
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flattens nested mappings to dotted keys with string values, for MLflow params."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = "None" if value is None else str(value)
-    return flat
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What Hydra knows about the running job; empty outside a Hydra app (e.g. the compose API)."""
-
-    choices: Mapping[str, str] = field(default_factory=dict)
-    overrides: tuple[str, ...] = ()
-    sweep_dir: str | None = None
-    job_num: int | None = None
-
-    @property
-    def sweep_id(self) -> str | None:
-        return sweep_id(self.sweep_dir) if self.sweep_dir else None
-
-    @classmethod
-    def from_hydra(cls) -> JobContext:
-        from hydra.core.hydra_config import HydraConfig
-
-        if not HydraConfig.initialized():
-            return cls()
-        return cls.from_config(HydraConfig.get())
-
-    @classmethod
-    def from_config(cls, hydra_cfg: Any) -> JobContext:
-        """From a job's `hydra` config node (what HydraConfig holds while the job runs)."""
-        from hydra.types import RunMode
-
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        return cls(
-            choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},
-            overrides=tuple(hydra_cfg.overrides.task),
-            sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
-            job_num=hydra_cfg.job.num if multirun else None,
-        )
-
-
-def sweep_id(sweep_dir: str | Path) -> str:
-    """A sweep's id: the name of its multirun folder (e.g. `2026-11-26_13-05-22`)."""
-    return Path(sweep_dir).resolve().name
-
-
 def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
     if not sweep_dir:
         return {}
     return {TAG_SWEEP_ID: sweep_id(sweep_dir), TAG_SWEEP_DIR: str(Path(sweep_dir).resolve())}
-
-
-def config_hash(resolved: Mapping[str, Any]) -> str:
-    """A short hash of everything in the resolved config that can change a run's results.
-
-    Keys in `NON_RESULT_KEYS` (verbosity, tracking, output locations, thread counts) are left out, so
-    re-running a sweep with other such settings still recognises the work as done.
-    """
-    flat = {
-        k: v for k, v in flatten(resolved).items() if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_KEYS)
-    }
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def latest_run(client: MlflowClient, experiment_id: str, query: str) -> Run | None:
@@ -241,12 +179,6 @@ def mark_stale(client: MlflowClient, experiment_id: str) -> list[Run]:
     return stale
 
 
-def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Hydra overrides as {key: value}, without `+`/`++` prefixes: `+strategy=adagrad` -> {"strategy": "adagrad"}."""
-    pairs = (override.lstrip("+~").partition("=") for override in overrides)
-    return {key: value for key, _, value in pairs}
-
-
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
     """The parent run of a sweep, if one was opened (by `lrsweep.sweep.SweepCallback`)."""
     return latest_run(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'")
@@ -257,27 +189,6 @@ def find_job_run(client: MlflowClient, experiment_id: str, sweep_id: str, job_nu
     return latest_run(
         client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_JOB_NUM}` = '{job_num}'"
     )
-
-
-def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
-    """A name a person can read in the UI: optimizer-schedule, then its overridden values, then the seed.
-
-    E.g. `adam-linear-seed0`, `adam-linear-initial_lr=0.001-final_lr=0.02-seed1` in a grid sweep, or
-    `adam-warmup-decay=cosine-shape=linear-seed0` (the nested group `schedule/decay` and `schedule.warmup.shape`).
-    """
-
-    def option(group: str) -> str:
-        if group in context.choices:
-            return context.choices[group]
-        return str(config[group]["_target_"]).rsplit(".", 1)[-1].lower()
-
-    parts = [option("optimizer"), option("schedule")]
-    for key, value in overrides_dict(context.overrides).items():
-        path = re.split(r"[./]", key)
-        if path[0] in ("optimizer", "schedule") and len(path) > 1:
-            parts.append(f"{path[-1]}={value}")
-    parts.append(f"seed{config['training']['seed']}")
-    return "-".join(parts)
 
 
 @dataclass(frozen=True)
@@ -375,3 +286,94 @@ def job_tags(client: MlflowClient, experiment_id: str, context: JobContext) -> d
         if parent is not None:
             tags[TAG_PARENT] = parent.info.run_id
     return tags
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> list[Run]:
+    """Every run matching `query`, fetched in pages of 1000."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Run]:
+    """The job runs of one sweep (not its parent run)."""
+    return search_all(client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'job'")
+
+
+def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[tuple[Run, dict[str, str]]]:
+    """Runs of earlier sweeps that this sweep's jobs skipped to, each with the overrides of the job that did."""
+    parent = find_sweep_run(client, experiment_id, sweep_id)
+    if parent is None:
+        return []
+    notes = [json.loads(v) for k, v in parent.data.tags.items() if k.startswith(TAG_REUSED_PREFIX)]
+    overrides = {note["run_id"]: note["overrides"] for note in notes}
+    run_ids = sorted(overrides)
+    runs = []
+    for start in range(0, len(run_ids), 100):
+        chunk = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
+        runs += search_all(client, experiment_id, f"attributes.run_id IN ({chunk})")
+    return [(run, overrides[run.info.run_id]) for run in runs]
+
+
+def latest_sweep_id(client: MlflowClient, experiment_id: str) -> str | None:
+    run = latest_run(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'")
+    return run.data.tags[TAG_SWEEP_ID] if run else None
+
+
+def metric_histories(
+    client: MlflowClient, run_ids: Sequence[str], keys: Iterable[str]
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run_id: {key: [(step, value), ...]}} with one query per metric for all runs, not one per run.
+
+    A SQL store answers each metric for all runs in one query; a tracking server in requests of 100 runs.
+    """
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {run_id: {} for run_id in run_ids}
+    if not run_ids:
+        return histories
+    uri = client.tracking_uri
+    store = client._tracking_client.store  # the bulk query is not exposed on MlflowClient
+    for key in keys:
+        if hasattr(store, "get_metric_history_bulk"):
+            points = [(m.run_id, m.step, m.value) for m in store.get_metric_history_bulk(list(run_ids), key, 25000)]
+        elif uri.startswith(("http://", "https://")):
+            points = []
+            for start in range(0, len(run_ids), _REST_BULK_RUNS):
+                response = requests.get(
+                    f"{uri.rstrip('/')}/ajax-api/2.0/mlflow/metrics/get-history-bulk",
+                    params={"run_id": list(run_ids[start : start + _REST_BULK_RUNS]), "metric_key": key},
+                    timeout=60,
+                )
+                response.raise_for_status()
+                points += [(m["run_id"], m["step"], m["value"]) for m in response.json().get("metrics", [])]
+        else:
+            points = [(r, m.step, m.value) for r in run_ids for m in client.get_metric_history(r, key)]
+        for run_id, step, value in points:
+            histories[run_id].setdefault(key, []).append((step, value))
+    for per_run in histories.values():
+        for key, series in per_run.items():
+            per_run[key] = sorted(dict(series).items())  # the last value logged at a step wins
+    return histories
+
+
+@dataclass
+class SweepRuns:
+    """What a sweep's report is built from: its job runs, the earlier runs it reused, their metric histories."""
+
+    sweep_id: str | None
+    runs: list[Run]
+    reused: list[tuple[Run, dict[str, str]]] = field(default_factory=list)  # with the overrides of the job that did
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # run id -> key -> points
+
+
+def load_sweep(
+    client: MlflowClient, experiment_id: str, sweep_id: str, history_keys: Sequence[str] = HISTORY_METRICS
+) -> SweepRuns:
+    """One sweep read back: one search for its runs, one for those it reused, one bulk query per metric."""
+    runs = sweep_runs(client, experiment_id, sweep_id)
+    reused = reused_runs(client, experiment_id, sweep_id)
+    run_ids = list(dict.fromkeys([r.info.run_id for r in runs] + [r.info.run_id for r, _ in reused]))
+    return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys))

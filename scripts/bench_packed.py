@@ -94,7 +94,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
     import numpy as np
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import experiment, packing, tracking, training
+    from lrsweep import experiment, identity, packing, training
 
     Clock = _clock()
     results = {}
@@ -104,7 +104,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
             jobs = [
                 experiment.prepare(
                     compose(config_name="config", overrides=[f"optimizer.learning_rate={lr:.6g}"]),
-                    tracking.JobContext(),
+                    identity.JobContext(),
                 )
                 for lr in lrs
             ]

@@ -55,7 +55,7 @@ def main() -> None:
               f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
 
         start = time.perf_counter()
-        built = report.load(client, experiment_id, "bench-sweep")
+        built = report.build(tracking.load_sweep(client, experiment_id, "bench-sweep"))
         loaded = time.perf_counter() - start
         start = time.perf_counter()
         report.write(built, Path(tmp) / "report")

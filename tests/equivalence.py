@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from lrsweep import backend
+from lrsweep import backend, identity
 
 # As conftest.TINY.
 TINY = ["data.train_size=512", "data.test_size=256", "data.validation_size=64", "training.batch_size=64"]
@@ -40,7 +40,7 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
     """The three members' prepared jobs, ordered by seed as a pack orders them."""
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import experiment, tracking
+    from lrsweep import experiment
     from tests.conftest import CONF_DIR
 
     prepared = []
@@ -50,9 +50,9 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
             cfg = compose(
                 config_name="config",
                 overrides=[*TINY, f"training.epochs={epochs}", "training.verbose=0", f"tracking.uri={store_uri}",
-                           f"tracking.run_name=member{k}", *overrides],
+                           f"identity.run_name=member{k}", *overrides],
             )  # fmt: skip
-            context = tracking.JobContext(choices={"optimizer": optimizer}, overrides=tuple(overrides))
+            context = identity.JobContext(choices={"optimizer": optimizer}, overrides=tuple(overrides))
             prepared.append(experiment.prepare(cfg, context))
     return sorted(prepared, key=lambda job: job.seed)
 

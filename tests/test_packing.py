@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from lrsweep import tracking
+from lrsweep import identity, tracking
 from tests import equivalence
 from tests.conftest import ROOT, TINY, job_runs, store, train
 
@@ -163,7 +163,7 @@ def test_plan_groups_by_everything_but_schedule_lr_and_seed():
         jobs = [
             experiment.prepare(
                 compose(config_name="config", overrides=[*TINY, *v]),
-                tracking.JobContext(overrides=tuple(v), job_num=i),
+                identity.JobContext(overrides=tuple(v), job_num=i),
             )
             for i, v in enumerate(variants)
         ]

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from lrsweep import report, tracking
+from lrsweep import figures, report, tracking
 from tests.conftest import TINY, train
 
 
@@ -20,7 +20,7 @@ def phase_sweep(tmp_path_factory):
         "tracking.effective_lr=false", *TINY,
     )  # fmt: skip
     client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
-    return tmp_path, result, report.load(client, experiment_id, "multirun")
+    return tmp_path, result, report.build(tracking.load_sweep(client, experiment_id, "multirun"))
 
 
 def test_large_learning_rates_diverge_and_small_ones_train(phase_sweep):
@@ -49,7 +49,7 @@ def test_the_diagram_marks_diverged_cells_and_the_boundary(phase_sweep):
     assert col_values == ["0.003", "10.0", "100.0"]
     assert [[cell.diverged for cell in row] for row in grid] == [[0, 2, 2], [0, 2, 2]]
     assert [report.largest_training_column(row) for row in grid] == [0, 0]
-    figure = report.plot_heatmap(built)
+    figure = figures.plot_heatmap(built)
     ax = figure.axes[0]
     texts = [t.get_text() for t in ax.texts]
     assert sum("✗ 2/2" in t for t in texts) == 4 and len(texts) == 6

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lrsweep import backend, range_test, schedules, tracking
+from lrsweep import backend, identity, range_test, schedules, tracking
 from lrsweep.range_test import RangeRun, analyse, smooth, suggest
 from tests.conftest import CONF_DIR, job_runs, store, train
 
@@ -68,7 +68,7 @@ def test_a_bad_bound_in_config_fails_before_anything_trains():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+experiment=lr_range", *SMALL, "schedule.max_lr=1e-7"])
     with pytest.raises(ValueError, match=re.escape("`max_lr` must be > min_lr=1e-06")):
-        experiment.prepare(cfg, tracking.JobContext())
+        experiment.prepare(cfg, identity.JobContext())
 
 
 # The analysis on known curves ----------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def synthetic_run(seed: int, shift: float, stop: int, optimizer: str = "adam") -
             "optimizer._target_": f"keras.optimizers.{optimizer.title()}",
             "training.seed": str(seed),
             "schedule._target_": range_test.SCHEDULE_TARGET,
-            "tracking.run_name": "None",
+            "identity.run_name": "None",
         },
         tags={range_test.TAG_PLANNED_STEPS: str(len(lrs)), range_test.TAG_STOPPED_AT_LR: repr(float(lrs[stop - 1]))},
         steps=np.arange(stop),

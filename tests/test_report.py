@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lrsweep import report, tracking
+from lrsweep import figures, report, tracking
 from tests.conftest import ROOT, TINY, train
 
 
@@ -72,11 +72,11 @@ def test_summary_has_one_row_per_configuration_with_mean_std_n(grid_sweep):
 
 def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sweep):
     _, _, client, experiment_id = grid_sweep
-    built = report.load(client, experiment_id, "multirun")
+    built = report.build(tracking.load_sweep(client, experiment_id, "multirun"))
     labels = {c.label for c in built.configurations}
     assert "initial_lr=0.001, final_lr=0.01" in labels and len(labels) == 4
 
-    lr_figure = report.plot_lr(built)
+    lr_figure = figures.plot_lr(built)
     lr_axes = lr_figure.axes[0]
     assert len(lr_axes.get_lines()) == 4
     assert {t.get_text() for t in lr_axes.get_legend().get_texts()} == labels
@@ -86,11 +86,11 @@ def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sw
     assert list(line.get_xdata()) == [0, 1]
     assert list(line.get_ydata()) == pytest.approx([0.001, 0.001 + 0.019 / 4], rel=1e-6)
 
-    curves = report.plot_curves(built)
+    curves = figures.plot_curves(built)
     for ax in curves.axes:
         assert len(ax.get_lines()) == 4 and len(ax.collections) == 4  # a band across the 2 seeds per line
 
-    heatmap = report.plot_heatmap(built)
+    heatmap = figures.plot_heatmap(built)
     (ax, _colorbar) = heatmap.axes
     assert ax.images[0].get_array().shape == (2, 2)
     cells = [t.get_text() for t in ax.texts]

@@ -114,7 +114,7 @@ def adam_vs_adadelta(tmp_path_factory):
 
 def test_a_clearly_worse_optimizer_is_marked_worse(adam_vs_adadelta):
     tmp_path, result, client, experiment_id = adam_vs_adadelta
-    built = report.load(client, experiment_id, "multirun")
+    built = report.build(tracking.load_sweep(client, experiment_id, "multirun"))
     labels = [c.label for c in built.configurations]
     assert labels == ["optimizer=adam", "optimizer=adadelta"]
     comparison = built.comparisons["optimizer=adadelta"]
@@ -135,7 +135,7 @@ def test_a_clearly_worse_optimizer_is_marked_worse(adam_vs_adadelta):
 def test_identical_configurations_under_different_seeds_are_tied(adam_vs_adadelta):
     """Adam's runs of seeds 0-1 and of seeds 2-3 as two configurations: the same training, different seeds."""
     _, _, client, experiment_id = adam_vs_adadelta
-    built = report.load(client, experiment_id, "multirun")
+    built = report.build(tracking.load_sweep(client, experiment_id, "multirun"))
     adam = built.configurations[0].samples()
     comparisons = stats.compare_to_best(
         {"seeds 0-1": {s: adam[s] for s in (0, 1)}, "seeds 2-3": {s: adam[s] for s in (2, 3)}}

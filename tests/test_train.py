@@ -10,7 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.entities import RunStatus
 
-from lrsweep import backend, experiment, tracking
+from lrsweep import backend, experiment, identity, tracking
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
@@ -183,5 +183,5 @@ def test_full_data_one_epoch_reaches_80_percent(tmp_path):
     ],
 )
 def test_run_names_show_the_strategy_and_its_overridden_values(overrides, expected):
-    context = tracking.JobContext(choices={"optimizer": "adam", "schedule": "warmup"}, overrides=overrides)
-    assert tracking.run_name(context, {"training": {"seed": 3}}) == expected
+    context = identity.JobContext(choices={"optimizer": "adam", "schedule": "warmup"}, overrides=overrides)
+    assert identity.run_name(context, {"training": {"seed": 3}}) == expected
