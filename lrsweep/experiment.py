@@ -75,7 +75,7 @@ def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
         context=context,
         resolved=resolved,
         config_hash=identity.config_hash(resolved),
-        name=cfg.identity.run_name or identity.run_name(context, resolved),
+        name=cfg.tracking.run_name or identity.run_name(context, resolved),
     )
 
 

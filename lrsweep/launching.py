@@ -21,7 +21,7 @@ from lrsweep import backend, experiment, identity, interrupts, packing, sweep, t
 log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
-MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "identity.run_name")
+MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
 
 
 @dataclass

@@ -216,8 +216,10 @@ def warmup_then_decay(
 
     Args:
         peak_lr: the learning rate the warm-up reaches and the decay starts from, > 0.
-        warmup: `shape` (linear | exponential | cosine), `initial_lr` (>= 0, <= peak_lr), `length` (>= 0, 0 for no
-            warm-up) and `length_unit` (step | epoch | fraction of training, <= 1); rounded to whole steps.
+        warmup: `shape` (linear | exponential | cosine), `initial_lr` (>= 0, <= peak_lr; None: 0 per step, and
+            per epoch peak_lr / (n + 1) for n epochs of warm-up, so that the first epoch trains; 0 is refused per
+            epoch), `length` (>= 0, 0 for no warm-up) and `length_unit` (step | epoch | fraction of training, <= 1);
+            rounded to whole steps.
         decay: a factory of what follows (`hold`, `cosine_decay`, ...) awaiting `peak_lr`, `decay_steps`,
             `warmup_steps` and `steps_per_epoch`; None holds `peak_lr`.
         unit: `step` (the LR changes every optimizer step) or `epoch` (once per epoch).
@@ -232,13 +234,24 @@ def warmup_then_decay(
         keys = sorted(warmup) if isinstance(warmup, Mapping) else warmup
         raise ValueError(f"`warmup` must have the keys {', '.join(WARMUP_KEYS)}. Received: warmup={keys!r}")
     shape = WARMUP_SHAPES[check_choice("warmup.shape", warmup["shape"], tuple(WARMUP_SHAPES))]
-    initial_lr = check_lr("warmup.initial_lr", warmup["initial_lr"], zero_ok=True)
+    warmup_steps = warmup_steps_of(warmup["length"], warmup["length_unit"], steps_per_epoch, total_steps)
+    held_epochs = -(-warmup_steps // steps_per_epoch)  # epochs that start inside the warm-up (per-epoch unit)
+    if warmup["initial_lr"] is None:  # per step: from 0; per epoch: the first epoch must train, so peak / (n + 1)
+        initial_lr = 0.0 if unit == "step" or warmup_steps == 0 else peak_lr / (held_epochs + 1)
+    else:
+        initial_lr = check_lr("warmup.initial_lr", warmup["initial_lr"], zero_ok=True)
     if initial_lr > peak_lr:
         raise ValueError(
             f"`warmup.initial_lr` must be <= peak_lr={peak_lr!r} for a warm-up. "
             f"Received: warmup.initial_lr={initial_lr!r}"
         )
-    warmup_steps = warmup_steps_of(warmup["length"], warmup["length_unit"], steps_per_epoch, total_steps)
+    if unit == "epoch" and warmup_steps > 0 and initial_lr == 0:
+        raise ValueError(
+            "`warmup.initial_lr` must be > 0 with unit=epoch: the LR is held through each epoch, so the whole first "
+            f"epoch would train at LR 0. Set schedule.warmup.initial_lr=null (default: peak_lr / {held_epochs + 1} "
+            f"= {peak_lr / (held_epochs + 1):g} here) or a value > 0, or use schedule.unit=step to ramp up from 0 "
+            "within the epoch. Received: warmup.initial_lr=0.0"
+        )
     after = _then(decay, peak_lr, warmup_steps, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
     def ramp(step):

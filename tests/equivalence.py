@@ -50,7 +50,7 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
             cfg = compose(
                 config_name="config",
                 overrides=[*TINY, f"training.epochs={epochs}", "training.verbose=0", f"tracking.uri={store_uri}",
-                           f"identity.run_name=member{k}", *overrides],
+                           f"tracking.run_name=member{k}", *overrides],
             )  # fmt: skip
             context = identity.JobContext(choices={"optimizer": optimizer}, overrides=tuple(overrides))
             prepared.append(experiment.prepare(cfg, context))

@@ -123,7 +123,7 @@ def synthetic_run(seed: int, shift: float, stop: int, optimizer: str = "adam") -
             "optimizer._target_": f"keras.optimizers.{optimizer.title()}",
             "training.seed": str(seed),
             "schedule._target_": range_test.SCHEDULE_TARGET,
-            "identity.run_name": "None",
+            "tracking.run_name": "None",
         },
         tags={range_test.TAG_PLANNED_STEPS: str(len(lrs)), range_test.TAG_STOPPED_AT_LR: repr(float(lrs[stop - 1]))},
         steps=np.arange(stop),

@@ -14,7 +14,7 @@ from keras import ops
 
 from lrsweep import schedules
 from lrsweep.schedules import KerasSchedule
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, TINY, store, train
 
 
 def evaluate(schedule, steps) -> np.ndarray:
@@ -249,10 +249,39 @@ def test_per_epoch_unit_reproduces_the_tutorial_warmup_exactly():
 
 
 def test_per_epoch_unit_holds_any_schedule_through_the_epoch():
-    per_step = warmup_schedule("cosine", decay="cosine")
-    per_epoch = warmup_schedule("cosine", decay="cosine", unit="epoch")
+    per_step = warmup_schedule("cosine", initial_lr=0.001, decay="cosine")
+    per_epoch = warmup_schedule("cosine", initial_lr=0.001, decay="cosine", unit="epoch")
     steps = np.arange(100)
     np.testing.assert_allclose(evaluate(per_epoch, steps), evaluate(per_step, steps // 10 * 10), rtol=1e-6)
+
+
+def test_a_per_epoch_warmup_never_trains_an_epoch_at_lr_zero():
+    # initial_lr null (the config default): per epoch, peak / (n + 1) over n = 2 warm-up epochs of 10 steps.
+    lrs = evaluate(warmup_schedule(initial_lr=None, length=2, unit="epoch"), np.arange(30))
+    np.testing.assert_allclose(lrs[[0, 10, 20]], [0.01 / 3, 0.02 / 3, 0.01], rtol=1e-6)
+    assert lrs.min() > 0
+    assert evaluate(warmup_schedule(initial_lr=None, length=2), [0])[0] == 0.0  # per step: from 0, as before
+    with pytest.raises(ValueError) as excinfo:
+        warmup_schedule(initial_lr=0.0, length=2, unit="epoch")
+    assert str(excinfo.value).startswith(
+        "`warmup.initial_lr` must be > 0 with unit=epoch: the LR is held through each epoch, so the whole first "
+        "epoch would train at LR 0. Set schedule.warmup.initial_lr=null (default: peak_lr / 3 = 0.00333333 here)"
+    )
+
+
+def test_per_epoch_warmup_defaults_train_from_the_first_epoch_in_a_real_run(tmp_path):
+    train(
+        tmp_path, "schedule=warmup", "schedule.unit=epoch", "training.epochs=2", "backend=jax", "training.verbose=0",
+        "tracking.effective_lr=false", *TINY, multirun=False,
+    )  # fmt: skip
+    client, experiment_id = store(tmp_path)
+    (run,) = client.search_runs([experiment_id])
+    lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+    assert lrs == pytest.approx([0.005, 0.01], rel=1e-6)  # warm-up of 1 epoch: peak / 2, then the peak
+    refused = train(tmp_path, "schedule=warmup", "schedule.unit=epoch", "schedule.warmup.initial_lr=0",
+                    "backend=jax", *TINY, multirun=False, check=False)  # fmt: skip
+    assert refused.returncode != 0 and "the whole first epoch would train at LR 0" in refused.stderr + refused.stdout
+    assert len(client.search_runs([experiment_id])) == 1  # the refused job opened no run
 
 
 @pytest.mark.parametrize(("beta_2", "warmup_steps"), [(0.999, 2000), (0.99, 200), (0.98, 100)])
@@ -380,7 +409,7 @@ def test_warmup_get_config_round_trip_with_a_nested_decay():
     assert config["schedule"] == {
         "_target_": "lrsweep.schedules.warmup_then_decay",
         "peak_lr": 0.01,
-        "warmup": {"shape": "cosine", "initial_lr": 0.0, "length": 1, "length_unit": "epoch"},
+        "warmup": {"shape": "cosine", "initial_lr": None, "length": 1, "length_unit": "epoch"},
         "decay": {
             "_target_": "lrsweep.schedules.stable_decay",
             "_partial_": True,
