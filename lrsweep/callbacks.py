@@ -46,7 +46,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     """Logs `lr`, loss and accuracy (train and validation) to each member's MLflow run each epoch, with step=epoch.
 
     `lr` is the member's schedule at the optimizer's step when the epoch begins, before its first update, so it
-    is the learning rate applied in that epoch (for per-step schedules: at the epoch's first step).
+    is the learning rate applied in that epoch (for per-step schedules: at the epoch's first step). All are float32
+    results, logged as the shortest decimal of that float32 (`tracking.float32_value`: 0.01, not 0.0099999997764).
     """
 
     def __init__(self, client: MlflowClient, members: Targets):
@@ -169,7 +170,10 @@ class MlflowStepLogger(keras.callbacks.Callback):
             mine = steps if member.stopped_step is None else steps[steps < member.stopped_step]
             if len(mine):
                 lrs = lr_at(mine)
-                metrics = [Metric(LR_STEP, float(lr), timestamp, int(k)) for k, lr in zip(mine, lrs, strict=True)]
+                metrics = [
+                    Metric(LR_STEP, tracking.float32_value(lr), timestamp, int(k))
+                    for k, lr in zip(mine, lrs, strict=True)
+                ]
                 self._writes.append(self.client.log_batch(member.run_id, metrics=metrics, synchronous=False))
 
 

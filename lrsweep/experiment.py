@@ -108,12 +108,18 @@ def compile_args(cfg: DictConfig) -> dict[str, Any]:
 def run_record(
     client: MlflowClient, experiment_id: str, job: Job, dataset: Dataset, extra_tags: dict[str, str] | None = None
 ) -> tracking.RunRecord:
-    """The name, params, tags and config artifacts of a job's MLflow run, alone or in a pack."""
-    params = identity.flatten(job.resolved)
-    params.update({f"choice.{group}": option for group, option in job.context.choices.items()})
+    """The name, params, tags and config artifacts of a job's MLflow run, alone or in a pack.
+
+    Params are what a person filters and compares on (`identity.job_params`); the whole resolved config,
+    internal keys included, is the run's `config.yaml` artifact.
+    """
+    params = identity.job_params(job.resolved, job.context.choices)
     tags = {
         **tracking.job_tags(client, experiment_id, job.context),
         tracking.TAG_CONFIG_HASH: job.config_hash,
+        tracking.TAG_OPTIMIZER: str(job.resolved["optimizer"]["_target_"]),
+        tracking.TAG_SCHEDULE: str(job.resolved["schedule"]["_target_"]),
+        "lrsweep.threads": str(job.resolved.get("threads")),
         "lrsweep.backend": keras.backend.backend(),
         "lrsweep.data_source": dataset.source,
         TAG_VALIDATION: dataset.validation,

@@ -87,11 +87,17 @@ def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
-    """A name a person can read in the UI: optimizer-schedule, then its overridden values, then the seed.
+SEED_LABEL = "s"  # how the seed reads in a run name: `s1 · ...`
+NAME_SEPARATOR = " · "
 
-    E.g. `adam-linear-seed0`, `adam-linear-initial_lr=0.001-final_lr=0.02-seed1` in a grid sweep, or
-    `adam-warmup-decay=cosine-shape=linear-seed0` (the nested group `schedule/decay` and `schedule.warmup.shape`).
+
+def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
+    """A name that reads in a narrow column of MLflow's runs table: the seed, then what tells the run apart.
+
+    The seed (short, so never cut off), the optimizer's and schedule's overridden values (what a grid sweeps),
+    then optimizer-schedule: `s1 · initial_lr=0.001 final_lr=0.02 · adam-linear`,
+    `s0 · shape=cosine decay=cosine · adam-warmup` (the nested group `schedule/decay` and
+    `schedule.warmup.shape`), or `s0 · adam-linear` without such values. `tracking.run_name=...` replaces it.
     """
 
     def option(group: str) -> str:
@@ -99,10 +105,60 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
             return context.choices[group]
         return str(config[group]["_target_"]).rsplit(".", 1)[-1].lower()
 
-    parts = [option("optimizer"), option("schedule")]
+    values = []
     for key, value in overrides_dict(context.overrides).items():
         path = re.split(r"[./]", key)
         if path[0] in ("optimizer", "schedule") and len(path) > 1:
-            parts.append(f"{path[-1]}={value}")
-    parts.append(f"seed{config['training']['seed']}")
-    return "-".join(parts)
+            values.append(f"{path[-1]}={value}")
+    parts = [
+        f"{SEED_LABEL}{config['training']['seed']}",
+        " ".join(values),
+        f"{option('optimizer')}-{option('schedule')}",
+    ]
+    return NAME_SEPARATOR.join(part for part in parts if part)
+
+
+def is_seed(part: str) -> bool:
+    """Whether a part of a run name is its seed (`s1`)."""
+    return re.fullmatch(re.escape(SEED_LABEL) + r"-?\d+", part) is not None
+
+
+def without_seed(name: str) -> str:
+    """A run's name without its seed: what names its configuration (`s0 · adam-linear` -> `adam-linear`).
+
+    Names of the older form `adam-linear-seed0` lose their `-seed0` too.
+    """
+    parts = [part for part in name.split(NAME_SEPARATOR) if not is_seed(part)]
+    return re.sub(r"-seed\d+$", "", NAME_SEPARATOR.join(parts))
+
+
+def with_values(name: str, values: str) -> str:
+    """A run's name with more values where its values go, after the seed: `s0 · <values> · adam-linear`."""
+    parts = name.split(NAME_SEPARATOR)
+    parts.insert(1 if is_seed(parts[0]) else 0, values)
+    return NAME_SEPARATOR.join(parts)
+
+
+# Config keys that are no MLflow params: how objects are built (`_target_`, `_partial_`), where things are
+# (`data.dir`, `tracking.*`) and settings that change no result. They stay in the run's config.yaml artifact;
+# the optimizer's and schedule's `_target_` become tags (`lrsweep.optimizer`, `lrsweep.schedule`).
+NOT_PARAMS = ("tracking", "data.dir", "resume", "threads", "training.verbose")
+NOT_PARAM_CHOICES = ("tracking", "hydra")  # Hydra config groups whose choice is no param
+
+
+def job_params(resolved: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, str]:
+    """The params a person filters and compares runs on, with the values as set (`optimizer.learning_rate` 0.01).
+
+    The optimizer's and schedule's values, training values, data sizes, the model's values, the backend, and
+    the Hydra group choices as `choice.<group>` (`choice.strategy`, `choice.optimizer`, `choice.schedule/decay`).
+    """
+    params = {
+        key: value
+        for key, value in flatten(resolved).items()
+        if not any(part.startswith("_") and part.endswith("_") for part in key.split("."))
+        and not any(key == x or key.startswith(x + ".") for x in NOT_PARAMS)
+    }
+    params.update(
+        {f"choice.{group}": option for group, option in choices.items() if group.split("/")[0] not in NOT_PARAM_CHOICES}
+    )
+    return params

@@ -468,11 +468,17 @@ def analyse(runs: Sequence[RangeRun]) -> list[RangeTest]:
     ]
 
 
+def is_range_test_run(run: Run) -> bool:
+    """Whether a run trained on the range test's schedule (tag `lrsweep.schedule`; param `schedule._target_` in
+    runs recorded before that tag)."""
+    return run.data.tags.get(tracking.TAG_SCHEDULE, run.data.params.get("schedule._target_")) == SCHEDULE_TARGET
+
+
 def load(client: MlflowClient, runs: Sequence[Run]) -> list[RangeRun]:
     """The FINISHED range test runs among `runs`, with their range_test/* histories from MLflow."""
     loaded = []
     for run in runs:
-        if run.data.params.get("schedule._target_") != SCHEDULE_TARGET or run.info.status != "FINISHED":
+        if not is_range_test_run(run) or run.info.status != "FINISHED":
             continue
         run_id = run.info.run_id
         loss, lr = ({m.step: m.value for m in client.get_metric_history(run_id, key)} for key in (LOSS, LR))
@@ -481,7 +487,8 @@ def load(client: MlflowClient, runs: Sequence[Run]) -> list[RangeRun]:
             RangeRun(
                 run_id=run_id,
                 name=run.info.run_name,
-                params=dict(run.data.params),
+                # The optimizer's class, a tag since it is no param, still tells configurations apart.
+                params={"optimizer._target_": run.data.tags.get(tracking.TAG_OPTIMIZER, "?"), **run.data.params},
                 tags=dict(run.data.tags),
                 steps=np.array(steps, dtype=np.int64),
                 lrs=np.array([lr[s] for s in steps], dtype=np.float64),
@@ -572,7 +579,7 @@ def report(client: MlflowClient, experiment_id: str, run_ids: list[str], out_dir
         ("", []) when none of the runs is a range test (schedule=lr_range).
     """
     runs = [client.get_run(run_id) for run_id in run_ids]
-    runs = [run for run in runs if run.data.params.get("schedule._target_") == SCHEDULE_TARGET]
+    runs = [run for run in runs if is_range_test_run(run)]
     if not runs:
         return "", []
     tests = analyse(load(client, runs))

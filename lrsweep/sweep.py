@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ class Sweep:
     def close(self) -> report.SweepReport:
         """Builds the report from MLflow, writes it to `<sweep dir>/report`, attaches it, ends the parent run.
 
+        Before it ends, the parent run gets the sweep's summary as params and metrics (`summary`), so the UI's
+        runs table shows them on the sweep's row, and its table as the run's description.
         The parent ends FAILED if any job failed, KILLED if any was interrupted, else FINISHED.
         """
         built = report.build(tracking.load_sweep(self.client, self.experiment_id, self.sweep_id))
@@ -76,6 +80,9 @@ class Sweep:
         statuses |= {"KILLED"} if interrupts.requested() else set()
         status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FINISHED" if built.runs else "FAILED")
         try:
+            rename_duplicates(self.client, built)
+            params, metrics = summary(built, len(failed_jobs))
+            tracking.log_summary(self.client, self.run_id, params, metrics, built.table(markdown=True))
             out_dir = self.sweep_dir / "report"
             paths = report.write(built, out_dir)
             suggestion, more = range_test.report(
@@ -101,6 +108,78 @@ class Sweep:
         finally:
             self.client.set_terminated(self.run_id, status)
         return built
+
+
+SUMMARY_PREFIX = "sweep/"  # the parent's metrics: their own section in MLflow's chart view, apart from the jobs'
+BEST = "best_configuration"
+
+
+def sorted_by_job(runs: list[report.JobRun]) -> list[report.JobRun]:
+    """A sweep's runs in the order of its jobs (the reused ones, of other sweeps, last)."""
+
+    def job_num(run: report.JobRun) -> float:
+        value = run.tags.get(tracking.TAG_JOB_NUM, "")
+        return int(value) if value.isdigit() and not run.reused else math.inf
+
+    return sorted(runs, key=job_num)
+
+
+def summary(built: report.SweepReport, failed_jobs: int = 0) -> tuple[dict[str, str], dict[str, float]]:
+    """The sweep at a glance, for its parent run: (params, metrics).
+
+    Params: each swept key with the values swept, comma-joined in job order, under the name the jobs' runs carry
+    it as, so the sweep's row and its jobs' rows share a column (`choice.strategy` for `+strategy=...`,
+    `schedule.initial_lr`); the seeds as `training.seed` (`0,1,2`); `best_configuration`, the best configuration's
+    label. Metrics (`sweep/...`): `runs`, `configurations`, `failed` (runs that did not finish, and jobs that
+    failed before opening one), `diverged`, `reused`, and the best configuration's `best_val_accuracy_mean`,
+    `_std` (2+ seeds) and `best_n`.
+    """
+    runs = sorted_by_job(built.runs)
+
+    def param_key(key: str) -> str:
+        choice = f"choice.{key}"
+        return choice if any(choice in run.params for run in runs) else key
+
+    def values(key: str) -> str:
+        seen = dict.fromkeys(run.overrides.get(key, run.params.get(key)) for run in runs)
+        return ",".join(str(v) for v in seen if v is not None)
+
+    params = {param_key(key): values(key) for key in built.swept}
+    if len(seeds := values(report.SEED_KEY).split(",")) > 1:
+        params[report.SEED_KEY] = ",".join(seeds)
+    metrics = {
+        "runs": len(built.runs),
+        "configurations": len(built.configurations),
+        "failed": sum(run.status != "FINISHED" for run in built.runs) + failed_jobs,
+        "diverged": sum(run.diverged for run in built.runs),
+        "reused": sum(run.reused for run in built.runs),
+    }
+    best = next((c for c in built.configurations if c.stat(report.RANK_METRIC)[2]), None)
+    if best is not None:
+        mean, std, n = best.stat(report.RANK_METRIC)
+        params[BEST] = best.label
+        metrics[f"best_{report.RANK_METRIC}_mean"] = mean
+        if n > 1:
+            metrics[f"best_{report.RANK_METRIC}_std"] = std
+        metrics["best_n"] = n
+    return params, {f"{SUMMARY_PREFIX}{k}": float(v) for k, v in metrics.items()}
+
+
+def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
+    """Keeps run names unique within a sweep: a name its jobs share (a swept key the name does not show, e.g.
+    `data.train_size`) gets the swept values it lacks after its seed, `s0 · train_size=512 · adam-constant`."""
+    own = [run for run in built.runs if not run.reused]
+    names = collections.Counter(run.name for run in own)
+    for run in own:
+        if names[run.name] > 1:
+            missing = [
+                f"{report.short_key(k, built.swept)}={run.overrides[k]}"
+                for k in built.swept
+                if k in run.overrides and f"={run.overrides[k]}" not in run.name
+            ]
+            if missing:
+                run.name = identity.with_values(run.name, " ".join(missing))
+                client.update_run(run.run_id, name=run.name)
 
 
 PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"

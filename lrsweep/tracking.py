@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import requests
-from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -39,6 +40,11 @@ TAG_REUSED_PREFIX = "lrsweep.reused."  # on a sweep's parent: job number -> the 
 TAG_PACK = "lrsweep.pack"  # the pack a run trained in (`<sweep id>/pack<n>`); absent for a run trained alone
 TAG_PACK_SIZE = "lrsweep.pack_size"  # how many runs trained in that pack
 TAG_PACK_MEMBER = "lrsweep.pack_member"  # this run's position in it
+TAG_NOTE = "mlflow.note.content"  # a run's description, Markdown, shown on its page in the UI
+PARAM_LIMIT = 6000  # characters MLflow keeps of a param's value
+NOTE_LIMIT = 5000
+TAG_OPTIMIZER = "lrsweep.optimizer"  # the optimizer's class, `keras.optimizers.Adam` (config `optimizer._target_`)
+TAG_SCHEDULE = "lrsweep.schedule"  # the schedule's function, `lrsweep.schedules.linear_warmup` (`schedule._target_`)
 # The per-epoch metrics a report reads back as histories.
 HISTORY_METRICS = (
     "loss", "val_loss", "accuracy", "val_accuracy", "lr", "effective_lr/p10", "effective_lr/p50", "effective_lr/p90"
@@ -258,10 +264,38 @@ def job_run(
     close_run(client, run_id, name)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Logs several metrics at one step in a single request."""
+def float32_value(value: float) -> float:
+    """A float32 result as the shortest decimal that reads back as the same float32: 0.01, not 0.0099999997764.
+
+    What MLflow's UI then shows, and still exactly the float32 the model computed (`np.float32` of it is equal).
+    """
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, float32: bool = True
+) -> None:
+    """Logs several metrics at one step in a single request.
+
+    Args:
+        float32: the values are float32 results (losses, accuracies, LRs): logged as `float32_value`s.
+    """
     timestamp = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+    value = float32_value if float32 else float
+    client.log_batch(run_id, metrics=[Metric(k, value(v), timestamp, step) for k, v in metrics.items()])
+
+
+def log_summary(
+    client: MlflowClient, run_id: str, params: Mapping[str, str], metrics: Mapping[str, float], note: str = ""
+) -> None:
+    """Logs a sweep's summary on its parent run: params, metrics (at step 0) and a Markdown description."""
+    timestamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), timestamp, 0) for k, v in metrics.items()],
+        params=[Param(k, v if len(v) <= PARAM_LIMIT else v[: PARAM_LIMIT - 3] + "...") for k, v in params.items()],
+        tags=[RunTag(TAG_NOTE, note[:NOTE_LIMIT])] if note else [],
+    )
 
 
 def record_reuse(client: MlflowClient, experiment_id: str, context: JobContext, run: Run) -> None:

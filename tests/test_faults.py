@@ -38,11 +38,11 @@ def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path)
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id)
     statuses = {name: run.info.status for name, run in runs.items()}
-    diverged = "sgd-constant-learning_rate=1000000000.0-seed0"
+    diverged = "s0 · learning_rate=1000000000.0 · sgd-constant"
     assert statuses == {
-        "sgd-constant-learning_rate=0.01-seed0": "FINISHED",
+        "s0 · learning_rate=0.01 · sgd-constant": "FINISHED",
         diverged: "FAILED",
-        "sgd-constant-learning_rate=0.02-seed0": "FINISHED",
+        "s0 · learning_rate=0.02 · sgd-constant": "FINISHED",
     }
     assert runs[diverged].data.tags[tracking.TAG_ERROR].startswith("DivergedError: loss became nan in epoch 0")
     assert logged_epochs(client, runs[diverged]) == [0]  # stopped at once, its metrics up to that point kept
@@ -231,7 +231,7 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
     runs = job_runs(client, experiment_id, "multirun")
-    assert set(runs) == {"adam-linear-seed0", "adam-constant-seed0"}
+    assert set(runs) == {"s0 · adam-linear", "s0 · adam-constant"}
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     for run in runs.values():
         assert logged_epochs(client, run) == [0, 1]

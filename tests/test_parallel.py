@@ -148,7 +148,7 @@ def test_a_sweep_of_two_parallel_jobs_lands_whole_in_a_fresh_store(tmp_path):
     assert sorted(run.data.tags[tracking.TAG_JOB_NUM] for run in jobs) == [str(n) for n in range(6)]
     for run in jobs:
         assert run.data.tags[tracking.TAG_PARENT] == parent.info.run_id
-        assert run.data.tags["lrsweep.backend"] == "jax" and run.data.params["threads"] == "1"
+        assert run.data.tags["lrsweep.backend"] == "jax" and run.data.tags["lrsweep.threads"] == "1"
         for key in EPOCH_METRICS:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], (run.info.run_name, key)
 

@@ -226,7 +226,7 @@ def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
     solo_client, solo_experiment = store(solo)
     packed_runs = job_runs(packed_client, packed_experiment)
     solo_runs = job_runs(solo_client, solo_experiment)
-    assert sorted(packed_runs) == sorted(solo_runs) == [f"adam-lr_range-seed{k}" for k in range(3)]
+    assert sorted(packed_runs) == sorted(solo_runs) == [f"s{k} · adam-lr_range" for k in range(3)]
     assert len({run.data.tags[tracking.TAG_PACK] for run in packed_runs.values()}) == 1
     assert {run.data.tags[tracking.TAG_PACK_SIZE] for run in packed_runs.values()} == {"3"}
     assert not any(tracking.TAG_PACK in run.data.tags for run in solo_runs.values())
