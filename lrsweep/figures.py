@@ -6,12 +6,15 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-from lrsweep import stats
+from lrsweep import stats, tracking
 from lrsweep.report import (
     LR_KEY,
     RANK_METRIC,
     SEEDS_SHOWN,
+    Configuration,
+    JobRun,
     SweepReport,
+    _plural,
     _short_number,
     grid_axes,
     grid_cells,
@@ -37,74 +40,223 @@ def _epoch_axis(ax) -> None:
 
 
 def _log_if_spans_decades(ax, values: Iterable[float]) -> None:
-    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    """A log axis when the positive values span a decade; symmetric log (linear below the smallest positive value)
+    when some are 0, e.g. a warm-up from 0, so that those points stay on the figure."""
+    values = [v for v in values if math.isfinite(v)]
+    positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) >= 10:
-        ax.set_yscale("log")
+        if any(v <= 0 for v in values):
+            ax.set_yscale("symlog", linthresh=min(positive))
+        else:
+            ax.set_yscale("log")
+
+
+LINES_SHOWN = 10  # configurations drawn in lr.png and curves.png (the best ones): a phase diagram has 45
+LEGEND_LINES = 4  # an effective-LR panel with more lines has no bands and no legend of its own
+ZOOM_LEADING = 3  # configurations whose range sets the y-limits of curves.png's zoom row
+# How each adaptive optimizer's effective per-parameter LR is defined (lrsweep.effective_lr); SGD logs none.
+EFFECTIVE_LR = {
+    "Adagrad": "lr/sqrt(acc+eps)",
+    "Adadelta": "lr*sqrt(E[dx²]+eps)/sqrt(E[g²]+eps)",
+    "Adam": "lr*sqrt(1-β2^t)/(1-β1^t)/(sqrt(v)+eps), a step per unit of m",
+    "RMSprop": "lr/sqrt(v+eps)",
+}
+EXCLUDED = "effective_lr/excluded_fraction"
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def optimizer_name(run: JobRun) -> str | None:
+    """The optimizer family of a run (`Adam`, `Adagrad`, ...): from its params `choice.optimizer` (`adam`), else its
+    tag `lrsweep.optimizer`, else its params `optimizer._target_` (`keras.optimizers.Adam`); the first that names
+    a known family wins (a config group option may be called otherwise), else the first recorded."""
+    recorded = [
+        run.params.get("choice.optimizer"),
+        run.tags.get(tracking.TAG_OPTIMIZER),
+        run.params.get("optimizer._target_"),
+    ]
+    leaves = [value.rsplit(".", 1)[-1] for value in recorded if value]
+    families = {name.lower(): name for name in (*EFFECTIVE_LR, "SGD")}
+    return next((families[leaf.lower()] for leaf in leaves if leaf.lower() in families), leaves[0] if leaves else None)
+
+
+def excluded_fraction(configs: Sequence[Configuration]) -> tuple[float, float, str] | None:
+    """(lowest, highest, over what) share of parameters left out of the effective-LR quantiles in these runs' finished
+    runs: over all epochs when the history was read, else the final epoch's value; None when none was logged."""
+    runs = [r for c in configs for r in c.finished]
+    values = [v for r in runs for _, v in r.history.get(EXCLUDED, [])]
+    source = "all epochs"
+    if not values:
+        values, source = [r.final[EXCLUDED] for r in runs if EXCLUDED in r.final], "final epoch"
+    values = [v for v in values if math.isfinite(v)]
+    return (min(values), max(values), source) if values else None
+
+
+def _percent_range(low: float, high: float) -> str:
+    low_text, high_text = f"{100 * low:.0f}", f"{100 * high:.0f}"
+    return f"{low_text}%" if low_text == high_text else f"{low_text}-{high_text}%"
+
+
+def _style(i: int) -> dict:
+    """Line i of the ranked configurations: its own colour, dashes and marker; later lines thinner with smaller
+    markers, drawn on top, so that lines which coincide (the same schedule) all stay visible."""
+    return {
+        "color": f"C{i % 10}",
+        "linestyle": _DASHES[i % len(_DASHES)],
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "markersize": max(3.0, 12.0 - 2.5 * i),
+        "linewidth": max(0.8, 3.2 - 0.5 * i),
+        "zorder": 2 + i,
+    }
+
+
+def _shown(report: SweepReport) -> tuple[list[Configuration], str]:
+    """The configurations a line figure draws (the best LINES_SHOWN) and what the title says when not all."""
+    shown = report.configurations[:LINES_SHOWN]
+    total = len(report.configurations)
+    return shown, (f" (the best {len(shown)} of {total} configurations)" if len(shown) < total else "")
 
 
 def plot_lr(report: SweepReport):
-    """The schedule's LR of every configuration per epoch; beside it, the effective per-parameter step size."""
+    """The schedule's LR of every configuration per epoch; beside it, one panel per adaptive optimizer with its
+    effective per-parameter step size (definitions differ: Adam's is a step per unit of m, the others' per unit of
+    gradient) and the share of parameters left out of its quantiles."""
     plt = pyplot()
-    effective = [c for c in report.configurations if c.curve("effective_lr/p50")[0]]
-    fig, axes = plt.subplots(1, 2 if effective else 1, figsize=(13 if effective else 7, 4.5), squeeze=False)
+    shown, note = _shown(report)
+    families: dict[str, list[tuple[int, Configuration]]] = {}
+    for i, config in enumerate(shown):
+        if config.curve("effective_lr/p50")[0]:
+            name = next((n for n in map(optimizer_name, config.runs) if n), "optimizer not recorded")
+            families.setdefault(name, []).append((i, config))
+    panels = 1 + len(families)
+    ncols, nrows = min(2, panels), math.ceil(panels / 2)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(7 + 6 * (ncols - 1), 4.6 * nrows), squeeze=False, layout="constrained"
+    )
     ax = axes[0][0]
     seen = []
-    for i, config in enumerate(report.configurations):
+    for i, config in enumerate(shown):
         steps, lrs, _ = config.curve("lr")
         if steps:
-            # Schedules often coincide (two optimizers at the same constant LR): vary the dashes so none hides.
-            ax.plot(steps, lrs, marker="o", linestyle=("-", "--", "-.", ":")[i % 4], label=config.label)
+            ax.plot(steps, lrs, label=config.label, **_style(i))
             seen += lrs
     _log_if_spans_decades(ax, seen)
-    ax.set(title="Learning rate set by the schedule", ylabel="learning rate")
+    ax.set(title="Learning rate set by the schedule" + note, ylabel="learning rate")
     _epoch_axis(ax)
     ax.legend(fontsize="small")
-    if effective:
-        ax = axes[0][1]
-        for config in effective:
+    for ax, (name, members) in zip(axes.flat[1:], families.items(), strict=False):
+        many = len(members) > LEGEND_LINES  # then no bands (they would hide each other), no legend but the left one
+        for i, config in members:
             steps, p50, _ = config.curve("effective_lr/p50")
-            (line,) = ax.plot(steps, p50, marker="o", label=config.label)
+            ax.plot(steps, p50, label=config.label, **_style(i))
             _, p10, _ = config.curve("effective_lr/p10")
             _, p90, _ = config.curve("effective_lr/p90")
-            if len(p10) == len(p90) == len(steps):
-                ax.fill_between(steps, p10, p90, color=line.get_color(), alpha=0.2)
+            if not many and len(p10) == len(p90) == len(steps):
+                ax.fill_between(steps, p10, p90, color=_style(i)["color"], alpha=0.15)
         ax.set_yscale("log")
-        ax.set(title="Effective per-parameter step size (median, band p10-p90)", ylabel="effective learning rate")
+        excluded = excluded_fraction([c for _, c in members])
+        reason = "no gradient yet" + (", or m < 1e-30" if name == "Adam" else "")
+        left_out = (
+            f"{_percent_range(*excluded[:2])} of parameters left out ({excluded[2]}): {reason}"
+            if excluded
+            else "share of parameters left out: not logged"
+        )
+        definition = EFFECTIVE_LR.get(name, "effective LR").split(", ")
+        unit = definition[1] if len(definition) > 1 else "a step per unit of gradient"
+        shown_as = "median (lines as at left)" if many else "median, band p10-p90"
+        ax.set_title(f"{name}: {definition[0]}\n{unit}; {shown_as}\n{left_out}", fontsize="medium")
+        ax.set_ylabel(f"{name} effective LR")
+        if not many:
+            ax.legend(fontsize="small")
         _epoch_axis(ax)
-        ax.legend(fontsize="small")
+    for ax in axes.flat[panels:]:
+        fig.delaxes(ax)
     fig.suptitle(f"Sweep {report.sweep_id}" if report.sweep_id else "Learning rates")
-    fig.tight_layout()
     return fig
 
 
+def _zoom_limits(configs: Sequence[Configuration], metric: str) -> tuple[float, float] | None:
+    """y-limits holding the mean ± std curves of `configs`, with a 10% margin; None without values."""
+    values = []
+    for config in configs:
+        _, means, stds = config.curve(metric)
+        values += [m + sign * s for m, s in zip(means, stds, strict=True) for sign in (-1, 1)]
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    margin = 0.1 * (high - low) or 0.01 * max(abs(high), 1e-12)
+    return low - margin, high + margin
+
+
+def leading_configurations(report: SweepReport, configs: Sequence[Configuration]) -> tuple[list[Configuration], str]:
+    """The configurations curves.png's zoom row sets its y-limits from, and how its titles name them: the best and
+    those not found worse than it (tied, or worse only before correction), at most ZOOM_LEADING; when the best
+    stands alone or nothing was compared, the best ZOOM_LEADING. Never all: the zoom leaves the worst out."""
+    close = (stats.BEST, stats.TIED, stats.WORSE_UNCORRECTED)
+    chosen = [c for c in configs if c.label in report.comparisons and report.comparisons[c.label].verdict in close]
+    limit = min(ZOOM_LEADING, len(configs) - 1)
+    if len(chosen) >= 2 and limit >= 2:
+        others = _plural(min(limit, len(chosen)) - 1, "configuration")
+        if len(chosen) > limit:
+            others = f"first {others} of the {len(chosen) - 1}"
+        return chosen[:limit], f"the best and the {others} not found worse than it"
+    return list(configs[:limit]), f"the best {_plural(max(limit, 0), 'configuration')}"
+
+
+CURVE_METRICS = {
+    "loss": "Training loss",
+    "val_loss": "Validation loss",
+    "accuracy": "Training accuracy",
+    "val_accuracy": "Validation accuracy",
+}
+
+
 def plot_curves(report: SweepReport):
-    """Train and validation loss and accuracy per epoch: one line per configuration, a band of ±1 std over seeds."""
+    """Train and validation loss and accuracy per epoch: one line per configuration, a band of ±1 std over seeds.
+
+    The first row shows the best LINES_SHOWN configurations whole; the second the same lines zoomed on the leading
+    ZOOM_LEADING (y-limits from their curves), so that close configurations (the warm-up question) stay apart
+    whatever the range of the worst.
+    """
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
-    titles = {
-        "loss": "Training loss",
-        "val_loss": "Validation loss",
-        "accuracy": "Training accuracy",
-        "val_accuracy": "Validation accuracy",
-    }
-    for ax, metric in zip(axes.flat, ("loss", "val_loss", "accuracy", "val_accuracy"), strict=True):
-        for config in report.configurations:
-            steps, means, stds = config.curve(metric)
-            if not steps:
-                continue
-            n = len(config.finished)
-            (line,) = ax.plot(steps, means, marker="o", label=f"{config.label} (n={n})")
-            if n > 1:
-                lows = [m - s for m, s in zip(means, stds, strict=True)]
-                highs = [m + s for m, s in zip(means, stds, strict=True)]
-                ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2)
-        unit = "cross-entropy" if "loss" in metric else "fraction correct"
-        ax.set(title=titles[metric], ylabel=f"{metric} ({unit})")
-        _epoch_axis(ax)
+    shown, note = _shown(report)
+    drawn = [c for c in shown if any(c.curve(m)[0] for m in CURVE_METRICS)]
+    leading, which = leading_configurations(report, drawn)
+    nrows = 2 if leading else 1
+    fig, axes = plt.subplots(
+        nrows, 4, figsize=(20, 4.4 * nrows + 0.35 * math.ceil(len(drawn) / 4) + 0.8), sharex=True, squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for j, metric in enumerate(CURVE_METRICS):
+        for ax in axes[:, j]:
+            for i, config in enumerate(shown):
+                steps, means, stds = config.curve(metric)
+                if not steps:
+                    continue
+                style = _style(i) | {"linewidth": 1.8, "markersize": 5}
+                ax.plot(steps, means, label=f"{config.label} (n={len(config.finished)})", **style)
+                if len(config.finished) > 1:
+                    lows = [m - s for m, s in zip(means, stds, strict=True)]
+                    highs = [m + s for m, s in zip(means, stds, strict=True)]
+                    ax.fill_between(steps, lows, highs, color=style["color"], alpha=0.15)
+            unit = "cross-entropy" if "loss" in metric else "fraction correct"
+            ax.set_ylabel(f"{metric} ({unit})")
+            ax.grid(alpha=0.3)
+            _epoch_axis(ax)
+        axes[0][j].set_title(CURVE_METRICS[metric])
+        if leading:
+            limits = _zoom_limits(leading, metric)
+            if limits is not None:  # within the whole panel's: a zoom never zooms out
+                whole = axes[0][j].get_ylim()
+                axes[1][j].set_ylim(max(limits[0], whole[0]), min(limits[1], whole[1]))
+            axes[1][j].set_title(f"{CURVE_METRICS[metric]}: zoom")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize="small")
-    fig.suptitle(("Sweep " + report.sweep_id if report.sweep_id else "Training curves") + ": mean ± std over seeds")
-    fig.tight_layout(rect=(0, 0.06 + 0.025 * math.ceil(len(labels) / 4), 1, 1))
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small")
+    title = "Sweep " + report.sweep_id if report.sweep_id else "Training curves"
+    zoom = f"\nsecond row: the same lines, y-limits from {which}" if leading else ""
+    fig.suptitle(f"{title}: mean ± std over seeds{note}{zoom}")
     return fig
 
 

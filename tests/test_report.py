@@ -37,8 +37,10 @@ def test_jobs_nest_under_one_finished_sweep_run(grid_sweep):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {
         f"report/{n}"
-        for n in ("summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png")
-    }
+        for n in (
+            "summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png", "report.html"
+        )
+    }  # fmt: skip
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "dataset")] == ["dataset/samples.png"]
 
 
@@ -87,6 +89,7 @@ def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sw
     assert list(line.get_ydata()) == pytest.approx([0.001, 0.001 + 0.019 / 4], rel=1e-6)
 
     curves = figures.plot_curves(built)
+    assert len(curves.axes) == 8  # each metric whole, then zoomed on the leading configurations
     for ax in curves.axes:
         assert len(ax.get_lines()) == 4 and len(ax.collections) == 4  # a band across the 2 seeds per line
 
@@ -110,7 +113,7 @@ def test_report_rebuilds_from_mlflow_alone(grid_sweep, tmp_path):
     )  # fmt: skip
     assert "Sweep multirun: 8 runs, 4 configurations" in result.stdout  # the latest sweep by default
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png"]
+        ["summary.csv", "summary.md", "runs.csv", "lr.png", "curves.png", "seeds.png", "heatmap.png", "report.html"]
     )
     original = (sweep_path / "multirun" / "report" / "summary.csv").read_text()
     assert (out / "summary.csv").read_text() == original
