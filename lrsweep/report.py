@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.entities import Run
 
-from lrsweep import stats, tracking
+from lrsweep import identity, stats, tracking
 
 SEED_KEY = "training.seed"
 RANK_METRIC = "val_accuracy"
@@ -278,8 +278,8 @@ def build(sweep: tracking.SweepRuns) -> SweepReport:
     configurations = []
     for values, members in groups.items():
         named = dict(zip(swept, (v if v is not None else "-" for v in values), strict=True))
-        label = ", ".join(f"{short_key(k, swept)}={v}" for k, v in named.items()) or re.sub(
-            r"-seed\d+$", "", members[0].name
+        label = ", ".join(f"{short_key(k, swept)}={v}" for k, v in named.items()) or identity.without_seed(
+            members[0].name
         )
         configurations.append(Configuration(named, members, label))
     configurations.sort(key=lambda c: (c.stat(RANK_METRIC)[2] == 0, -_nan_to(c.stat(RANK_METRIC)[0], -1.0)))

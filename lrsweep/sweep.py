@@ -88,7 +88,9 @@ class Sweep:
             suggestion, more = range_test.report(
                 self.client, self.experiment_id, [r.run_id for r in built.runs], out_dir
             )
-            paths += more
+            if more:  # the page embeds every figure in the folder: again, with the range test's
+                report.write_html(built, out_dir)
+                paths += more
             self.client.log_artifacts(self.run_id, str(out_dir), "report")
             failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
             for key, error in sorted(failed_jobs.items()):

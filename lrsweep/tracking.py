@@ -47,7 +47,8 @@ TAG_OPTIMIZER = "lrsweep.optimizer"  # the optimizer's class, `keras.optimizers.
 TAG_SCHEDULE = "lrsweep.schedule"  # the schedule's function, `lrsweep.schedules.linear_warmup` (`schedule._target_`)
 # The per-epoch metrics a report reads back as histories.
 HISTORY_METRICS = (
-    "loss", "val_loss", "accuracy", "val_accuracy", "lr", "effective_lr/p10", "effective_lr/p50", "effective_lr/p90"
+    "loss", "val_loss", "accuracy", "val_accuracy", "lr",
+    "effective_lr/p10", "effective_lr/p50", "effective_lr/p90", "effective_lr/excluded_fraction",
 )  # fmt: skip
 _REST_BULK_RUNS = 100  # the tracking server's limit of run ids per bulk metric request
 _SQLITE = "sqlite:///"
