@@ -207,4 +207,6 @@ class EffectiveLRLogger(keras.callbacks.Callback):
             lr = None if member.schedule is None else member.lr(step - 1)
             effective = effective_lr(optimizer, lr, member.select or _flat, values)
             if effective is not None:
-                tracking.log_metrics(self.client, member.run_id, summarize(effective, self.quantiles), step=epoch)
+                tracking.log_metrics(
+                    self.client, member.run_id, summarize(effective, self.quantiles), step=epoch, float32=False
+                )  # computed in float64 from the slots: logged as they are
