@@ -94,7 +94,9 @@ def test_lr_and_float32_metrics_are_logged_as_their_shortest_decimal(tutorial):
     assert history(runs["s0 · adam-linear"], "lr") == [0.005, 0.0062499996]
     assert set(history(runs["s0 · adam-constant"], "lr_step")) == {0.01}
     for run in runs.values():
-        for key in ("lr", "lr_step", "loss", "val_accuracy", "effective_lr/p50"):
+        # effective_lr/* are float64 values computed from the slots, logged as they are (test_effective_lr
+        # compares them with its own computation to 1e-12), so they are not in this list.
+        for key in ("lr", "lr_step", "loss", "val_accuracy"):
             for value in history(run, key):
                 assert value == float(np.format_float_positional(np.float32(value), unique=True)), (key, value)
 
