@@ -29,8 +29,6 @@ from lrsweep.training import EpochPrinter, Member, fit_epochs
 
 log = logging.getLogger(__name__)
 
-TAG_VALIDATION = "lrsweep.validation"  # what val_* was measured on (and a sweep ranked by): `Dataset.validation`
-
 
 def instantiate(node: DictConfig, **kwargs):
     """`hydra.utils.instantiate`, letting our own ValueErrors (which name the value and the fix) through unwrapped."""
@@ -122,7 +120,7 @@ def run_record(
         "lrsweep.threads": str(job.resolved.get("threads")),
         "lrsweep.backend": keras.backend.backend(),
         "lrsweep.data_source": dataset.source,
-        TAG_VALIDATION: dataset.validation,
+        tracking.TAG_VALIDATION: dataset.validation,
         "mlflow.source.name": "train.py",
         **(extra_tags or {}),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = "None" if value is None else str(value)
     return flat
+
+
+def under(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether dotted `key` is one of `prefixes` or inside one of them (`tracking.uri` is under `tracking`)."""
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,7 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     Keys in `NON_RESULT_KEYS` (verbosity, tracking, output locations, thread counts) are left out, so
     re-running a sweep with other such settings still recognises the work as done.
     """
-    flat = {
-        k: v for k, v in flatten(resolved).items() if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_KEYS)
-    }
+    flat = {k: v for k, v in flatten(resolved).items() if not under(k, NON_RESULT_KEYS)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -156,7 +159,7 @@ def job_params(resolved: Mapping[str, Any], choices: Mapping[str, str]) -> dict[
         key: value
         for key, value in flatten(resolved).items()
         if not any(part.startswith("_") and part.endswith("_") for part in key.split("."))
-        and not any(key == x or key.startswith(x + ".") for x in NOT_PARAMS)
+        and not under(key, NOT_PARAMS)
     }
     params.update(
         {f"choice.{group}": option for group, option in choices.items() if group.split("/")[0] not in NOT_PARAM_CHOICES}

@@ -431,8 +431,7 @@ def _spread(values: Sequence[float], centre: float | None = None) -> str:
 
 def _config_key(params: Mapping[str, str]) -> str:
     """What identifies a configuration: every param but the seed and those that do not change results."""
-    ignored = (SEED_KEY, *identity.NON_RESULT_KEYS)
-    kept = {k: v for k, v in params.items() if not any(k == x or k.startswith(x + ".") for x in ignored)}
+    kept = {k: v for k, v in params.items() if not identity.under(k, (SEED_KEY, *identity.NON_RESULT_KEYS))}
     return repr(sorted(kept.items()))
 
 
@@ -443,8 +442,8 @@ def _labels(groups: Sequence[Sequence[RangeRun]]) -> list[str]:
     differing = [
         k for k in keys
         if len({p.get(k) for p in params}) > 1
-        and not k.startswith(("choice.", *(x + "." for x in identity.NON_RESULT_KEYS)))
-        and k not in (SEED_KEY, *identity.NON_RESULT_KEYS)
+        and not k.startswith("choice.")
+        and not identity.under(k, (SEED_KEY, *identity.NON_RESULT_KEYS))
     ]  # fmt: skip
     if len({p.get("choice.optimizer") for p in params}) > 1:  # the optimizer's name says it
         differing = [k for k in differing if not k.startswith("optimizer.")]

@@ -17,12 +17,12 @@ from pathlib import Path
 from mlflow.entities import Run
 
 from lrsweep import identity, stats, tracking
+from lrsweep.data import VALIDATION_IS_TEST
 
 SEED_KEY = "training.seed"
 RANK_METRIC = "val_accuracy"
 FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
-TAG_VALIDATION = "lrsweep.validation"  # what the validation set is, e.g. "held-out 10000 of train" or "test set"
 # A run diverged if its loss became NaN/inf (it ended FAILED) or it ended no better than guessing: a final
 # training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10 = 2.303.
 CHANCE_LOSS = math.log(10)
@@ -124,8 +124,8 @@ class SweepReport:
     @property
     def validation(self) -> str:
         """What ranked the configurations: the validation set the runs report `val_*` on."""
-        described = sorted({r.tags[TAG_VALIDATION] for r in self.runs if TAG_VALIDATION in r.tags})
-        return " / ".join(described) if described else "test set"
+        described = sorted({r.tags[tracking.TAG_VALIDATION] for r in self.runs if tracking.TAG_VALIDATION in r.tags})
+        return " / ".join(described) if described else VALIDATION_IS_TEST
 
     @property
     def test_metrics(self) -> tuple[str, ...]:
@@ -178,7 +178,7 @@ class SweepReport:
         """The comparisons in words, one line each (the `limit` closest to the best), headed by what ranked them;
         or why none is possible."""
         head = f"Ranked by final {RANK_METRIC} on the {self.validation}."
-        if self.validation == "test set":
+        if self.validation == VALIDATION_IS_TEST:
             head += " (data.validation_size=null, the tutorial's way: the best is chosen on the data it is scored on.)"
         if len(self.configurations) < 2:
             return [head]

@@ -108,7 +108,7 @@ def test_a_run_validated_on_held_out_data_scores_the_test_set_once(tmp_path):
     client, experiment_id = store(tmp_path)
     (run,) = job_runs(client, experiment_id).values()
     assert run.info.status == "FINISHED"
-    assert run.data.tags[experiment.TAG_VALIDATION] == "held-out 64 of train"
+    assert run.data.tags[tracking.TAG_VALIDATION] == "held-out 64 of train"
     assert run.data.params["data.validation_size"] == "64"
     for key in TEST_METRICS:
         ((step, value),) = history(client, run, key)
@@ -127,7 +127,7 @@ def test_a_pack_logs_each_finished_members_test_scores_as_its_solo_run_does(tmp_
     assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in runs.values()} == {"4"}
     assert "/ 64 validation (held-out 64 of train) / 256 test examples" in packed.stdout + packed.stderr
     for name, run in runs.items():
-        assert run.data.tags[experiment.TAG_VALIDATION] == "held-out 64 of train"
+        assert run.data.tags[tracking.TAG_VALIDATION] == "held-out 64 of train"
         if "1e+30" in name:  # diverged: no test scores
             assert run.info.status == "FAILED" and not TEST_METRICS & set(run.data.metrics), name
         else:
@@ -154,7 +154,7 @@ def test_validating_on_the_test_set_logs_val_as_the_test_score_and_no_test_metri
     jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
     runs = {r.data.params["data.validation_size"]: r for r in jobs}
     tutorial, held_out = runs["None"], runs["64"]
-    assert tutorial.data.tags[experiment.TAG_VALIDATION] == "test set"
+    assert tutorial.data.tags[tracking.TAG_VALIDATION] == "test set"
     assert not TEST_METRICS & set(tutorial.data.metrics)
     np.testing.assert_allclose(history(client, tutorial, "loss"), history(client, held_out, "loss"), rtol=1e-6)
     # The tutorial way's last val_* is the test set's score: what the held-out run logged as test_*.
