@@ -3,8 +3,9 @@
     .venv/bin/python scripts/bench_report.py --runs 100 --epochs 5
 
 Fills a fresh SQLite store (in a temp folder) with a sweep of real MLflow runs shaped like lrsweep's
-(params, tags, per-epoch metrics), then times `tracking.load_sweep` + `report.build` + `report.write` and, for comparison, reading
-the same histories with one `get_metric_history` call per run and metric. Prints figures; asserts nothing.
+(params, tags, per-epoch metrics), then times `tracking.load_sweep` + `report.build` + `report.write` and,
+for comparison, reading the same histories with one `get_metric_history` call per run and metric. Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
