@@ -5,3 +5,7 @@ config first, by `lrsweep.backend.select`, and only then are the Keras modules i
 """
 
 __version__ = "0.1.0"
+
+from lrsweep import identity as _identity
+
+_identity.register_resolvers()  # `${lrsweep.claim:...}` in conf/config.yaml, for train.py and the compose API alike

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from lrsweep.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorflow", "jax")
@@ -29,7 +31,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def check_threads(threads: object) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(
+        raise ConfigError(
             "`threads` must be an integer >= 1 (compute threads per job), or null for the backend's default "
             f"(all cores). Received: threads={threads!r}"
         )
@@ -51,7 +53,7 @@ def select(backend: str, threads: int | None = None) -> None:
             another backend or other thread limits.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {', '.join(BACKENDS)}. Received: backend={backend!r}")
+        raise ConfigError(f"`backend` must be one of {', '.join(BACKENDS)}. Received: backend={backend!r}")
     check_threads(threads)
     wanted = thread_env(threads) if threads is not None else {}
     if "keras" in sys.modules:
@@ -59,19 +61,20 @@ def select(backend: str, threads: int | None = None) -> None:
 
         current = keras.backend.backend()
         if current != backend:
-            raise ValueError(
+            raise ConfigError(
                 f"Keras already runs on {current!r} in this process, so backend={backend!r} cannot apply. "
                 "Sweep over backends in separate commands, or with a launcher that starts a new process per job "
                 "(hydra/launcher=submitit_local, or ray_local); joblib's workers run several jobs each."
             )
         applied = {name: os.environ.get(name) for name in wanted}
         if applied != wanted:
-            raise ValueError(
+            raise ConfigError(
                 f"Keras already started in this process with other thread limits ({applied}), so "
                 f"threads={threads} cannot apply. Sweep over `threads` in separate commands."
             )
         return
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no probing for TPUs and GPUs (and its warning) on start-up
     os.environ.update(wanted)
-    log.info("Keras backend %s, %s", backend, f"{threads} thread(s) per job" if threads else "default threads")
+    log.debug("Keras backend %s, %s", backend, f"{threads} thread(s) per job" if threads else "default threads")

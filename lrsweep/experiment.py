@@ -6,9 +6,10 @@ serve both a run trained alone (`run`) and one trained in a pack with others (`l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from lrsweep import identity, interrupts, range_test, tracking
+from lrsweep import errors, identity, interrupts, range_test, tracking
 from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
 from lrsweep.checks import check_count, check_lr, check_training
 from lrsweep.data import Dataset
@@ -75,6 +77,19 @@ def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
         config_hash=identity.config_hash(resolved),
         name=cfg.tracking.run_name or identity.run_name(context, resolved),
     )
+
+
+CONFIG_ERRORS = (ValueError, OmegaConfBaseException, InstantiationException)
+
+
+def checked(cfg: DictConfig, context: identity.JobContext) -> Job:
+    """`prepare`, with whatever it finds wrong raised as a `ConfigError` (a user error: one line, no traceback)."""
+    try:
+        return prepare(cfg, context)
+    except errors.ConfigError:
+        raise
+    except CONFIG_ERRORS as e:
+        raise errors.ConfigError(str(e)) from e
 
 
 def steps_per_epoch(cfg: DictConfig, dataset: Dataset) -> int:
@@ -199,13 +214,25 @@ def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
     context = context or identity.JobContext.from_hydra()
     interrupts.install(context.sweep_dir)  # Ctrl-C / SIGTERM: stop at the next step, the run ends KILLED
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
-    job = prepare(cfg, context)
-    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
-    if context.sweep_dir is None:
-        tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
-    if (reused := reuse(client, experiment_id, job)) is not None:
-        return reused
-    return train_solo(job, client, experiment_id)
+    job = checked(cfg, context)
+    with store_failures(cfg.tracking.uri):
+        client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+        if context.sweep_dir is None:
+            tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
+        if (reused := reuse(client, experiment_id, job)) is not None:
+            return reused
+        return train_solo(job, client, experiment_id)
+
+
+@contextlib.contextmanager
+def store_failures(uri: str) -> Iterator[None]:
+    """Raises the MLflow store failing (a server gone, a full disk) as a `StoreError` naming it and the fix."""
+    try:
+        yield
+    except Exception as e:
+        if (store_error := errors.as_store_error(e, uri)) is None or store_error is e:
+            raise
+        raise store_error from e
 
 
 def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:

@@ -6,6 +6,7 @@ Pure functions of the config and of Hydra's job info; the MLflow store is `lrswe
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,33 @@ class JobContext:
             sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
             job_num=hydra_cfg.job.num if multirun else None,
         )
+
+
+def claim_sweep_dir(path: str) -> str:
+    """A sweep folder no other sweep has: `path`, else `path_2`, `path_3`, ... (created here, atomically).
+
+    The default `multirun/<date>_<time>` changes once a second; two sweeps started in the same second would share
+    it, and with it their sweep id, report and stop file. Used as the resolver `${lrsweep.claim:...}`, cached,
+    so every job of a sweep (in this process or, through the copied cache, in a worker) sees the same folder.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count(1):
+        candidate = base if k == 1 else base.with_name(f"{base.name}_{k}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise AssertionError("unreachable")
+
+
+def register_resolvers() -> None:
+    """Registers `${lrsweep.claim:path}` (`claim_sweep_dir`) with OmegaConf, once per process."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("lrsweep.claim"):
+        OmegaConf.register_new_resolver("lrsweep.claim", claim_sweep_dir, use_cache=True)
 
 
 def sweep_id(sweep_dir: str | Path) -> str:

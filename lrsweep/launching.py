@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from lrsweep import backend, experiment, identity, interrupts, packing, sweep, tracking
+from lrsweep import backend, errors, experiment, identity, interrupts, packing, sweep, tracking
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +31,48 @@ class SweepPlan:
     packs: list[list[experiment.Job]] = field(default_factory=list)
 
 
-def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_seeds: int) -> SweepPlan:
-    """Checks every job's config, then opens the sweep, reuses FINISHED configurations and plans packs for the rest.
+def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
+    """Checks every job's config of a sweep before any of them starts (`experiment.checked`).
 
     Args:
         jobs: (task config, `hydra` config node) of each job.
-        max_members: the most runs in one pack.
-        max_seeds: the most distinct seeds in one pack.
 
     Raises:
-        SystemExit: after printing one line per job that cannot run, before any run is opened.
+        SystemExit: after printing one line per job that cannot run, before any store or run is touched.
     """
-    prepared, errors = [], []
+    prepared, errors_ = [], []
     contexts = [identity.JobContext.from_config(hydra_cfg) for _, hydra_cfg in jobs]
     common = set.intersection(*(set(c.overrides) for c in contexts)) if len(contexts) > 1 else set()
     for (cfg, _), context in zip(jobs, contexts, strict=True):
         try:
             backend.select(cfg.backend, cfg.threads)
-            prepared.append(experiment.prepare(cfg, context))
-        except (ValueError, OmegaConfBaseException) as e:
+            prepared.append(experiment.checked(cfg, context))
+        except errors.ConfigError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise  # the traceback, as Hydra shows it
             swept = " ".join(o for o in context.overrides if o not in common)  # what tells it from the other jobs
-            errors.append(f"job #{context.job_num} ({swept or ' '.join(context.overrides) or 'no overrides'}): {e}")
-    if errors:
-        print(
-            f"lrsweep: {len(errors)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "
-            + "\n  ".join(errors),
-            file=sys.stderr,
+            label = f"job #{context.job_num} ({swept or ' '.join(context.overrides) or 'no overrides'})"
+            errors_.append((label, str(e)))
+    if len(jobs) == 1 and errors_:
+        raise SystemExit(f"lrsweep: {errors_[0][1]}")
+    if errors_:
+        raise SystemExit(
+            f"lrsweep: {len(errors_)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "
+            + "\n  ".join(f"{label}: {message}" for label, message in errors_)
         )
-        raise SystemExit(1)
+    return prepared
+
+
+def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_seeds: int) -> SweepPlan:
+    """Checks every job's config (`check_jobs`), then opens the sweep, reuses FINISHED configurations and plans
+    packs for the rest.
+
+    Args:
+        jobs: (task config, `hydra` config node) of each job.
+        max_members: the most runs in one pack.
+        max_seeds: the most distinct seeds in one pack.
+    """
+    prepared = check_jobs(jobs)
     sweep.open_deferred()
     plan = SweepPlan()
     remaining = []
@@ -106,7 +119,8 @@ def train_pack(jobs: Sequence[experiment.Job], name: str) -> list[float | Except
     client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
     pack_id = f"{jobs[0].context.sweep_id}/{name}" if jobs[0].context.sweep_id else name
     try:
-        return packing.train_pack(jobs, client, experiment_id, pack_id)
+        with experiment.store_failures(cfg.tracking.uri):
+            return packing.train_pack(jobs, client, experiment_id, pack_id)
     except packing.NotPackable as e:
         log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))
         return None

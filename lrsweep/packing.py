@@ -428,7 +428,7 @@ def train_pack(
         experiment.log_test_metrics(client, model, dataset, members, cfg.training.batch_size, len(history) - 1)
     except BaseException as e:
         for member in members:
-            tracking.close_run(client, member.run_id, member.name, e)
+            tracking.close_run_after(client, member.run_id, member.name, e)
         raise
     outcomes: list[float | Exception] = []
     final = history[-1]

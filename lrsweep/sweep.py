@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import atexit
 import collections
+import copy
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import figures, identity, interrupts, range_test, report, tracking
+from lrsweep import errors, figures, identity, interrupts, range_test, report, tracking
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Sweep:
         self.sweep_dir = Path(sweep_dir)
         self.sweep_id = identity.sweep_id(sweep_dir)
         self.run_id = run_id
+        self.expected_jobs: int | None = None  # jobs the sweeper launches (None: not known, e.g. Optuna)
 
     @classmethod
     def open(cls, config: DictConfig) -> Sweep:
@@ -185,6 +189,73 @@ def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
 
 
 PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job Hydra's basic sweeper will launch, in order; None for another sweeper (Optuna).
+
+    The same expansion as `BasicSweeper.sweep`: its `params`, then the command line's overrides.
+    """
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def job_configs(loader: Any, config: DictConfig, jobs: Sequence[Sequence[str]], first_num: int = 0) -> list[DictConfig]:
+    """Each job's sweep config, as a launcher composes it (Hydra's `load_sweep_config`), numbered from `first_num`."""
+    from omegaconf import open_dict
+
+    configs = []
+    for num, overrides in enumerate(jobs, start=first_num):
+        sweep_config = loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = num
+            sweep_config.hydra.job.num = num
+        configs.append(sweep_config)
+    return configs
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(sweep_config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def check_planned_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
+    """Checks every job's config before the first starts, as the packed launcher does, for the other launchers.
+
+    Imports Keras in this process (with the first job's backend), since checking builds each job's optimizer.
+
+    Raises:
+        SystemExit: naming every job that cannot run and why.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lrsweep import backend
+
+    sweep_configs = job_configs(GlobalHydra.instance().config_loader(), config, jobs)
+    pairs = [(task_config(c), c.hydra) for c in sweep_configs]
+    try:
+        backend.select(pairs[0][0].backend, pairs[0][0].threads)
+    except errors.ConfigError as e:
+        raise SystemExit(f"lrsweep: job #0: {e}") from e
+    from lrsweep import launching
+
+    launching.check_jobs(pairs)
+
+
 _deferred: SweepCallback | None = None  # a sweep whose parent run the packed launcher opens
 
 
@@ -209,6 +280,7 @@ class SweepCallback(Callback):
         self.sweep: Sweep | None = None
         self.config: DictConfig | None = None
         self.closed = False
+        self.expected_jobs: int | None = None  # how many jobs the sweeper launches, when known before it starts
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _deferred
@@ -218,9 +290,12 @@ class SweepCallback(Callback):
         # Ctrl-C / SIGTERM: running jobs (here or, through the stop file, in worker processes) stop at their
         # next step and end KILLED; no new job starts.
         interrupts.install(config.hydra.sweep.dir)
+        self.expected_jobs = len(jobs) if (jobs := planned_jobs(config)) is not None else None
         if config.hydra.launcher.get("_target_") == PACKED_LAUNCHER:
-            _deferred = self
+            _deferred = self  # the launcher checks every job, then opens the sweep (`open_deferred`)
         else:
+            if jobs is not None:
+                check_planned_jobs(config, jobs)
             self.open()
 
     def open(self) -> None:
@@ -229,19 +304,26 @@ class SweepCallback(Callback):
             return
         try:
             self.sweep = Sweep.open(self.config)
-        except (ConnectionError, ValueError) as e:
+        except errors.StoreError as e:
             # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
-            print(f"lrsweep: {e}", file=sys.stderr)
-            raise SystemExit(1) from e
+            raise SystemExit(f"lrsweep: {e}") from e
+        except ValueError as e:
+            raise SystemExit(f"lrsweep: {e}") from e
+        self.sweep.expected_jobs = self.expected_jobs
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Notes on the parent run a job that failed before opening a run of its own (e.g. a bad value).
 
         Runs in the job's process, which is this one for the basic launcher and a worker for others: the note
-        goes through MLflow so the main process sees it whichever it is.
+        goes through MLflow so the main process sees it whichever it is. Hydra calls it for a single run too,
+        which has no sweep to note anything on.
         """
         error = job_return._return_value  # the exception; `return_value` would re-raise it
-        if job_return.status != JobStatus.FAILED or isinstance(error, interrupts.JobInterrupted):
+        if (
+            job_return.status != JobStatus.FAILED
+            or isinstance(error, (interrupts.JobInterrupted, errors.StoreError))
+            or config.hydra.mode != RunMode.MULTIRUN
+        ):
             return
         try:
             client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
@@ -264,5 +346,12 @@ class SweepCallback(Callback):
             try:
                 sweep.close()
             except Exception as e:  # never mask the jobs' own outcome; say what went wrong
+                if errors.as_store_error(e, sweep.client.tracking_uri) is not None:
+                    print(
+                        f"lrsweep: could not close sweep {sweep.sweep_id}: its MLflow store failed. Its parent run "
+                        "stays RUNNING until the next sweep on the store marks it stale.",
+                        file=sys.stderr,
+                    )
+                    return
                 log.error("Could not complete the report of sweep %s: %s", sweep.sweep_id, e)
                 sweep.client.set_terminated(sweep.run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -220,7 +220,7 @@ def open_run(client: MlflowClient, experiment_id: str, record: RunRecord) -> str
         for path, text in record.artifacts.items():
             client.log_text(run_id, text, path)
     except BaseException as e:
-        close_run(client, run_id, record.name, e)
+        close_run_after(client, run_id, record.name, e)
         raise
     return run_id
 
@@ -261,9 +261,21 @@ def job_run(
     try:
         yield run_id
     except BaseException as e:
-        close_run(client, run_id, name, e)
+        close_run_after(client, run_id, name, e)
         raise
     close_run(client, run_id, name)
+
+
+def close_run_after(client: MlflowClient, run_id: str, name: str, error: BaseException) -> None:
+    """`close_run` for a run that ended with `error`, which a failure to record it must not replace.
+
+    When the store itself failed, closing fails too: the run stays RUNNING until the next sweep on the store marks
+    it stale (its process is gone), and the caller raises `error`, which says what happened.
+    """
+    try:
+        close_run(client, run_id, name, error)
+    except Exception as e:
+        log.error("Could not mark run %s (%s) ended: %s", name, run_id, " ".join(str(e).split())[:300])
 
 
 def float32_value(value: float) -> float:

@@ -8,7 +8,6 @@ in its group, or a model or optimizer the packed path does not support) trains a
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +64,10 @@ class PackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        sweep_configs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            sweep_configs.append(sweep_config)
+        from lrsweep.errors import StoreError
+        from lrsweep.sweep import job_configs, task_config
 
+        sweep_configs = job_configs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         tasks = [task_config(c) for c in sweep_configs]
         choose_backend(tasks[0])
         from lrsweep import launching  # imports Keras: only once the backend is chosen
@@ -95,7 +90,11 @@ class PackedLauncher(Launcher):
                 outcomes = results[k]
             elif len(pack) > 1:
                 self.packs_launched += 1
-                outcomes = launching.train_pack(pack, f"pack{self.packs_launched}")
+                try:
+                    outcomes = launching.train_pack(pack, f"pack{self.packs_launched}")
+                except StoreError as e:  # every later job would fail the same way: stop the sweep here
+                    left = [job.context.job_num for later in plan.packs[k:] for job in later]
+                    raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
             else:
                 outcomes = None  # alone: the task function trains it, as the basic launcher would
             for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
@@ -130,12 +129,8 @@ def choose_backend(task: DictConfig) -> None:
         raise SystemExit(1) from e
 
 
-def task_config(sweep_config: DictConfig) -> DictConfig:
-    """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
-    task = copy.deepcopy(sweep_config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
+def jobs_list(nums: Sequence[int]) -> str:
+    return ", ".join(f"#{num}" for num in nums)
 
 
 def outcome(value: Any) -> Callable[[DictConfig], Any]:
