@@ -166,17 +166,6 @@ def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
     assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "KILLED"
 
 
-def test_a_parallel_job_that_fails_before_its_run_is_reported(tmp_path):
-    result = train(
-        tmp_path, "hydra/launcher=parallel", "threads=1", "schedule=linear", "schedule.warmup_epochs=1,2",
-        "training.epochs=2", "backend=jax", *TINY, check=False,
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert "before opening a run (ValueError: `warmup_epochs` must be an integer >= 2" in result.stdout
-    client, experiment_id = store(tmp_path)
-    assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "FAILED"
-
-
 def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
     process = start_train(tmp_path, "training.epochs=400")
     running = wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
@@ -250,3 +239,88 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
     assert "Launching" not in failed.stdout + failed.stderr  # the sweep stops before any job starts
     assert "Epoch 1/1" not in failed.stdout + failed.stderr  # nothing trained
     assert time.monotonic() - started < 120  # not MLflow's minutes of retries (a bound, not a benchmark)
+
+
+def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` over the store of the `mlflow_server` fixture (to restart it)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "art")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    wait_for(lambda: _healthy(f"http://127.0.0.1:{port}"), timeout=120, what="mlflow server")
+    return server
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        return requests.get(f"{uri}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path, mlflow_server):
+    uri, server = mlflow_server
+    # Two packs (data.test_size splits them), long enough to be caught training.
+    sweep = ["training.epochs=150", "training.seed=0,1", "data.test_size=256,200", f"tracking.uri={uri}"]
+    process = start_train(tmp_path, *sweep)
+    client = MlflowClient(uri)
+
+    def training_run():
+        experiment = client.get_experiment_by_name("lrsweep")
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and metrics.loss > 0")
+        return runs[0] if runs else None
+
+    running = wait_for(training_run, timeout=180, what="a job training")
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+    killed = time.monotonic()
+    output, _ = process.communicate(timeout=300)
+    took = time.monotonic() - killed
+    print(f"the sweep ended {took:.1f} s after the server was killed")
+    assert process.returncode == 1, output[-3000:]
+    assert f"The MLflow store at tracking.uri={uri} stopped working" in output, output[-3000:]
+    assert "The sweep stopped; jobs not finished: #" in output
+    assert "Traceback" not in output, output[-3000:]
+    assert took < 120  # MLflow's own retries would take minutes (tracking.http_timeout / http_max_retries)
+
+    restarted = start_server(tmp_path, int(uri.rsplit(":", 1)[1]))
+    try:
+        assert client.get_run(running.info.run_id).info.status == "RUNNING"  # nobody could close it
+        rerun = start_train(tmp_path, *sweep)
+        output, _ = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, output[-3000:]
+        experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+        runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+        statuses = sorted(r.info.status for r in runs)
+        assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment_id])}
+        assert statuses.count("FINISHED") == 4, statuses  # every configuration once
+        assert client.get_run(running.info.run_id).data.tags[tracking.TAG_STALE] == "true"
+    finally:
+        os.killpg(restarted.pid, signal.SIGTERM)
+        restarted.wait(timeout=30)
+
+
+def test_two_sweeps_claiming_the_same_folder_get_one_each(tmp_path):
+    """The default sweep folder is per second (`${lrsweep.claim:multirun/<time>}`): two sweeps started in the same
+    second must not share it, its sweep id, report and stop file. Here both name the same folder outright."""
+    tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")  # the store exists (no race here)
+    args = [sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+            "hydra.sweep.dir=${lrsweep.claim:" + str(tmp_path / "multirun" / "same") + "}", "backend=jax",
+            "training.epochs=1", "training.verbose=0", *TINY]  # fmt: skip
+    sweeps = [subprocess.Popen([*args, f"training.seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for seed in (0, 1)]  # fmt: skip
+    outputs = [sweep.communicate(timeout=300)[0] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == ["same", "same_2"]
+    client, experiment_id = store(tmp_path)
+    seeds = {}
+    for sweep_id in ("same", "same_2"):
+        assert (tmp_path / "multirun" / sweep_id / "report" / "summary.csv").exists()
+        assert tracking.find_sweep_run(client, experiment_id, sweep_id).info.status == "FINISHED"
+        (run,) = job_runs(client, experiment_id, sweep_id).values()
+        seeds[sweep_id] = run.data.params["training.seed"]
+    assert sorted(seeds.values()) == ["0", "1"]  # each sweep's report holds its own job only

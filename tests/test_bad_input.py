@@ -1,0 +1,166 @@
+"""Bad input, as a user types it: each case is one `python train.py ...` from an empty folder with the default store.
+
+Every case must exit 1 with a short message naming the key (or path, or URI), show no traceback, and leave no
+MLflow store, run or report behind. To add a case, add a row to CASES: (id, arguments, what the message names).
+The cases run as real processes, a few at once (they are mostly start-up time), then each is asserted alone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+JAX = ["backend=jax", *TINY]  # JAX starts faster; the checks are the same on both backends
+SWEEP = ["-m", *JAX]  # the default launcher (packed)
+
+CASES: list[tuple[str, list[str], str]] = [
+    # Learning rates and training settings.
+    ("lr negative", [*JAX, "optimizer.learning_rate=-0.01"], "optimizer.learning_rate"),
+    ("lr zero", [*JAX, "optimizer.learning_rate=0"], "optimizer.learning_rate"),
+    ("lr nan", [*JAX, "optimizer.learning_rate=nan"], "optimizer.learning_rate"),
+    ("lr inf", [*JAX, "optimizer.learning_rate=inf"], "optimizer.learning_rate"),
+    ("lr text", [*JAX, "optimizer.learning_rate=fast"], "optimizer.learning_rate"),
+    ("epochs 0", [*JAX, "training.epochs=0"], "training.epochs"),
+    ("epochs text", [*JAX, "training.epochs=abc"], "training.epochs"),
+    ("batch 0", [*JAX, "training.batch_size=0"], "training.batch_size"),
+    ("seed text", [*JAX, "training.seed=abc"], "training.seed"),
+    ("seed negative", [*JAX, "training.seed=-1"], "training.seed"),
+    ("steps_per_execution 0", [*JAX, "training.steps_per_execution=0"], "training.steps_per_execution"),
+    ("jit_compile maybe", [*JAX, "training.jit_compile=maybe"], "training.jit_compile"),
+    ("log_every_n_steps -1", [*JAX, "tracking.log_every_n_steps=-1"], "tracking.log_every_n_steps"),
+    ("resume maybe", [*JAX, "resume=maybe"], "resume"),
+    ("effective_lr maybe", [*JAX, "tracking.effective_lr=maybe"], "tracking.effective_lr"),
+    # The process.
+    ("backend pytorch", ["backend=pytorch"], "backend"),
+    ("threads -1", [*JAX, "threads=-1"], "threads"),
+    ("threads 0", [*JAX, "threads=0"], "threads"),
+    # Optimizer hyperparameters.
+    ("adam beta_1 1.5", [*JAX, "optimizer.beta_1=1.5"], "optimizer.beta_1"),
+    ("adam beta_2 1", [*JAX, "optimizer.beta_2=1"], "optimizer.beta_2"),
+    ("adam epsilon 0", [*JAX, "optimizer.epsilon=0"], "optimizer.epsilon"),
+    ("adam epsilon text", [*JAX, "optimizer.epsilon=tiny"], "optimizer.epsilon"),
+    ("sgd momentum 1.5", [*JAX, "optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum"),
+    ("sgd momentum -0.1", [*JAX, "optimizer=sgd", "optimizer.momentum=-0.1"], "optimizer.momentum"),
+    ("sgd nesterov maybe", [*JAX, "optimizer=sgd", "optimizer.nesterov=maybe"], "optimizer.nesterov"),
+    ("adadelta rho 1", [*JAX, "optimizer=adadelta", "optimizer.rho=1"], "optimizer.rho"),
+    (
+        "adagrad accumulator -1",
+        [*JAX, "optimizer=adagrad", "optimizer.initial_accumulator_value=-1"],
+        "optimizer.initial_accumulator_value",
+    ),  # fmt: skip
+    ("unknown optimizer", [*JAX, "optimizer=adamw"], "optimizer/adamw"),
+    ("misspelt key", [*JAX, "optimizer.learning_rat=0.1"], "learning_rat"),
+    # Schedules.
+    ("warmup_epochs 1", [*JAX, "schedule=linear", "schedule.warmup_epochs=1"], "warmup_epochs"),
+    ("linear initial > final", [*JAX, "schedule=linear", "schedule.initial_lr=0.1"], "initial_lr"),
+    ("warmup initial > peak", [*JAX, "schedule=warmup", "schedule.warmup.initial_lr=0.1"], "initial_lr"),
+    ("warmup shape quadratic", [*JAX, "schedule=warmup", "schedule.warmup.shape=quadratic"], "shape"),
+    ("warmup length -1", [*JAX, "schedule=warmup", "schedule.warmup.length=-1"], "length"),
+    ("untuned with sgd", [*JAX, "optimizer=sgd", "schedule=untuned"], "beta_2"),
+    (
+        "cosine min_lr negative",
+        [*JAX, "schedule=warmup", "schedule/decay=cosine", "schedule.decay.min_lr=-1"],
+        "min_lr",
+    ),  # fmt: skip
+    # Data.
+    ("train_size 100000", [*JAX, "data.train_size=100000"], "data.train_size"),
+    ("validation_size 0", [*JAX, "data.validation_size=0"], "validation_size"),
+    ("missing data files", [*JAX, "data.dir={tmp}/empty"], "{tmp}/empty"),
+    ("corrupt data files", [*JAX, "data.dir={tmp}/corrupt"], "{tmp}/corrupt"),
+    # Stores.
+    ("unknown store scheme", [*JAX, "tracking.uri=bogus://nowhere"], "bogus://nowhere"),
+    ("no server answers", [*JAX, "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
+    ("store under a file", [*JAX, "tracking.uri=sqlite:///{tmp}/afile/mlflow.db"], "{tmp}/afile"),
+    ("store not a database", [*JAX, "tracking.uri=sqlite:///{tmp}/garbage/mlflow.db"], "{tmp}/garbage/mlflow.db"),
+    # Sweeps: every job is checked before the first starts, whichever launcher runs them.
+    ("sweep lr", [*SWEEP, "optimizer.learning_rate=0.01,-1"], "optimizer.learning_rate"),
+    ("sweep epochs basic launcher", [*SWEEP, "hydra/launcher=basic", "training.epochs=1,0"], "training.epochs"),
+    (
+        "sweep epochs parallel launcher",
+        [*SWEEP, "hydra/launcher=parallel", "threads=1", "training.epochs=0,1"],
+        "training.epochs",
+    ),  # fmt: skip
+    ("sweep backend", [*SWEEP, "backend=pytorch"], "backend"),
+    ("sweep unknown optimizer", [*SWEEP, "optimizer=adam,adamw"], "optimizer/adamw"),
+    ("sweep beta_1", [*SWEEP, "optimizer.beta_1=0.9,1.5"], "optimizer.beta_1"),
+    ("sweep resume", [*SWEEP, "resume=true,maybe"], "resume"),
+    (
+        "sweep warmup parallel launcher",
+        [*SWEEP, "hydra/launcher=parallel", "threads=1", "schedule=linear", "schedule.warmup_epochs=1,2"],
+        "warmup_epochs",
+    ),  # fmt: skip
+    ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
+]
+
+
+def make_inputs(tmp: Path) -> None:
+    """What the cases point at: an empty data folder, one with corrupt files, a file where a folder should be,
+    and a store that is not a database."""
+    (tmp / "empty").mkdir()
+    corrupt = tmp / "corrupt"
+    corrupt.mkdir()
+    for split in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            with gzip.open(corrupt / f"{split}-{kind}-ubyte.gz", "wb") as f:
+                f.write(b"not an IDX file")
+    (tmp / "afile").write_text("a file, not a folder")
+    (tmp / "garbage").mkdir()
+    (tmp / "garbage" / "mlflow.db").write_bytes(b"this is not a SQLite database" * 100)
+
+
+def run_case(root: Path, case: tuple[str, list[str], str]) -> tuple[Path, subprocess.CompletedProcess]:
+    name, args, _ = case
+    folder = root / name.replace(" ", "_").replace(">", "gt")
+    folder.mkdir()
+    make_inputs(folder)
+    args = [a.replace("{tmp}", str(folder)) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=folder, capture_output=True, text=True, timeout=300,
+        env=env,
+    )  # fmt: skip
+    return folder, result
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    root = tmp_path_factory.mktemp("bad_input")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(lambda case: run_case(root, case), CASES))
+    return {case[0]: outcome for case, outcome in zip(CASES, done, strict=True)}
+
+
+# What may be left in the folder: Hydra's own output folders (no report in them) and our inputs.
+INPUTS = {"empty", "corrupt", "afile", "garbage", "outputs", "multirun"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
+    name, _, names = case
+    folder, result = results[name]
+    output = result.stdout + result.stderr
+    message = [line for line in result.stderr.splitlines() if line.startswith(("lrsweep:", "Error", "Could not"))]
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert message, output[-3000:]
+    assert names.replace("{tmp}", str(folder)) in result.stderr, result.stderr[-3000:]
+    assert set(os.listdir(folder)) <= INPUTS  # no mlruns/: no store, so no run
+    assert not list(folder.glob("multirun/**/report")), "a report was written"
+    assert not (folder / "garbage" / "mlflow.db").read_bytes().startswith(b"SQLite"), "the file was overwritten"
+
+
+def test_hydra_full_error_still_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *JAX, "training.epochs=0"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "training.epochs" in result.stderr
