@@ -289,6 +289,27 @@ def http_call_bound(timeout: int = HTTP_TIMEOUT, max_retries: int = HTTP_MAX_RET
     return (1 + max_retries) * timeout + waits
 
 
+@contextlib.contextmanager
+def one_try(timeout: int = 5) -> Iterator[None]:
+    """MLflow HTTP calls in this block try once, waiting at most `timeout` s: for best-effort calls after a failure.
+
+    E.g. closing a job's run FAILED after its server stopped answering: with the normal retries that attempt would
+    cost another `http_call_bound` seconds before the job can end.
+    """
+    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {key: os.environ.get(key) for key in keys}
+    current = int(saved["MLFLOW_HTTP_REQUEST_TIMEOUT"] or timeout)
+    os.environ.update({keys[0]: "0", keys[1]: str(min(timeout, current))})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 _SQLITE_FAULTS = (
     ("disk is full", "the disk holding {path} is full. Free some space and rerun"),
     ("disk i/o error", "reading or writing {path} failed (disk I/O error). Check the disk and rerun"),

@@ -286,6 +286,37 @@ def test_http_settings_are_checked_and_give_the_bound():
         store.http_settings(10, 11)
 
 
+# A "server" that accepts connections and never answers (a hung process, SIGSTOPped): every request times out.
+HUNG = """
+import socket, sys, time
+from mlflow.tracking import MlflowClient
+from lrsweep import store
+listener = socket.create_server(("127.0.0.1", 0))
+uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+store.http_settings(timeout=2, max_retries=1)
+client = MlflowClient(uri)
+for label, block in (("call", store.contextlib.nullcontext()), ("one_try", store.one_try(timeout=1))):
+    started = time.monotonic()
+    try:
+        with block:
+            client.get_experiment_by_name("lrsweep")
+    except Exception as e:
+        error = store.as_store_error(e, uri)
+        print(label, round(time.monotonic() - started, 2), uri in str(error), type(error).__name__)
+"""
+
+
+def test_a_hung_server_fails_a_call_within_the_bound_and_is_a_store_error():
+    result = subprocess.run([sys.executable, "-c", HUNG], capture_output=True, text=True, timeout=300, env=ENV)
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    assert set(rows) == {"call", "one_try"}, result.stdout + result.stderr[-3000:]
+    call, one = float(rows["call"][0]), float(rows["one_try"][0])
+    assert rows["call"][1:] == rows["one_try"][1:] == ["True", "StoreError"]  # names the URI
+    # 2 tries of 2 s (timeouts cannot fire early), no wait before the first retry; one_try: 1 try of 1 s.
+    assert store.http_call_bound(2, 1) * 0.9 <= call < 3 * store.http_call_bound(2, 1)
+    assert 0.9 <= one < 10
+
+
 def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on the store tmp_path/server.db (the same store when started again)."""
     server = subprocess.Popen(
