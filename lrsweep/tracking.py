@@ -8,10 +8,12 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import numpy as np
 import requests
@@ -19,8 +21,10 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lrsweep import interrupts
+from lrsweep import interrupts, store
+from lrsweep.errors import StoreError
 from lrsweep.identity import JobContext, overrides_dict, sweep_id
+from lrsweep.store import as_store_error
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +60,12 @@ _SQLITE = "sqlite:///"
 
 
 def normalize_uri(uri: str) -> str:
-    """Makes a relative SQLite URI absolute (and creates its folder) so that every process agrees on it.
+    """Makes a relative SQLite URI absolute so that every process agrees on it; creates nothing.
 
     `sqlite:///mlruns/mlflow.db` is relative to the working directory; other URIs pass through unchanged.
     """
-    if not uri.startswith(_SQLITE):
-        return uri
-    path = Path(uri[len(_SQLITE) :]).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _SQLITE + str(path)
+    path = store.sqlite_path(uri)
+    return uri if path is None else _SQLITE + str(path.resolve())
 
 
 def _artifact_location(uri: str, experiment_name: str) -> str | None:
@@ -75,46 +76,107 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
     return (Path(uri[len(_SQLITE) :]).parent / slug).as_uri()
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
+def check_server(uri: str, timeout: float = store.HTTP_TIMEOUT) -> None:
     """Fails fast when a tracking server does not answer (MLflow's own client would retry for minutes).
 
     Raises:
-        ConnectionError: naming the URI and how to start a server.
+        StoreError: naming the URI and how to start a server.
     """
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
     except requests.RequestException as e:
-        raise ConnectionError(
+        raise StoreError(
             f"No MLflow tracking server answers at tracking.uri={uri} ({type(e).__name__}). Start one, e.g. "
             "`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db`, "
             "or fix `tracking.uri`."
         ) from e
 
 
-def connect(uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
-    """Opens the store (creating the SQLite database if needed) and returns a client and the experiment id.
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when it cannot open or create a store, wrapped into a StoreError naming the URI.
+
+    Imported here, not at the top: MLflow imports SQLAlchemy and Alembic only for a SQL store (slow imports).
+    """
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, SQLAlchemyError, CommandError, OSError, sqlite3.Error, requests.RequestException
+
+
+@overload
+def connect(
+    uri: str, experiment_name: str, *, create: Literal[True] = ..., http_timeout: int = ..., http_max_retries: int = ...
+) -> tuple[MlflowClient, str]: ...
+
+
+@overload
+def connect(
+    uri: str, experiment_name: str, *, create: bool, http_timeout: int = ..., http_max_retries: int = ...
+) -> tuple[MlflowClient, str] | None: ...
+
+
+def connect(
+    uri: str,
+    experiment_name: str,
+    *,
+    create: bool = True,
+    http_timeout: int = store.HTTP_TIMEOUT,
+    http_max_retries: int = store.HTTP_MAX_RETRIES,
+) -> tuple[MlflowClient, str] | None:
+    """Opens the store (creating the SQLite database and the experiment if needed); returns a client and the id.
+
+    Every way the store can be unusable is a `StoreError` within seconds, and then nothing was created: a server
+    that does not answer, a SQLite folder that cannot be created or written, a file that is not a SQLite database
+    or is damaged, a schema of an older or newer MLflow (`lrsweep.store`). A fresh SQLite store is created under a
+    lock on its folder, so processes starting together on it do not collide. MLflow's HTTP client is set to give up
+    on a server within `store.http_call_bound(http_timeout, http_max_retries)` seconds per call (33 s by default).
+
+    Args:
+        uri: `tracking.uri`; a relative SQLite path is taken from the working directory.
+        experiment_name: `tracking.experiment_name`.
+        create: False: create nothing, and return None when there is no store or no such experiment yet (a missing
+            or empty SQLite file stays missing or empty).
+        http_timeout: `tracking.http_timeout`, seconds per HTTP request.
+        http_max_retries: `tracking.http_max_retries`, retries of a failed HTTP request.
 
     Raises:
-        ConnectionError: when the store cannot be reached, naming the URI and the fix.
+        StoreError: the store cannot be used, naming the URI or path, what is wrong and the fix.
+        ValueError: the experiment is deleted, or an HTTP setting is out of range.
     """
+    store.http_settings(http_timeout, http_max_retries)
     uri = normalize_uri(uri)
     if uri.startswith(("http://", "https://")):
-        check_server(uri)
-    client = MlflowClient(tracking_uri=uri)
+        check_server(uri, http_timeout)
+    path = store.sqlite_path(uri)
+    lock = contextlib.nullcontext(True)
+    if path is not None:
+        lock = store.prepare_sqlite(uri, path, create)
+        if lock is None:
+            return None
     try:
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            try:
-                return client, client.create_experiment(
-                    experiment_name, artifact_location=_artifact_location(uri, experiment_name)
-                )
-            except MlflowException:  # another process created it meanwhile
-                experiment = client.get_experiment_by_name(experiment_name)
-                if experiment is None:
-                    raise
-    except MlflowException as e:
-        raise ConnectionError(
-            f"Cannot use the MLflow store tracking.uri={uri} ({e}). Start the server or fix `tracking.uri`."
+        with lock as go_on:
+            if not go_on:
+                return None
+            _quick_engine_retries()
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                if not create:
+                    return None
+                try:
+                    return client, client.create_experiment(
+                        experiment_name, artifact_location=_artifact_location(uri, experiment_name)
+                    )
+                except MlflowException:  # another process (with no lock: a server's store) created it meanwhile
+                    experiment = client.get_experiment_by_name(experiment_name)
+                    if experiment is None:
+                        raise
+    except StoreError:
+        raise
+    except _store_failures() as e:
+        raise as_store_error(e, uri) or StoreError(
+            f"Cannot use the MLflow store tracking.uri={uri}: {type(e).__name__}: {_one_line(e)}. "
+            "Fix or restore the store, start the server, or choose another `tracking.uri`."
         ) from e
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
@@ -123,6 +185,30 @@ def connect(uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
             "or choose another `tracking.experiment_name`."
         )
     return client, experiment.experiment_id
+
+
+def connect_config(tracking_cfg: Any, create: bool = True) -> tuple[MlflowClient, str] | None:
+    """`connect` with the settings of the config group `tracking` (uri, experiment_name, http_timeout, ...)."""
+    return connect(
+        tracking_cfg.uri,
+        tracking_cfg.experiment_name,
+        create=create,
+        http_timeout=tracking_cfg.get("http_timeout", store.HTTP_TIMEOUT),
+        http_max_retries=tracking_cfg.get("http_max_retries", store.HTTP_MAX_RETRIES),
+    )
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _quick_engine_retries() -> None:
+    """MLflow retries creating a SQLite engine 10 times over ~100 s; the store was just checked, so 3 (0.4 s) do."""
+    import mlflow.store.db.utils
+
+    mlflow.store.db.utils.MAX_RETRY_COUNT = min(mlflow.store.db.utils.MAX_RETRY_COUNT, 3)
 
 
 def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
