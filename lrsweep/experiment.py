@@ -216,7 +216,7 @@ def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
     job = checked(cfg, context)
     with store_failures(cfg.tracking.uri):
-        client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+        client, experiment_id = tracking.connect_config(cfg.tracking)
         if context.sweep_dir is None:
             tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
         if (reused := reuse(client, experiment_id, job)) is not None:
@@ -230,7 +230,7 @@ def store_failures(uri: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        if (store_error := errors.as_store_error(e, uri)) is None or store_error is e:
+        if (store_error := tracking.as_store_error(e, uri)) is None or store_error is e:
             raise
         raise store_error from e
 

@@ -77,7 +77,7 @@ def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_
     plan = SweepPlan()
     remaining = []
     for job in prepared:
-        client, experiment_id = tracking.connect(job.cfg.tracking.uri, job.cfg.tracking.experiment_name)
+        client, experiment_id = tracking.connect_config(job.cfg.tracking)
         value = experiment.reuse(client, experiment_id, job)
         if value is None:
             remaining.append(job)
@@ -116,7 +116,7 @@ def train_pack(jobs: Sequence[experiment.Job], name: str) -> list[float | Except
     """Trains a pack; None if its model or optimizer cannot be packed (its jobs then train one at a time)."""
     interrupts.check()  # stopped: start no new pack
     cfg = jobs[0].cfg
-    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    client, experiment_id = tracking.connect_config(cfg.tracking)
     pack_id = f"{jobs[0].context.sweep_id}/{name}" if jobs[0].context.sweep_id else name
     try:
         with experiment.store_failures(cfg.tracking.uri):

@@ -593,7 +593,7 @@ def print_single_run(cfg: DictConfig) -> None:
 
     if not is_range_test(cfg) or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
         return
-    client, experiment_id = tracking.connect(cfg.tracking.uri, cfg.tracking.experiment_name)
+    client, experiment_id = tracking.connect_config(cfg.tracking)
     run = tracking.find_finished(client, experiment_id, identity.config_hash(OmegaConf.to_container(cfg, resolve=True)))
     if run is None:
         return

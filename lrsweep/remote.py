@@ -39,7 +39,7 @@ def train_jobs(jobs: Sequence[tuple[DictConfig, Any]], name: str) -> list[float 
         return outcomes
     results: list[float | Exception] = []
     for job in prepared:
-        client, experiment_id = tracking.connect(job.cfg.tracking.uri, job.cfg.tracking.experiment_name)
+        client, experiment_id = tracking.connect_config(job.cfg.tracking)
         try:
             results.append(experiment.train_solo(job, client, experiment_id))
         except Exception as e:  # this job's own failure (e.g. divergence); the others still train

@@ -41,7 +41,7 @@ class Sweep:
     @classmethod
     def open(cls, config: DictConfig) -> Sweep:
         """Creates the store and experiment (before parallel jobs could race to), then the parent run."""
-        client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        client, experiment_id = tracking.connect_config(config.tracking)
         stale = tracking.mark_stale(client, experiment_id)
         if stale:
             print(f"Marked {len(stale)} stale run(s) KILLED: {', '.join(r.info.run_name for r in stale)}")
@@ -304,10 +304,8 @@ class SweepCallback(Callback):
             return
         try:
             self.sweep = Sweep.open(self.config)
-        except errors.StoreError as e:
+        except (ConnectionError, ValueError) as e:  # StoreError, a deleted experiment
             # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
-            raise SystemExit(f"lrsweep: {e}") from e
-        except ValueError as e:
             raise SystemExit(f"lrsweep: {e}") from e
         self.sweep.expected_jobs = self.expected_jobs
 
@@ -325,10 +323,13 @@ class SweepCallback(Callback):
             or config.hydra.mode != RunMode.MULTIRUN
         ):
             return
-        try:
-            client, experiment_id = tracking.connect(config.tracking.uri, config.tracking.experiment_name)
+        try:  # never creates a store: a bad value must leave none behind
+            connected = tracking.connect_config(config.tracking, create=False)
         except ConnectionError:
             return  # the job failed on the same store: its own error says so
+        if connected is None:
+            return  # no store, so no sweep to note it on
+        client, experiment_id = connected
         sweep_id = identity.sweep_id(config.hydra.sweep.dir)
         job_num = config.hydra.job.num
         parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
@@ -346,7 +347,7 @@ class SweepCallback(Callback):
             try:
                 sweep.close()
             except Exception as e:  # never mask the jobs' own outcome; say what went wrong
-                if errors.as_store_error(e, sweep.client.tracking_uri) is not None:
+                if tracking.as_store_error(e, sweep.client.tracking_uri) is not None:
                     print(
                         f"lrsweep: could not close sweep {sweep.sweep_id}: its MLflow store failed. Its parent run "
                         "stays RUNNING until the next sweep on the store marks it stale.",
