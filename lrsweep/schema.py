@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lrsweep.backend import BACKENDS
 from lrsweep.checks import check_choice, check_count, check_lr, check_number
@@ -395,7 +395,7 @@ def check(cfg: DictConfig, prefix: str = "") -> None:
         node = cfg[key]
         if isinstance(node, DictConfig):
             check(node, f"{name}.")
-        elif key in ranges and not isinstance(node, ListConfig):
+        elif key in ranges:
             allowed, optional = ranges[key]
             if node is None and optional:
                 continue
