@@ -44,6 +44,8 @@ WRONG_TYPES = [
     (["schedule=linear", "schedule.warmup_epochs=abc"], "schedule.warmup_epochs", "could not be converted to Integer"),
     (["schedule=warmup", "schedule.warmup.initial_lr=abc"], "schedule.warmup.initial_lr", "converted to Float"),
     (["schedule=warmup", "schedule/decay=step", "schedule.decay.gamma=half"], "schedule.decay.gamma", "to Float"),
+    (["schedule=linear", "schedule.final_lr=null"], "schedule.final_lr", "field 'schedule.final_lr' is not Optional"),
+    (["optimizer=sgd", "optimizer.momentum=null"], "optimizer.momentum", "field 'optimizer.momentum' is not Optional"),
 ]
 
 
