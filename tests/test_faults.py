@@ -172,7 +172,7 @@ def test_a_parallel_job_that_fails_before_its_run_is_reported(tmp_path):
         "training.epochs=2", "backend=jax", *TINY, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "before opening a run (ValueError: `warmup_epochs` must be an integer >= 2" in result.stdout
+    assert "before opening a run (ValueError: `schedule.warmup_epochs` must be an integer >= 2" in result.stdout
     client, experiment_id = store(tmp_path)
     assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "FAILED"
 
