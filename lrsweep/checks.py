@@ -1,5 +1,7 @@
 """Argument checks: a value that cannot run fails before any work starts, with a message naming the key,
-what it must be and what was received, e.g. "`initial_lr` must be a finite learning rate > 0. Received: ..."."""
+what it must be and what was received, e.g. "`initial_lr` must be a finite learning rate > 0. Received: ...".
+
+The config's ranges (`lrsweep.schema`) and the schedules' own arguments are checked with these."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
-
-from omegaconf import DictConfig
 
 
 def check_lr(name: str, value: Any, zero_ok: bool = False) -> float:
@@ -53,18 +53,12 @@ def check_number(
     return float(value)
 
 
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Returns `value` if it is one of `choices`, else raises a ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(choices)}. Received: {name}={value!r}")
-    return value
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Returns `value` if it is one of `choices`, else raises a ValueError listing them.
 
-
-def check_training(training: DictConfig) -> None:
-    """Rejects training settings that cannot run, before any work starts."""
-    check_count("training.epochs", training.epochs, 1)
-    check_count("training.batch_size", training.batch_size, 1)
-    check_count("training.steps_per_execution", training.steps_per_execution, 1)
-    check_count("training.seed", training.seed, 0)
-    if training.jit_compile not in (True, False, "auto"):
-        raise ValueError(f"`training.jit_compile` must be true, false or auto. Received: {training.jit_compile!r}")
+    Compared with their types, so that true is not 1; booleans are listed as the config writes them (true, false).
+    """
+    if any(value is choice or (type(value) is type(choice) and value == choice) for choice in choices):
+        return value
+    listed = ", ".join(str(choice).lower() if isinstance(choice, bool) else str(choice) for choice in choices)
+    raise ValueError(f"`{name}` must be one of {listed}. Received: {name}={value!r}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -25,6 +28,14 @@ class StoreError(ConnectionError):
 
 
 USER_ERRORS = (ConfigError, StoreError)
+
+
+def as_config_error(check: Callable[..., T], *args: Any) -> T:
+    """`check(*args)`, raising the ValueError it finds as a ConfigError."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
 
 
 @contextlib.contextmanager

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lrsweep import errors, identity, interrupts, range_test, tracking
+from lrsweep import errors, identity, interrupts, range_test, schema, tracking
 from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
-from lrsweep.checks import check_count, check_lr, check_training
+from lrsweep.checks import check_lr
 from lrsweep.data import Dataset
 from lrsweep.effective_lr import EffectiveLRLogger
 from lrsweep.schedules import KerasSchedule, Schedule
@@ -63,9 +63,8 @@ def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
     Raises:
         ValueError: naming the key, the value and the fix.
     """
-    check_training(cfg.training)
-    learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)
-    check_count("tracking.log_every_n_steps", cfg.tracking.log_every_n_steps, 0, " (0: off)")
+    schema.check(cfg)  # every declared range (types were checked when Hydra composed the config)
+    learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)  # also of schema-less options
     dataset = instantiate(cfg.data)  # missing or corrupt files, bad subset sizes
     build_schedule(cfg, dataset)  # the schedule's own arguments
     build_optimizer(cfg, learning_rate)  # the optimizer's own arguments

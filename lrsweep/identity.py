@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 # Keys that do not change a run's results, left out of its config hash.
-NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir")
+# `training.divergence_factor` only decides when a run that blows up is stopped as FAILED; leaving it out keeps the
+# hashes of runs made before it existed (resume reuses FINISHED runs only).
+NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir", "training.divergence_factor")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

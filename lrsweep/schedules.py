@@ -86,6 +86,12 @@ def constant(value: float, *, steps_per_epoch: int = 1, total_steps: int | None 
     return lambda step: ops.zeros_like(_float(step)) + value
 
 
+# Both warm-ups (this one and `warmup_then_decay`) accept an initial LR above the one they reach, and ramp down to
+# it. The LR range test's own grid (`lrsweep.range_test`: final_lr in {steepest, min/10}, and min/10 may be below
+# steepest) sweeps such schedules on purpose, and a sweep is refused whole if one of its jobs is; the tutorial's
+# scheduler draws the same line either way.
+
+
 @schedule_factory
 def linear_warmup(
     initial_lr: float,
@@ -101,7 +107,8 @@ def linear_warmup(
         lr(e) = initial_lr + min(e, warmup_epochs - 1) * (final_lr - initial_lr) / (warmup_epochs - 1)
 
     so epoch 0 trains at `initial_lr` and epoch `warmup_epochs - 1` at `final_lr`. The tutorial's scheduler
-    keeps adding the increment after the warm-up; here the LR is held at `final_lr` from then on.
+    keeps adding the increment after the warm-up; here the LR is held at `final_lr` from then on. An `initial_lr`
+    above `final_lr` ramps down instead, as in `warmup_then_decay`.
 
     Args:
         initial_lr: learning rate of the first epoch, > 0.
@@ -211,12 +218,13 @@ def warmup_then_decay(
         lr(step) = decay(step - W)                                          for step >= W, decay(0) = peak_lr
 
     with shape(x) = x (linear), 1 - exp(-5 x) (exponential: tau = W / 5), (1 - cos(pi x)) / 2 (cosine).
+    An `initial_lr` above `peak_lr` ramps down to it instead, as in `linear_warmup`.
     With `unit="epoch"` the LR is held through each epoch at its value on the epoch's first step, so the
     tutorial's per-epoch warm-up 0.005 -> 0.01 over 5 epochs is `length=4, length_unit=epoch`.
 
     Args:
         peak_lr: the learning rate the warm-up reaches and the decay starts from, > 0.
-        warmup: `shape` (linear | exponential | cosine), `initial_lr` (>= 0, <= peak_lr; None: 0 per step, and
+        warmup: `shape` (linear | exponential | cosine), `initial_lr` (>= 0; None: 0 per step, and
             per epoch peak_lr / (n + 1) for n epochs of warm-up, so that the first epoch trains; 0 is refused per
             epoch), `length` (>= 0, 0 for no warm-up) and `length_unit` (step | epoch | fraction of training, <= 1);
             rounded to whole steps.
@@ -240,11 +248,6 @@ def warmup_then_decay(
         initial_lr = 0.0 if unit == "step" or warmup_steps == 0 else peak_lr / (held_epochs + 1)
     else:
         initial_lr = check_lr("warmup.initial_lr", warmup["initial_lr"], zero_ok=True)
-    if initial_lr > peak_lr:
-        raise ValueError(
-            f"`warmup.initial_lr` must be <= peak_lr={peak_lr!r} for a warm-up. "
-            f"Received: warmup.initial_lr={initial_lr!r}"
-        )
     if unit == "epoch" and warmup_steps > 0 and initial_lr == 0:
         raise ValueError(
             "`warmup.initial_lr` must be > 0 with unit=epoch: the LR is held through each epoch, so the whole first "

@@ -135,8 +135,8 @@ def test_a_bad_value_anywhere_stops_the_sweep_before_anything_trains(tmp_path):
     result = train(tmp_path, "schedule=linear", "schedule.initial_lr=0.001,-1,0.01", "backend=jax", *TINY, check=False)
     assert result.returncode == 1
     assert "1 of 3 jobs of this sweep cannot run, so none was started" in result.stderr
-    assert "job #1 (schedule.initial_lr=-1): `initial_lr` must be a finite learning rate > 0." in result.stderr
-    assert "Received: initial_lr=-1" in result.stderr
+    assert "job #1 (schedule.initial_lr=-1): `schedule.initial_lr` must be a finite learning rate > 0." in result.stderr
+    assert "Received: schedule.initial_lr=-1.0" in result.stderr
     assert "Traceback" not in result.stderr
     db = tmp_path / "mlruns" / "mlflow.db"
     if db.exists():  # no run at all, not even the sweep's parent

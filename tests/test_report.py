@@ -127,7 +127,7 @@ def test_a_failed_job_still_completes_the_sweep_run_and_report(tmp_path):
         "backend=jax", *TINY, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "before opening a run (ValueError: `warmup_epochs` must be an integer >= 2" in result.stdout
+    assert "before opening a run (ValueError: `schedule.warmup_epochs` must be an integer >= 2" in result.stdout
     client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
     parent = tracking.find_sweep_run(client, experiment_id, "multirun")
     assert parent.info.status == "FAILED"

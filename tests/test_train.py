@@ -93,17 +93,17 @@ def test_tensorflow_backend_single_run(tmp_path):
     [
         (
             ["schedule=linear", "schedule.warmup_epochs=1"],
-            "`warmup_epochs` must be an integer >= 2 for a linear warm-up. Received: warmup_epochs=1",
+            "`schedule.warmup_epochs` must be an integer >= 2 for a linear warm-up. Received: schedule.warmup_epochs=1",
         ),
         (
-            ["schedule=linear", "schedule.final_lr=null"],
-            "`final_lr` must be set to a learning rate > 0. Received: final_lr=None",
+            ["schedule=linear", "schedule.final_lr=-1"],
+            "`schedule.final_lr` must be a finite learning rate > 0. Received: schedule.final_lr=-1.0",
         ),
         (
             ["optimizer.learning_rate=0"],
             "`optimizer.learning_rate` must be a finite learning rate > 0. Received: optimizer.learning_rate=0",
         ),
-        (["schedule=linear", "schedule.initial_lr=-0.01"], "Received: initial_lr=-0.01"),
+        (["schedule=linear", "schedule.initial_lr=-0.01"], "Received: schedule.initial_lr=-0.01"),
         (["training.epochs=0"], "`training.epochs` must be an integer >= 1. Received: training.epochs=0"),
         (
             ["training.batch_size=0"],
@@ -135,7 +135,7 @@ def test_bad_input_from_the_command_line_exits_nonzero_with_the_message(tmp_path
         check=False,
     )
     assert result.returncode == 1
-    assert "job #0 (schedule.warmup_epochs=1): `warmup_epochs` must be an integer >= 2" in result.stderr
+    assert "job #0 (schedule.warmup_epochs=1): `schedule.warmup_epochs` must be an integer >= 2" in result.stderr
     # Every job is checked before any trains: the good one did not start either, and no run was opened.
     if (tmp_path / "mlruns" / "mlflow.db").exists():
         client, experiment_id = store(tmp_path)
