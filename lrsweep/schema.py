@@ -162,8 +162,8 @@ class Tracking:
     run_name: str | None = spec()
     log_every_n_steps: int = spec(allowed=Count(0, " (0: off)"))
     effective_lr: bool = spec()
-    http_timeout: float = spec(10.0, Number(0.0, low_open=True))  # seconds per HTTP request to a tracking server
-    http_max_retries: int = spec(2, Count(0))
+    http_timeout: int = spec(10, Count(1, " (seconds per HTTP request to a tracking server)"))
+    http_max_retries: int = spec(2, Number(0, 10))  # an int (the type); at most 10: minutes of retries already
 
 
 # Optimizers: the Keras constructor's arguments that the option files set -----------------------------------------

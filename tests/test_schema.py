@@ -163,11 +163,12 @@ BAD_RANGES = [
     ),
     (
         ["tracking.http_timeout=0"],
-        "`tracking.http_timeout` must be a number in (0, inf). Received: tracking.http_timeout=0.0",
+        "`tracking.http_timeout` must be an integer >= 1 (seconds per HTTP request to a tracking server). "
+        "Received: tracking.http_timeout=0",
     ),
     (
         ["tracking.http_max_retries=-1"],
-        "`tracking.http_max_retries` must be an integer >= 0. Received: tracking.http_max_retries=-1",
+        "`tracking.http_max_retries` must be a number in [0, 10]. Received: tracking.http_max_retries=-1",
     ),
     (
         ["schedule=linear", "schedule.initial_lr=-1"],
