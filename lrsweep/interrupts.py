@@ -16,6 +16,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STOP_FILE = ".lrsweep-stop"
+# After a first Ctrl-C/SIGTERM, how long the process may take to reach its next safe point before it stops wherever
+# it is: a training step takes well under a second, but an MLflow call to a server that hangs takes up to
+# `tracking.http_timeout` x (1 + `tracking.http_max_retries`) seconds, and the user asked to stop now.
+GRACE_SECONDS = 10.0
 _requested: str | None = None  # the name of the signal that asked this process to stop
 _stop_file: Path | None = None
 
@@ -34,6 +38,20 @@ def _handle(signum: int, frame: Any) -> None:
     if _stop_file is not None:
         _stop_file.write_text(name)
     log.warning("Received %s: stopping after the current training step (send it again to stop at once).", name)
+    signal.signal(signal.SIGALRM, _overdue)
+    signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
+
+
+def _overdue(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(
+        f"received {_requested} {GRACE_SECONDS:g} s ago and still busy (e.g. waiting on the MLflow store): stopping now"
+    )
+
+
+def disarm() -> None:
+    """Cancels the grace period of a first signal: the stop was honoured (or the process is closing down)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def install(sweep_dir: str | Path | None = None) -> None:
@@ -66,5 +84,6 @@ def check() -> None:
     """
     reason = requested()
     if reason is not None:
+        disarm()
         error = KeyboardInterrupt if multiprocessing.parent_process() is None else JobInterrupted
         raise error(f"received {reason}")

@@ -341,6 +341,7 @@ class SweepCallback(Callback):
         self.close()
 
     def close(self) -> None:
+        interrupts.disarm()  # an interrupt's grace period: the sweep is closing down, let it write its report
         self.closed = True
         sweep, self.sweep = self.sweep, None
         if sweep is not None:

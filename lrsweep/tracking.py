@@ -359,10 +359,10 @@ def close_run_after(client: MlflowClient, run_id: str, name: str, error: BaseExc
     it stale (its process is gone), and the caller raises `error`, which says what happened.
     """
     try:
-        if as_store_error(error, client.tracking_uri) is None:
+        if as_store_error(error, client.tracking_uri) is None and not isinstance(error, KeyboardInterrupt):
             close_run(client, run_id, name, error)
-        else:
-            with store.one_try():  # the store just failed: one quick attempt, not another round of retries
+        else:  # the store just failed, or the user is waiting: one quick attempt, not another round of retries
+            with store.one_try():
                 close_run(client, run_id, name, error)
     except Exception as e:
         log.error("Could not mark run %s (%s) ended: %s", name, run_id, " ".join(str(e).split())[:300])
