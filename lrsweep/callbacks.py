@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -10,13 +12,16 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
 from lrsweep import interrupts, tracking
 from lrsweep.checks import check_count
+from lrsweep.data import Dataset
 from lrsweep.training import Member, as_members
+
+log = logging.getLogger(__name__)
 
 Targets = str | Sequence[Member]
 
@@ -184,23 +189,102 @@ def steps_done(params: dict | None, batch: int) -> int:
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: the loss became NaN or infinite, or rose above `training.divergence_factor` x its start."""
+
+
+# The starting loss is measured on these first training examples (file order, the same for every seed and member).
+REFERENCE_EXAMPLES = 256
+TAG_DIVERGED_LOSS = "lrsweep.diverged.loss"  # the running loss that tripped the rule (repr of a float)
+TAG_STARTING_LOSS = "lrsweep.diverged.starting_loss"  # the member's loss before training, on the reference examples
+
+
+def reference_examples(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed examples a run's starting loss is measured on: the first `REFERENCE_EXAMPLES` training examples."""
+    return dataset.x_train[:REFERENCE_EXAMPLES], dataset.y_train[:REFERENCE_EXAMPLES]
+
+
+def member_losses(model: keras.Model, x: np.ndarray, y: np.ndarray, members: Sequence[Member]) -> list[float]:
+    """Each member's mean cross-entropy on `(x, y)` with the model's current weights, from one forward pass.
+
+    The loss both a solo model and a pack are trained with (sparse categorical cross-entropy of logits): a solo
+    model's output is (examples, classes), a pack's (examples, members, classes) for shared inputs. The model is
+    called eagerly (no compiled function is added) and the cross-entropy is taken in float64 NumPy, so the value is
+    the same on every backend up to float32 rounding of the logits.
+    """
+    logits = np.asarray(ops.convert_to_numpy(model(x, training=False)), dtype=np.float64)
+    labels = np.asarray(y, dtype=np.int64)
+    losses = []
+    for member in members:
+        z = logits if member.index is None else logits[:, member.index]
+        top = z.max(axis=-1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=-1))
+        losses.append(float(np.mean(log_norm - z[np.arange(len(labels)), labels])))
+    return losses
+
+
+def divergence_message(epoch: int, steps: int, factor: float | None) -> str:
+    """Why a run stopped: the same text on every backend (not the loss, whose value differs between them)."""
+    rule = "not finite" if factor is None else f"not finite or above {factor:g}x its value before training"
+    return (
+        f"training diverged in epoch {epoch} (by batch {steps}): the loss was {rule} "
+        f"(training.divergence_factor={'null' if factor is None else f'{factor:g}'}). "
+        "Lower the learning rate (or the warm-up's peak) for this configuration."
+    )
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Stops a member as soon as its loss is NaN or infinite, and remembers where; stops training when all have.
+    """Stops a member as soon as its loss diverges, and remembers where; stops training when all members have.
+
+    A member diverges when the loss Keras reports for it (the epoch's running mean) is NaN or infinite, or above
+    `factor` times its starting loss: its loss before any update, measured at train begin on the same fixed
+    examples for every member (`reference_examples`, `member_losses`). With float32 an exploding run may stay
+    finite on one backend (TensorFlow: SGD at LR 1e9 ends with loss 7.5e32) and turn NaN on another (JAX); the
+    factor catches both at the same batch, with the same message (`divergence_message`), the loss being recorded
+    as tags `lrsweep.diverged.loss` and `lrsweep.diverged.starting_loss` and in the log. `factor` None: only a
+    non-finite loss counts. scripts/measure_divergence.py measures healthy and exploding runs to choose it.
 
     Checked after every call Keras makes (every `steps_per_execution` steps): a diverged run stops within one
     chunk of steps rather than training on for the rest of its epochs. The caller turns `member.error` into a
-    FAILED run. A pack's optimizer freezes a diverged member in the step its loss went bad
-    (`lrsweep.packing`), so the others train on undisturbed.
+    FAILED run. In a pack the member is also frozen: the pack's optimizer freezes a member in the step its loss
+    becomes non-finite (`lrsweep.packing`); one flagged by the factor is frozen here, its entry of the optimizer's
+    `alive` mask set to 0 before the next step. Members share no weights, so the others train on undisturbed.
     """
 
-    def __init__(self, members: Sequence[Member]) -> None:
+    def __init__(
+        self,
+        members: Sequence[Member],
+        factor: float | None = None,
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
+        client: MlflowClient | None = None,
+    ) -> None:
         super().__init__()
         self.members = list(members)
+        self.factor = None if factor is None else float(factor)
+        self.reference = reference
+        self.client = client
+        self.starting_losses: list[float | None] = [None] * len(self.members)
         self._epoch = 0
         self._epoch_start = 0
+
+    @classmethod
+    def for_job(cls, client: MlflowClient, cfg: Any, members: Sequence[Member]) -> StopOnDivergence:
+        """The job's watch: `training.divergence_factor`, the reference examples from its data.
+
+        A range test's loss rises on purpose and `lrsweep.range_test` stops it by its own rule (smoothed loss
+        above 4x its minimum), so there only a non-finite loss counts (which the range test then takes back).
+        """
+        from lrsweep import experiment, range_test  # experiment imports this module
+
+        factor = None if range_test.is_range_test(cfg) else cfg.training.get("divergence_factor")
+        reference = reference_examples(experiment.instantiate(cfg.data)) if factor is not None else None
+        return cls(members, factor, reference, client)
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.factor is None or self.reference is None:
+            return
+        self.starting_losses = member_losses(self.model, *self.reference, self.members)
+        for member, start in zip(self.members, self.starting_losses, strict=True):
+            log.debug("%s: starting loss %.6g, divergence above %.6g", member.name, start, self.factor * start)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch = epoch
@@ -208,17 +292,46 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         logs = logs or {}
-        for member in self.members:
+        flagged = []
+        for member, start in zip(self.members, self.starting_losses, strict=True):
             loss = logs.get(member.key("loss"))
-            if member.error is None and loss is not None and not np.isfinite(float(loss)):
-                member.error = DivergedError(
-                    f"loss became {float(loss)} in epoch {self._epoch} (by batch {batch + 1}): training diverged. "
-                    "Lower the learning rate (or the warm-up's peak) for this configuration."
-                )
+            if member.error is not None or loss is None:
+                continue
+            loss = float(loss)
+            # A starting loss that is not finite sets no limit: such a run is caught by its first non-finite loss.
+            limit = self.factor * start if self.factor is not None and start is not None else math.inf
+            if not math.isfinite(loss) or loss > limit:
+                steps = steps_done(self.params, batch)
+                member.error = DivergedError(divergence_message(self._epoch, steps, self.factor))
                 member.stopped_epoch = self._epoch
-                member.stopped_step = self._epoch_start + steps_done(self.params, batch)
+                member.stopped_step = self._epoch_start + steps
+                flagged.append((member, loss, start))
+        if flagged:
+            self._flagged(flagged)
         if all(member.error is not None for member in self.members):
             self.model.stop_training = True
+
+    def _flagged(self, flagged: list[tuple[Member, float, float | None]]) -> None:
+        """Records why members stopped, and freezes those of a pack whose loss is still finite."""
+        for member, loss, start in flagged:
+            log.warning(
+                "%s: loss %r in epoch %d, step %d, starting loss %r (training.divergence_factor=%s): diverged",
+                member.name, loss, member.stopped_epoch, member.stopped_step, start, self.factor,
+            )  # fmt: skip
+            if self.client is not None:
+                tags = [RunTag(TAG_DIVERGED_LOSS, repr(loss))]
+                if start is not None:
+                    tags.append(RunTag(TAG_STARTING_LOSS, repr(start)))
+                self.client.log_batch(member.run_id, tags=tags)
+        # The pack's optimizer freezes a member only once its gradients are not finite; one stopped by the factor
+        # would otherwise train on, unlogged. Accessing `self.model` on JAX syncs the training state into the
+        # variables, and the next step reads it back from them, the new mask included.
+        alive = getattr(self.model.optimizer, "alive", None)
+        indices = [member.index for member, _, _ in flagged if member.index is not None]
+        if alive is not None and indices:
+            mask = np.array(ops.convert_to_numpy(alive))
+            mask[indices] = 0
+            alive.assign(mask)
 
 
 class StopOnInterrupt(keras.callbacks.Callback):

@@ -148,7 +148,7 @@ def run_record(
 def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) -> list[keras.callbacks.Callback]:
     """What watches and records training, for a solo model (one member) and a pack alike."""
     watching = [
-        StopOnDivergence(members),
+        StopOnDivergence.for_job(client, cfg, members),
         *range_test.callbacks(client, cfg, members),  # after StopOnDivergence: a range test ends by diverging
         StopOnInterrupt(),
         MlflowEpochLogger(client, members),

@@ -23,8 +23,9 @@ SEED_KEY = "training.seed"
 RANK_METRIC = "val_accuracy"
 FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
-# A run diverged if its loss became NaN/inf (it ended FAILED) or it ended no better than guessing: a final
-# training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10 = 2.303.
+# A run diverged if training stopped it for divergence (FAILED with DivergedError: its loss became NaN/inf or rose
+# above training.divergence_factor x its starting loss, `lrsweep.callbacks.StopOnDivergence`) or it ended no better
+# than guessing: a final training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10.
 CHANCE_LOSS = math.log(10)
 SEEDS_SHOWN = 15  # configurations in seeds.png
 
@@ -65,7 +66,7 @@ class JobRun:
 
     @property
     def diverged(self) -> bool:
-        """The loss became NaN/inf (FAILED), or training ended no better than chance (final loss >= ln 10)."""
+        """Stopped for divergence (FAILED with DivergedError), or ended no better than chance (final loss >= ln 10)."""
         if self.status == "FAILED":
             return "DivergedError" in self.tags.get(tracking.TAG_ERROR, "")
         loss = self.final.get("loss")
