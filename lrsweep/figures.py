@@ -263,9 +263,10 @@ def plot_curves(report: SweepReport):
 def plot_heatmap(report: SweepReport):
     """Mean final val_accuracy over a grid of two numeric swept keys, one panel per value of any other swept key.
 
-    Cells where a run diverged (NaN/inf loss, or no better than chance) are hatched and say how many of their runs
-    did; cells with no finished run are grey. When the columns are a learning rate, a red line marks, per row,
-    the largest LR at which every run trained: with rows = warm-up length, the warm-up phase diagram.
+    Cells where a run diverged (its loss not finite or above `training.divergence_factor` x its start, or no
+    better than chance) are hatched and say how many of their runs did; cells with no finished run are grey. When
+    the columns are a learning rate, a red line marks, per row, the largest LR at which every run trained: with
+    rows = warm-up length, the warm-up phase diagram.
     Returns None when the sweep is not such a grid.
     """
     axes_keys = grid_axes(report)
@@ -326,7 +327,7 @@ def plot_heatmap(report: SweepReport):
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
     fig.colorbar(image, ax=list(axes[0]), label=f"final {RANK_METRIC} (mean over seeds)")
     fig.suptitle(
-        f"Final {RANK_METRIC} (mean over seeds, {report.validation})\ndiverged: NaN/inf loss, or no better than chance"
+        f"Final {RANK_METRIC} (mean over seeds, {report.validation})\ndiverged: loss blew up, or no better than chance"
     )
     return fig
 

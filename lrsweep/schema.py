@@ -150,7 +150,7 @@ class Training:
     jit_compile: Any = spec(allowed=Choice((True, False, "auto")))  # Keras' own three values
     verbose: Any = spec()  # 0, 1, 2 or auto; anything but 0 prints each epoch
     # A loss above this multiple of its starting value is divergence; null: only a non-finite loss is.
-    divergence_factor: float | None = spec(10.0, Number(1.0, low_open=True))
+    divergence_factor: float | None = spec(20.0, Number(1.0, low_open=True))
 
 
 @dataclass
