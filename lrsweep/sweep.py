@@ -307,6 +307,9 @@ class SweepCallback(Callback):
         except (ConnectionError, ValueError) as e:  # StoreError, a deleted experiment
             # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
             raise SystemExit(f"lrsweep: {e}") from e
+        except Exception as e:  # whatever it is, a sweep with no parent run would run unrecorded: stop
+            reason = tracking.as_store_error(e, str(self.config.tracking.uri)) or f"{type(e).__name__}: {e}"
+            raise SystemExit(f"lrsweep: could not open the sweep's parent run, so no job was started: {reason}") from e
         self.sweep.expected_jobs = self.expected_jobs
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
