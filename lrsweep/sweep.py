@@ -144,9 +144,10 @@ class Sweep:
         except Exception as e:
             reason = store_failure_message(e, self.client.tracking_uri) or f"{type(e).__name__}: {str(e)[:300]}"
             log.debug("Ending the parent run failed", exc_info=True)
-            return [
-                f"{reason} The parent run {self.run_id} of sweep {self.sweep_id} stays RUNNING instead of "
-                f"{outcome.status}: the next sweep on this store marks it stale (KILLED)."
+            return [  # the reason apart, so that a full disk said already is not said again
+                reason,
+                f"The parent run {self.run_id} of sweep {self.sweep_id} stays RUNNING instead of "
+                f"{outcome.status}: the next sweep on this store marks it stale (KILLED).",
             ]
         return []
 
@@ -339,36 +340,56 @@ def judge(
     return Outcome(status, problems, failed_jobs, never_started, sum(run.reused for run in built.runs))
 
 
+def disk_full(error: BaseException | None) -> list[BaseException]:
+    """The errors in `error`'s chain (causes and contexts) that say a disk is full."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return [
+        e
+        for e in chain
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(text in str(e).lower() for text in _DISK_FULL)
+    ]
+
+
 def store_failure_message(error: BaseException | None, uri: str) -> str | None:
     """One line for an error that means the disk under the MLflow store (or a file being written) is full, else None.
 
     SQLite says "database or disk is full" inside an MlflowException (from SQLAlchemy's OperationalError), a
     tracking server passes the same text on, and files (artifacts, the report) raise OSError ENOSPC.
     """
-    chain, seen = [], set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    full = [
-        e
-        for e in chain
-        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-        or any(text in str(e).lower() for text in _DISK_FULL)
-    ]
+    full = disk_full(error)
     if not full:
         return None
     fix = "then rerun the same command: it reruns what did not finish and reuses what did."
     if uri.startswith(("http://", "https://")) and not any(isinstance(e, OSError) for e in full):
         return f"The MLflow tracking server at tracking.uri={uri} says its disk is full. Free space on its host, {fix}"
-    path = next((e.filename for e in full if isinstance(e, OSError) and e.filename), None)
-    path = Path(path or (uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri))
+    # A copy that runs out of space names its source as `filename` and the file it was writing as `filename2`.
+    written = next((e.filename2 or e.filename for e in full if isinstance(e, OSError) and e.filename), None)
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    path = Path(written) if written else db or Path(uri)
     folder = next((p for p in (path, *path.parents) if p.is_dir()), None)
     free = f", {shutil.disk_usage(folder).free // 1024} KiB free" if folder else ""
+    if db is not None and not path.is_relative_to(db.parent):  # the sweep's folder (its report), not the store
+        return f"The disk is full at {path}{free}: the sweep cannot write its files there. Free space, {fix}"
     return (
         f"The disk is full at {path}{free}: the MLflow store tracking.uri={uri} cannot record the runs. "
         f"Free space there (or set `tracking.uri` to a store on another disk), {fix}"
     )
+
+
+class _QuietDiskFull(logging.Filter):
+    """Drops MLflow's own ERROR log, with its traceback, of a write that a full disk refused: the error is raised to
+    lrsweep all the same, which says it in one line (`store_failure_message`) instead of a page per failed call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and disk_full(record.exc_info[1]))
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_QuietDiskFull())
 
 
 def stop_on_store_failure(config: DictConfig, error: BaseException | None) -> None:
