@@ -127,9 +127,9 @@ def test_store_failure_message_names_the_path_only_for_a_full_disk():
     assert "KiB free: the sweep cannot write its files there" in message
     copy = OSError(28, "No space left on device", "/home/me/multirun/report/runs.csv")
     copy.filename2 = "/data/mlruns/lrsweep/abc/artifacts/report/runs.csv"  # what shutil.copyfile raises
-    assert store_failure_message(copy, "sqlite:////data/mlruns/mlflow.db").startswith(
-        "The disk is full at /data/mlruns/lrsweep/abc/artifacts/report/runs.csv: the MLflow store"
-    )
+    message = store_failure_message(copy, "sqlite:////data/mlruns/mlflow.db")
+    assert message.startswith("The disk is full at /data/mlruns/lrsweep/abc/artifacts/report/runs.csv, ")
+    assert "KiB free: the MLflow store tracking.uri=sqlite:////data/mlruns/mlflow.db cannot record" in message
     assert store_failure_message(ValueError("loss became nan"), "sqlite:////data/mlflow.db") is None
     assert store_failure_message(OSError(13, "Permission denied"), "sqlite:////data/mlflow.db") is None
 
