@@ -134,12 +134,24 @@ def test_store_failure_message_names_the_path_only_for_a_full_disk():
     assert store_failure_message(OSError(13, "Permission denied"), "sqlite:////data/mlflow.db") is None
 
 
-SEEDS = ("hydra/launcher=parallel", "threads=1", "training.epochs=400", "training.seed=0,1,2,3")
+@pytest.fixture
+def started():
+    """Collects the sweeps a test starts, and kills any still running when it ends (a failed assertion)."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
-def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_completes_it(tmp_path):
+SEEDS = ("hydra/launcher=parallel", "threads=1", "training.epochs=150", "training.seed=0,1,2,3")
+
+
+def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_completes_it(tmp_path, started):
     process = start_train(tmp_path, *SEEDS)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
+    started.append(process)
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, 150), what="a running job")
     killed_at = time.monotonic()
     os.kill(int(running.data.tags[tracking.TAG_PROCESS].partition(":")[0]), signal.SIGKILL)  # the joblib worker
     output, _ = process.communicate(timeout=300)
@@ -161,6 +173,7 @@ def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_comple
     assert parent.data.tags[tracking.TAG_ERROR] in output
 
     again = start_train(tmp_path, *SEEDS, f"hydra.sweep.dir={tmp_path / 'again'}")  # a new run of the same command
+    started.append(again)
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output[-3000:]
     assert tracking.find_sweep_run(client, experiment_id, "again").info.status == "FINISHED"
@@ -182,13 +195,14 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-EPOCHS = ("training.epochs=2,300,3",)  # job #0 finishes, #1 is running when the disk fills, #2 must never start
+EPOCHS = ("training.epochs=2,150,3",)  # job #0 finishes, #1 is running when the disk fills, #2 must never start
 
 
-def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(tmp_path, small_disk):
+def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(tmp_path, small_disk, started):
     db = small_disk / "mlflow.db"
     process = start_train(tmp_path, *EPOCHS)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path, 300), what="the long job running")
+    started.append(process)
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, 150), what="the long job running")
     filler = small_disk / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)  # until no space is left
     filled_at = time.monotonic()
@@ -224,6 +238,7 @@ def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(
     left = [run for run in (stopped, parent) if run.info.status == "RUNNING"]
 
     again = start_train(tmp_path, *EPOCHS, f"hydra.sweep.dir={tmp_path / 'again'}")
+    started.append(again)
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output[-3000:]
     if left:  # what the full disk left RUNNING: marked stale now (its process is gone) and rerun
@@ -233,5 +248,5 @@ def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(
     jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
     assert "RUNNING" not in {run.info.status for run in client.search_runs([experiment_id])}
     finished = Counter(run.data.params["training.epochs"] for run in jobs if run.info.status == "FINISHED")
-    assert finished == {"2": 1, "300": 1, "3": 1}
+    assert finished == {"2": 1, "150": 1, "3": 1}
     assert client.get_run(runs["0"].info.run_id).info.status == "FINISHED"  # untouched by all of it
