@@ -5,17 +5,22 @@ from __future__ import annotations
 import atexit
 import collections
 import copy
+import errno
 import logging
 import math
+import shutil
+import socket
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -36,7 +41,7 @@ class Sweep:
         self.sweep_dir = Path(sweep_dir)
         self.sweep_id = identity.sweep_id(sweep_dir)
         self.run_id = run_id
-        self.expected_jobs: int | None = None  # jobs the sweeper launches (None: not known, e.g. Optuna)
+        self.expected_jobs: int | None = None  # how many jobs the sweeper launched, if known: the rest never started
 
     @classmethod
     def open(cls, config: DictConfig) -> Sweep:
@@ -75,17 +80,29 @@ class Sweep:
 
         Before it ends, the parent run gets the sweep's summary as params and metrics (`summary`), so the UI's
         runs table shows them on the sweep's row, and its table as the run's description.
-        The parent ends FAILED if any job failed, KILLED if any was interrupted, else FINISHED.
+        Job runs still RUNNING whose process is gone are marked stale first (`settle_running`); the parent then
+        ends as `judge` says: KILLED on an interrupt, FAILED if any job did not finish (failed, left RUNNING,
+        stale, failed before opening a run, never started), else FINISHED. What did not finish goes into the
+        printed summary and the parent's tags (`lrsweep.error`, `lrsweep.never_started`). A store that cannot
+        take writes (a full disk) is said in one line naming its path; the summary is printed all the same.
         """
+        uri = self.client.tracking_uri
+        settled = settle_running(self.client, tracking.sweep_runs(self.client, self.experiment_id, self.sweep_id))
         built = report.build(tracking.load_sweep(self.client, self.experiment_id, self.sweep_id))
         parent = self.client.get_run(self.run_id)
-        failed_jobs = {k: v for k, v in parent.data.tags.items() if k.startswith(tracking.TAG_FAILED_JOB_PREFIX)}
-        statuses = {run.status for run in built.runs} | ({"FAILED"} if failed_jobs else set())
-        statuses |= {"KILLED"} if interrupts.requested() else set()
-        status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FINISHED" if built.runs else "FAILED")
+        outcome = judge(built, parent.data.tags, settled, self.expected_jobs, interrupts.requested())
+        store_errors = list(settled.store_errors)
+        parts = [f"\nSweep {self.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"]
+        if outcome.reused:
+            parts.append(f"{outcome.reused} already finished before, reused (resume=false reruns them)")
+        if interrupts.requested():
+            parts.append(f"interrupted by {interrupts.requested()}")
+        if outcome.problems:
+            parts.append(f"not finished: {'; '.join(outcome.problems)}")
+        line = "; ".join(parts)
         try:
             rename_duplicates(self.client, built)
-            params, metrics = summary(built, len(failed_jobs))
+            params, metrics = summary(built, len(outcome.failed_jobs) + len(outcome.never_started))
             tracking.log_summary(self.client, self.run_id, params, metrics, built.table(markdown=True))
             out_dir = self.sweep_dir / "report"
             paths = report.write(built, out_dir)
@@ -96,24 +113,45 @@ class Sweep:
                 report.write_html(built, out_dir)
                 paths += more
             self.client.log_artifacts(self.run_id, str(out_dir), "report")
-            failed = [f"{run.name} ({run.status})" for run in built.runs if run.status != "FINISHED"]
-            for key, error in sorted(failed_jobs.items()):
-                failed.append(f"job #{key.removeprefix(tracking.TAG_FAILED_JOB_PREFIX)} before opening a run ({error})")
-            reused = sum(run.reused for run in built.runs)
-            print(
-                f"\nSweep {self.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"
-                + (f"; {reused} already finished before, reused (resume=false reruns them)" if reused else "")
-                + (f"; interrupted by {interrupts.requested()}" if interrupts.requested() else "")
-                + (f"; not finished: {', '.join(failed)}" if failed else "")
-            )
+            print(line)
             print(built.table())
             print("\n".join(built.verdicts(limit=10)))
             if suggestion:
                 print(f"\n{suggestion}")
             print(f"Report: {out_dir} ({', '.join(p.name for p in paths)}); MLflow parent run {self.run_id}")
+        except Exception as e:
+            message = store_failure_message(e, uri)
+            if message is None:
+                raise  # not the store's fault: SweepCallback.close says so, the parent still ends (below)
+            store_errors.append(message)
+            print(line)
+            print(built.table())
         finally:
-            self.client.set_terminated(self.run_id, status)
+            store_errors += self.end(outcome)
+            for message in dict.fromkeys(store_errors):  # the same full disk, said once
+                print(f"lrsweep: {message}", file=sys.stderr)
         return built
+
+    def end(self, outcome: Outcome) -> list[str]:
+        """Ends the parent run with the outcome's status and tags; returns why it could not, if it could not."""
+        tags = {}
+        if outcome.problems:
+            tags[tracking.TAG_ERROR] = f"not finished: {'; '.join(outcome.problems)}"[:5000]
+        if outcome.never_started:
+            tags[tracking.TAG_NEVER_STARTED] = ",".join(map(str, outcome.never_started))
+        try:
+            if tags:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.client.set_terminated(self.run_id, outcome.status)
+        except Exception as e:
+            reason = store_failure_message(e, self.client.tracking_uri) or f"{type(e).__name__}: {str(e)[:300]}"
+            log.debug("Ending the parent run failed", exc_info=True)
+            return [  # the reason apart, so that a full disk said already is not said again
+                reason,
+                f"The parent run {self.run_id} of sweep {self.sweep_id} stays RUNNING instead of "
+                f"{outcome.status}: the next sweep on this store marks it stale (KILLED).",
+            ]
+        return []
 
 
 SUMMARY_PREFIX = "sweep/"  # the parent's metrics: their own section in MLflow's chart view, apart from the jobs'
@@ -186,6 +224,174 @@ def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
             if missing:
                 run.name = identity.with_values(run.name, " ".join(missing))
                 client.update_run(run.run_id, name=run.name)
+
+
+STALE_GRACE = 10.0  # seconds a worker going down (joblib kills the others when one dies) gets to exit at close
+_DISK_FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@dataclass
+class Settled:
+    """The job runs of a sweep that were still RUNNING when it closed, by run id, with what became of them."""
+
+    stale: dict[str, str] = field(default_factory=dict)  # marked stale (KILLED) -> by whom it was left RUNNING
+    running: dict[str, str] = field(default_factory=dict)  # still RUNNING -> why
+    store_errors: list[str] = field(default_factory=list)  # writes the store refused, in words
+
+
+def settle_running(client: MlflowClient, runs: list[Run], grace: float = STALE_GRACE) -> Settled:
+    """Marks stale (KILLED, tag `lrsweep.stale`) the runs still RUNNING whose process is gone, so resume reruns them.
+
+    Called once a sweep's jobs are over: a run still RUNNING then was left so by a process that died (SIGKILL, a
+    crashed joblib worker) or, in this process, by a job whose end the store could not record. A process on this
+    host that is still alive gets `grace` seconds to exit first (joblib kills the other workers when one dies); one
+    still alive after that, or a run of another host (which cannot be checked from here), stays RUNNING.
+    """
+    host = socket.gethostname()
+    me = tracking.owner_tags()[tracking.TAG_PROCESS]
+    running = [run for run in runs if run.info.status == "RUNNING"]
+
+    def alive_elsewhere(run: Run) -> bool:
+        token = run.data.tags.get(tracking.TAG_PROCESS)
+        local = run.data.tags.get(tracking.TAG_HOST) == host and bool(token)
+        return local and token != me and not tracking.process_gone(token)
+
+    deadline = time.monotonic() + grace
+    while any(alive_elsewhere(run) for run in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    settled = Settled()
+    for run in running:
+        run_id, tags = run.info.run_id, run.data.tags
+        token = tags.get(tracking.TAG_PROCESS)
+        if tags.get(tracking.TAG_HOST) != host or not token:
+            settled.running[run_id] = f"on host {tags.get(tracking.TAG_HOST, '?')}, which cannot be checked from here"
+            continue
+        if alive_elsewhere(run):
+            pid = token.partition(":")[0]
+            settled.running[run_id] = f"by process {pid}, still alive {grace:.0f} s after the sweep's jobs ended"
+            continue
+        try:
+            tracking.end_stale(client, run_id)
+        except Exception as e:
+            message = store_failure_message(e, client.tracking_uri)
+            settled.store_errors.append(message or f"Could not mark run {run_id} stale: {type(e).__name__}: {e}")
+            settled.running[run_id] = "(the store could not record its end; the next sweep on it marks it stale)"
+            continue
+        died = "by this process, which could not record its end" if token == me else "by a process that died"
+        settled.stale[run_id] = died
+        log.warning("Run %s (%s) was left RUNNING %s: marked KILLED (stale)", run.info.run_name, run_id, died)
+    return settled
+
+
+@dataclass
+class Outcome:
+    """How a sweep's jobs ended: the parent run's status and, in words, every job that did not finish."""
+
+    status: str
+    problems: list[str]
+    failed_jobs: dict[str, str]  # job number -> error, of jobs that failed before opening a run
+    never_started: list[int]
+    reused: int
+
+
+def judge(
+    built: report.SweepReport,
+    parent_tags: dict[str, str],
+    settled: Settled,
+    expected_jobs: int | None,
+    interrupted: str | None,
+) -> Outcome:
+    """The parent's status: KILLED on an interrupt; FAILED if any job failed, was left RUNNING or stale, failed
+    before opening a run, or never started (of `expected_jobs`, job numbers 0..n-1); KILLED if a job was
+    interrupted; FAILED if there is no run at all; else FINISHED."""
+    own = [run for run in sorted_by_job(built.runs) if not run.reused]
+    failed_jobs = {
+        k.removeprefix(tracking.TAG_FAILED_JOB_PREFIX): v
+        for k, v in parent_tags.items()
+        if k.startswith(tracking.TAG_FAILED_JOB_PREFIX)
+    }
+    prefix = tracking.TAG_REUSED_PREFIX
+    reused = {k.removeprefix(prefix) for k in parent_tags if k.startswith(prefix)}
+    problems = []
+    for run in own:
+        job = f"job #{run.tags.get(tracking.TAG_JOB_NUM, '?')} ({run.name})"
+        if run.run_id in settled.stale:
+            rerun = "marked stale, rerun it with the same command"
+            problems.append(f"{job} left RUNNING {settled.stale[run.run_id]}: {rerun}")
+        elif run.run_id in settled.running:
+            problems.append(f"{job} left RUNNING {settled.running[run.run_id]}")
+        elif run.status != "FINISHED":
+            problems.append(f"{run.name} ({run.status})")
+    for num, error in sorted(failed_jobs.items(), key=lambda item: int(item[0]) if item[0].isdigit() else -1):
+        problems.append(f"job #{num} before opening a run ({error})")
+    started = {run.tags.get(tracking.TAG_JOB_NUM) for run in own} | set(failed_jobs) | reused
+    never_started = [n for n in range(expected_jobs or 0) if str(n) not in started]
+    if never_started:
+        nums = ", ".join(f"#{n}" for n in never_started)
+        problems.append(f"job{'s' if len(never_started) > 1 else ''} {nums} never started")
+    statuses = {run.status for run in own}
+    if interrupted:
+        status = "KILLED"
+    elif settled.stale or settled.running or failed_jobs or never_started or statuses & {"FAILED", "RUNNING"}:
+        status = "FAILED"
+    elif "KILLED" in statuses:
+        status = "KILLED"
+    else:
+        status = "FINISHED" if built.runs else "FAILED"
+    return Outcome(status, problems, failed_jobs, never_started, sum(run.reused for run in built.runs))
+
+
+def disk_full(error: BaseException | None) -> list[BaseException]:
+    """The errors in `error`'s chain (causes and contexts) that say a disk is full."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return [
+        e
+        for e in chain
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(text in str(e).lower() for text in _DISK_FULL)
+    ]
+
+
+def store_failure_message(error: BaseException | None, uri: str) -> str | None:
+    """One line for an error that means the disk under the MLflow store (or a file being written) is full, else None.
+
+    SQLite says "database or disk is full" inside an MlflowException (from SQLAlchemy's OperationalError), a
+    tracking server passes the same text on, and files (artifacts, the report) raise OSError ENOSPC.
+    """
+    full = disk_full(error)
+    if not full:
+        return None
+    fix = "then rerun the same command: it reruns what did not finish and reuses what did."
+    if uri.startswith(("http://", "https://")) and not any(isinstance(e, OSError) for e in full):
+        return f"The MLflow tracking server at tracking.uri={uri} says its disk is full. Free space on its host, {fix}"
+    # A copy that runs out of space names its source as `filename` and the file it was writing as `filename2`.
+    written = next((e.filename2 or e.filename for e in full if isinstance(e, OSError) and e.filename), None)
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    path = Path(written) if written else db or Path(uri)
+    folder = next((p for p in (path, *path.parents) if p.is_dir()), None)
+    free = f", {shutil.disk_usage(folder).free // 1024} KiB free" if folder else ""
+    if db is not None and not path.is_relative_to(db.parent):  # the sweep's folder (its report), not the store
+        return f"The disk is full at {path}{free}: the sweep cannot write its files there. Free space, {fix}"
+    return (
+        f"The disk is full at {path}{free}: the MLflow store tracking.uri={uri} cannot record the runs. "
+        f"Free space there (or set `tracking.uri` to a store on another disk), {fix}"
+    )
+
+
+class _QuietDiskFull(logging.Filter):
+    """Drops MLflow's own ERROR log, with its traceback, of a write that a full disk refused: the error is raised to
+    lrsweep all the same, which says it in one line (`store_failure_message`) instead of a page per failed call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and disk_full(record.exc_info[1]))
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_QuietDiskFull())
 
 
 PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"
@@ -348,6 +554,7 @@ class SweepCallback(Callback):
         self.closed = True
         sweep, self.sweep = self.sweep, None
         if sweep is not None:
+            sweep.expected_jobs = self.expected_jobs
             try:
                 sweep.close()
             except Exception as e:  # never mask the jobs' own outcome; say what went wrong

@@ -515,3 +515,23 @@ def load_sweep(
     reused = reused_runs(client, experiment_id, sweep_id)
     run_ids = list(dict.fromkeys([r.info.run_id for r in runs] + [r.info.run_id for r, _ in reused]))
     return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys))
+
+
+TAG_NEVER_STARTED = "lrsweep.never_started"  # on a sweep's parent: the job numbers that never started, "2,3"
+
+
+def process_gone(token: str) -> bool:
+    """Whether the process of a `lrsweep.process` token has exited, a zombie (exited, not yet reaped) included."""
+    if not _process_alive(token):
+        return True
+    try:
+        state = Path(f"/proc/{token.partition(':')[0]}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
+def end_stale(client: MlflowClient, run_id: str) -> None:
+    """Ends a run left RUNNING by a process that is gone: KILLED with tag `lrsweep.stale`, so resume reruns it."""
+    client.set_tag(run_id, TAG_STALE, "true")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
