@@ -117,7 +117,8 @@ def test_a_diverging_member_fails_alone_and_the_others_match_their_solo_runs(tmp
         "s0 · momentum=0.9 learning_rate=0.03 · sgd-constant": "FINISHED",
     }  # fmt: skip
     assert {r.data.tags[tracking.TAG_PACK_SIZE] for r in runs.values()} == {"3"}
-    assert runs[diverged].data.tags[tracking.TAG_ERROR].startswith("DivergedError: training diverged in epoch 0 (by batch ")
+    error = runs[diverged].data.tags[tracking.TAG_ERROR]
+    assert error.startswith("DivergedError: training diverged in epoch 0 (by batch ")
     assert [m.step for m in client.get_metric_history(runs[diverged].info.run_id, "loss")] == [0]
 
     # The others trained undisturbed: the same numbers as the same two configs trained alone.

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from lrsweep import store, tracking
 from tests.conftest import ROOT, TINY
-from tests.test_faults import free_port, wait_for
+from tests.test_faults import free_port, start_server, wait_for
 
 # What train.py does with a StoreError (one line, exit 1), around nothing but `tracking.connect`.
 CONNECT = """
@@ -315,25 +314,6 @@ def test_a_hung_server_fails_a_call_within_the_bound_and_is_a_store_error():
     # 2 tries of 2 s (timeouts cannot fire early), no wait before the first retry; one_try: 1 try of 1 s.
     assert store.http_call_bound(2, 1) * 0.9 <= call < 3 * store.http_call_bound(2, 1)
     assert 0.9 <= one < 10
-
-
-def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on the store tmp_path/server.db (the same store when started again)."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "art")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-
-    def healthy():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, timeout=180, what="mlflow server")
-    return server
 
 
 def stop(server: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
