@@ -429,6 +429,8 @@ HASHES_BEFORE = {
         "3a0af2a1185d78fb"
     ),
 }
+
+
 @pytest.mark.parametrize("overrides", sorted(HASHES_BEFORE))
 def test_config_hashes_are_those_of_runs_made_before_the_schema(overrides):
     # Issue 11's new keys (training.divergence_factor, tracking.http_*) are among identity.NON_RESULT_KEYS.
