@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -42,7 +43,8 @@ def as_config_error(check: Callable[..., T], *args: Any) -> T:
 def reported() -> Iterator[None]:
     """Turns a user error into `SystemExit("lrsweep: <message>")`: one line on stderr, exit status 1.
 
-    Left as it is with HYDRA_FULL_ERROR=1 (the traceback), and in a launcher's worker process, where SystemExit
+    A Ctrl-C or SIGTERM that stopped the job (KeyboardInterrupt) likewise: `lrsweep: stopped: ...`, exit status 130.
+    Left as they are with HYDRA_FULL_ERROR=1 (the traceback), and in a launcher's worker process, where SystemExit
     would take the worker down instead of failing the job.
     """
     try:
@@ -51,3 +53,8 @@ def reported() -> Iterator[None]:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None:
             raise
         raise SystemExit(f"lrsweep: {e}") from e
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM, honoured (the run is closed KILLED where it could be)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None:
+            raise
+        print(f"lrsweep: stopped: {e}", file=sys.stderr)
+        raise SystemExit(130) from e
