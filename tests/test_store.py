@@ -347,8 +347,9 @@ def test_a_server_killed_mid_job_ends_the_job_in_bounded_time_and_a_rerun_leaves
         output, _ = job.communicate(timeout=600)
         seconds = time.monotonic() - killed
         print(f"job exited {job.returncode} {seconds:.1f} s after the server died")
-        assert job.returncode != 0
-        assert uri in output  # the error names the server
+        assert job.returncode == 1
+        assert f"lrsweep: The MLflow tracking server at tracking.uri={uri} stopped answering" in output
+        assert "Traceback" not in output, output[-3000:]
         # Designed: a refused call gives up after 0 + 3 s of waits, the job makes at most a few more (closing its
         # run). MLflow's defaults took 13+ minutes. A bound, not a benchmark.
         assert seconds < 3 * store.http_call_bound(), output[-3000:]
