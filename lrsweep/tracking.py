@@ -264,9 +264,8 @@ def mark_stale(client: MlflowClient, experiment_id: str) -> list[Run]:
     stale = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         token = run.data.tags.get(TAG_PROCESS)
-        if run.data.tags.get(TAG_HOST) == host and token and not _process_alive(token):
-            client.set_tag(run.info.run_id, TAG_STALE, "true")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        if run.data.tags.get(TAG_HOST) == host and token and process_gone(token):
+            end_stale(client, run.info.run_id)
             stale.append(run)
             log.warning("Run %s (%s) was left RUNNING by a process that is gone: marked KILLED (stale)",
                         run.info.run_name, run.info.run_id)  # fmt: skip
