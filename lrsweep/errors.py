@@ -39,6 +39,12 @@ def as_config_error(check: Callable[..., T], *args: Any) -> T:
         raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
 
 
+def keep_traceback() -> bool:
+    """Whether an error must propagate as it is rather than print as one line: HYDRA_FULL_ERROR=1 asks for its
+    traceback, and in a launcher's worker process SystemExit would take the worker down instead of failing the job."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None
+
+
 @contextlib.contextmanager
 def reported() -> Iterator[None]:
     """Turns a user error into `SystemExit("lrsweep: <message>")`: one line on stderr, exit status 1.
@@ -50,11 +56,11 @@ def reported() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None:
+        if keep_traceback():
             raise
         raise SystemExit(f"lrsweep: {e}") from e
     except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM, honoured (the run is closed KILLED where it could be)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None:
+        if keep_traceback():
             raise
         print(f"lrsweep: stopped: {e}", file=sys.stderr)
         raise SystemExit(130) from e

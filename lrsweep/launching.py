@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +47,7 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
             backend.select(cfg.backend, cfg.threads)
             prepared.append(experiment.checked(cfg, context))
         except errors.ConfigError as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if errors.keep_traceback():
                 raise  # the traceback, as Hydra shows it
             swept = " ".join(o for o in context.overrides if o not in common)  # what tells it from the other jobs
             label = f"job #{context.job_num} ({swept or ' '.join(context.overrides) or 'no overrides'})"

@@ -321,6 +321,15 @@ _SQLITE_FAULTS = (
 )
 
 
+def error_chain(error: BaseException | None) -> list[BaseException]:
+    """`error` and what caused it (`__cause__`, else `__context__`), outermost first, each once."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def as_store_error(error: BaseException, uri: str) -> StoreError | None:
     """The `StoreError` an MLflow call's failure amounts to when the store itself failed, else None.
 
@@ -337,11 +346,7 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
     import urllib3.exceptions
     from mlflow.exceptions import MlflowException
 
-    chain: list[BaseException] = []
-    link: BaseException | None = error
-    while link is not None and link not in chain:
-        chain.append(link)
-        link = link.__cause__ or link.__context__
+    chain = error_chain(error)
     for link in chain:
         if isinstance(link, StoreError):
             return link

@@ -24,7 +24,7 @@ from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import errors, figures, identity, interrupts, range_test, report, tracking
+from lrsweep import errors, figures, identity, interrupts, range_test, report, store, tracking
 
 log = logging.getLogger(__name__)
 
@@ -344,14 +344,9 @@ def judge(
 
 def disk_full(error: BaseException | None) -> list[BaseException]:
     """The errors in `error`'s chain (causes and contexts) that say a disk is full."""
-    chain, seen = [], set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        chain.append(error)
-        error = error.__cause__ or error.__context__
     return [
         e
-        for e in chain
+        for e in store.error_chain(error)
         if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
         or any(text in str(e).lower() for text in _DISK_FULL)
     ]
@@ -395,7 +390,6 @@ logging.getLogger("mlflow.store.db.utils").addFilter(_QuietDiskFull())
 
 
 PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
