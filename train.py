@@ -3,7 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-from lrsweep import backend, errors, identity, schema
+from lrsweep.analysis.range_test import print_single_run
+from lrsweep.config import schema
+from lrsweep.core import backend, errors, identity
 
 identity.register_resolvers()  # before Hydra composes conf/config.yaml, which uses them
 
@@ -13,10 +15,10 @@ def main(cfg: DictConfig) -> float:
     with errors.reported():  # a bad value or an unusable store: one line naming it, exit status 1
         errors.as_config_error(schema.check, cfg)  # the declared ranges, before Keras even starts
         backend.select(cfg.backend, cfg.threads)  # before Keras is imported
-        from lrsweep import experiment, range_test
+        from lrsweep.run import experiment
 
         value = experiment.run(cfg)
-    range_test.print_single_run(cfg)  # a range test run alone (no -m): its suggested LR bounds
+    print_single_run(cfg)  # a range test run alone (no -m): its suggested LR bounds
     return value
 
 

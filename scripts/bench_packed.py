@@ -94,7 +94,9 @@ def steady(members: list[int], epochs: int = 3) -> dict:
     import numpy as np
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import experiment, identity, packing, training
+    from lrsweep.core import identity
+    from lrsweep.ml import training
+    from lrsweep.run import experiment, packing
 
     Clock = _clock()
     results = {}
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--steady-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steady_child:  # one backend per process: Keras keeps the first it imports
-        from lrsweep import backend
+        from lrsweep.core import backend
 
         backend.select(args.steady_child)
         print(json.dumps(steady(args.members)))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus
 
-from lrsweep import report, tracking
+from lrsweep import tracking
+from lrsweep.analysis import report
 
 
 def fill(client, experiment_id: str, runs: int, epochs: int) -> list[str]:

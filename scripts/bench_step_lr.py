@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lrsweep import backend  # noqa: E402
+from lrsweep.core import backend  # noqa: E402
 
 
 def main() -> None:
@@ -40,8 +40,10 @@ def main() -> None:
     backend.select(args.backend)
     import keras
 
-    from lrsweep import data, model, schedules, tracking
-    from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger
+    from lrsweep import tracking
+    from lrsweep.ml import data, schedules
+    from lrsweep.ml import models as model
+    from lrsweep.run.callbacks import MlflowEpochLogger, MlflowStepLogger
 
     class TimedStepLogger(MlflowStepLogger):
         """The logger under test, timing its own work (all its hooks) per epoch."""

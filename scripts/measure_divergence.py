@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrsweep import backend  # noqa: E402
+from lrsweep.core import backend  # noqa: E402
 
 CHECK_EVERY = 64  # conf/training/default.yaml steps_per_execution: where the rule looks by default
 TRAINABLE_LRS = ("0.001", "0.003", "0.01", "0.03")  # conf/experiment/phase_diagram.yaml's LRs Adam trains at
@@ -71,7 +71,8 @@ def groups(seeds: list[int]) -> list[tuple[str, str, list[list[str]]]]:
 def compose_jobs(overrides: list[list[str]]):
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import experiment, identity
+    from lrsweep.core import identity
+    from lrsweep.run import experiment
 
     jobs = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -90,7 +91,7 @@ def recorder(members):
     """A callback keeping each member's starting loss and the running loss Keras reports after every step."""
     import keras
 
-    from lrsweep.callbacks import member_losses, reference_examples
+    from lrsweep.run.callbacks import member_losses, reference_examples
 
     class Recorder(keras.callbacks.Callback):
         def __init__(self, dataset):
@@ -115,8 +116,8 @@ def recorder(members):
 
 def measure(overrides: list[list[str]]) -> list[dict]:
     """Trains the runs as one pack; per run its starting loss and ratios."""
-    from lrsweep import experiment, packing
-    from lrsweep.training import Member, fit_epochs
+    from lrsweep.ml.training import Member, fit_epochs
+    from lrsweep.run import experiment, packing
 
     jobs = compose_jobs(overrides)
     cfg = jobs[0].cfg

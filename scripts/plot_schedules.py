@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrsweep import backend  # noqa: E402
+from lrsweep.core import backend  # noqa: E402
 
 # (file name, the overrides that select the schedule): the README shows the same lines.
 SCHEDULES = [

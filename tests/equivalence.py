@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from lrsweep import backend, identity
+from lrsweep.core import backend, identity
 
 # As conftest.TINY.
 TINY = ["data.train_size=512", "data.test_size=256", "data.validation_size=64", "training.batch_size=64"]
@@ -40,7 +40,7 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
     """The three members' prepared jobs, ordered by seed as a pack orders them."""
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import experiment
+    from lrsweep.run import experiment
     from tests.conftest import CONF_DIR
 
     prepared = []
@@ -74,8 +74,9 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
     """
     import keras
 
-    from lrsweep import experiment, packing, training
-    from lrsweep.schedules import KerasSchedule
+    from lrsweep.ml import training
+    from lrsweep.ml.schedules import KerasSchedule
+    from lrsweep.run import experiment, packing
 
     prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
@@ -104,7 +105,8 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 
 def compare(optimizer: str, folder: str) -> dict:
     """Trains the three members alone and as one pack into one store; returns both runs' per-epoch histories."""
-    from lrsweep import experiment, packing, tracking
+    from lrsweep import tracking
+    from lrsweep.run import experiment, packing
 
     store_uri = f"sqlite:///{folder}/{optimizer}.db"
     client, experiment_id = tracking.connect(store_uri, "equivalence")

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from lrsweep.schedules import KerasSchedule, Schedule
+from lrsweep.ml.schedules import KerasSchedule, Schedule
 from tests.conftest import CONF_DIR
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrsweep import data
+from lrsweep.ml import data
 from tests.conftest import write_idx
 
 

@@ -45,7 +45,8 @@ def compose_cfg(*overrides: str):
 @pytest.fixture
 def pack():
     """A real pack of two SGD members (JAX), built as a sweep builds it, and its data."""
-    from lrsweep import experiment, identity, packing
+    from lrsweep.core import identity
+    from lrsweep.run import experiment, packing
 
     jobs = []
     for k, lr in enumerate(("0.01", "0.02")):
@@ -56,8 +57,8 @@ def pack():
 
 
 def watch(plan, dataset, factor):
-    from lrsweep.callbacks import StopOnDivergence, reference_examples
-    from lrsweep.training import Member
+    from lrsweep.ml.training import Member
+    from lrsweep.run.callbacks import StopOnDivergence, reference_examples
 
     members = [Member(run_id="", schedule=s, index=k, name=f"m{k}") for k, s in enumerate(plan.schedules)]
     callback = StopOnDivergence(members, factor, reference_examples(dataset))
@@ -73,9 +74,9 @@ def test_the_starting_loss_is_each_members_loss_before_training(pack):
     """Measured on the first 256 training examples, member by member, as its solo model would score them."""
     import keras
 
-    from lrsweep import experiment
-    from lrsweep.callbacks import REFERENCE_EXAMPLES, member_losses
-    from lrsweep.training import Member
+    from lrsweep.ml.training import Member
+    from lrsweep.run import experiment
+    from lrsweep.run.callbacks import REFERENCE_EXAMPLES, member_losses
 
     plan, dataset = pack
     callback, _ = watch(plan, dataset, 10.0)
@@ -92,7 +93,7 @@ def test_the_starting_loss_is_each_members_loss_before_training(pack):
 def test_a_finite_loss_above_the_factor_stops_and_freezes_only_that_member(pack):
     from keras import ops
 
-    from lrsweep.callbacks import DivergedError, divergence_message
+    from lrsweep.run.callbacks import DivergedError, divergence_message
 
     plan, dataset = pack
     model = plan.model
@@ -136,11 +137,18 @@ def test_without_a_factor_only_a_non_finite_loss_counts(pack):
 
 def test_a_range_test_keeps_its_own_stop_rule():
     """Its loss rises on purpose: only NaN/inf is flagged (and taken back by the range test's recorder)."""
-    from lrsweep.callbacks import StopOnDivergence
+    from lrsweep.run import experiment
+    from lrsweep.run.callbacks import StopOnDivergence
 
-    assert StopOnDivergence.for_job(None, compose_cfg("+experiment=lr_range"), []).factor is None
-    assert StopOnDivergence.for_job(None, compose_cfg(), []).factor == DEFAULT_FACTOR
-    assert StopOnDivergence.for_job(None, compose_cfg("training.divergence_factor=null"), []).factor is None
+    def factor(*overrides: str) -> float | None:
+        cfg = compose_cfg(*overrides)
+        (watch,) = [c for c in experiment.callbacks(None, cfg, [], experiment.instantiate(cfg.data))
+                    if isinstance(c, StopOnDivergence)]  # fmt: skip
+        return watch.factor
+
+    assert factor("+experiment=lr_range") is None
+    assert factor() == DEFAULT_FACTOR
+    assert factor("training.divergence_factor=null") is None
 
 
 # Real runs, through train.py -----------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from lrsweep import effective_lr, experiment, tracking
-from lrsweep.schedules import KerasSchedule, constant, linear_warmup
+from lrsweep import tracking
+from lrsweep.ml.schedules import KerasSchedule, constant, linear_warmup
+from lrsweep.run import effective_lr, experiment
 from tests.conftest import CONF_DIR, TINY, train
 
 FEATURES, OUTPUTS = 4, 3

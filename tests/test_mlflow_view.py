@@ -10,7 +10,8 @@ import statistics
 import numpy as np
 import pytest
 
-from lrsweep import identity, tracking
+from lrsweep import tracking
+from lrsweep.core import identity
 from tests.conftest import TINY, job_runs, store, train
 
 SETTINGS = ("training.epochs=2", "training.verbose=0", "backend=jax")

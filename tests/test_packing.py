@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from lrsweep import identity, tracking
+from lrsweep import tracking
+from lrsweep.core import identity
 from tests import equivalence
 from tests.conftest import ROOT, TINY, job_runs, store, train
 
@@ -148,7 +149,8 @@ def test_a_bad_value_anywhere_stops_the_sweep_before_anything_trains(tmp_path):
 def test_plan_groups_by_everything_but_schedule_lr_and_seed():
     from hydra import compose, initialize_config_dir
 
-    from lrsweep import backend, experiment, launching
+    from lrsweep.core import backend
+    from lrsweep.run import experiment, launching
     from tests.conftest import CONF_DIR
 
     backend.select("jax")

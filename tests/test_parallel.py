@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from lrsweep import backend, tracking
+from lrsweep import tracking
+from lrsweep.core import backend
 from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
@@ -91,7 +92,7 @@ def test_a_process_keeps_the_threads_of_its_first_job():
 # time they took (from /proc), busiest first. Compute spread over a pool shows up as several shares.
 PROBE = """
 import json, os, sys
-from lrsweep import backend
+from lrsweep.core import backend
 backend.select(sys.argv[1], None if sys.argv[2] == "null" else int(sys.argv[2]))
 import keras
 from keras import ops

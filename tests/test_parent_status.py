@@ -24,7 +24,7 @@ from tests.test_faults import running_run_with_epochs, start_train, wait_for
 def dead_process_token() -> str:
     """The `lrsweep.process` token of a process that has exited (started, then SIGKILLed and reaped)."""
     process = subprocess.Popen(["sleep", "60"])
-    token = tracking._process_token(process.pid)
+    token = tracking.process_token(process.pid)
     process.kill()
     process.wait()
     return token
@@ -104,7 +104,7 @@ def test_a_run_whose_process_is_still_alive_is_not_marked_stale_but_fails_the_sw
     sweep = make_sweep(tmp_path)
     alive = subprocess.Popen(["sleep", "60"])
     try:
-        run_id = add_job_run(sweep, 0, "RUNNING", tracking._process_token(alive.pid))
+        run_id = add_job_run(sweep, 0, "RUNNING", tracking.process_token(alive.pid))
         started = time.monotonic()
         settled = settle_running(sweep.client, tracking.sweep_runs(sweep.client, sweep.experiment_id, "multirun"), 1.0)
         assert 1.0 <= time.monotonic() - started < 30  # waited its grace, then gave up on it

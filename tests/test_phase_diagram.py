@@ -6,7 +6,8 @@ import csv
 
 import pytest
 
-from lrsweep import figures, report, tracking
+from lrsweep import tracking
+from lrsweep.analysis import figures, report
 from tests.conftest import TINY, train
 
 

@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lrsweep import backend, identity, range_test, schedules, tracking
-from lrsweep.range_test import RangeRun, analyse, smooth, suggest
+from lrsweep import tracking
+from lrsweep.analysis import range_test
+from lrsweep.analysis.range_test import RangeRun, analyse
+from lrsweep.core import backend, identity
+from lrsweep.ml import range_test as rule
+from lrsweep.ml import schedules
+from lrsweep.ml.range_test import smooth, suggest
 from tests.conftest import CONF_DIR, job_runs, store, train
 
 # Small but real: 150 steps of 32 on the first Fashion-MNIST images, Adam from 1e-6 to 10, on JAX.
@@ -39,7 +44,7 @@ def test_the_ramp_starts_at_min_lr_ends_at_max_lr_and_grows_by_one_factor_per_st
     assert lrs[50] == pytest.approx(1e-6 * math.sqrt(1e7), rel=1e-5)  # halfway in log space
     np.testing.assert_allclose(lrs[1:101] / lrs[:100], 10 ** (7 / 100), rtol=1e-5)  # the same factor every step
     assert lrs[101] == lrs[102] == lrs[100]  # held at max_lr past the end
-    assert ramp.config == {"_target_": range_test.SCHEDULE_TARGET, "min_lr": 1e-6, "max_lr": 10.0,
+    assert ramp.config == {"_target_": rule.SCHEDULE_TARGET, "min_lr": 1e-6, "max_lr": 10.0,
                            "steps_per_epoch": 7, "total_steps": 101}  # fmt: skip
 
 
@@ -62,7 +67,7 @@ def test_bad_bounds_are_rejected_naming_the_key_the_value_and_the_fix(arguments,
 
 
 def test_a_bad_bound_in_config_fails_before_anything_trains():
-    from lrsweep import experiment
+    from lrsweep.run import experiment
 
     backend.select("jax")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -122,10 +127,10 @@ def synthetic_run(seed: int, shift: float, stop: int, optimizer: str = "adam") -
             "choice.optimizer": optimizer,
             "optimizer._target_": f"keras.optimizers.{optimizer.title()}",
             "training.seed": str(seed),
-            "schedule._target_": range_test.SCHEDULE_TARGET,
+            "schedule._target_": rule.SCHEDULE_TARGET,
             "tracking.run_name": "None",
         },
-        tags={range_test.TAG_PLANNED_STEPS: str(len(lrs)), range_test.TAG_STOPPED_AT_LR: repr(float(lrs[stop - 1]))},
+        tags={rule.TAG_PLANNED_STEPS: str(len(lrs)), rule.TAG_STOPPED_AT_LR: repr(float(lrs[stop - 1]))},
         steps=np.arange(stop),
         lrs=lrs[:stop],
         losses=loss[:stop],
@@ -174,19 +179,19 @@ def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_
     (run,) = job_runs(client, experiment_id).values()
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags[range_test.TAG_PLANNED_STEPS] == str(PLANNED_STEPS)
-    stopped_step, stopped_lr = int(tags[range_test.TAG_STOPPED_AT_STEP]), float(tags[range_test.TAG_STOPPED_AT_LR])
-    loss = values(client, run.info.run_id, range_test.LOSS)
-    lr = values(client, run.info.run_id, range_test.LR)
+    assert tags[rule.TAG_PLANNED_STEPS] == str(PLANNED_STEPS)
+    stopped_step, stopped_lr = int(tags[rule.TAG_STOPPED_AT_STEP]), float(tags[rule.TAG_STOPPED_AT_LR])
+    loss = values(client, run.info.run_id, rule.LOSS)
+    lr = values(client, run.info.run_id, rule.LR)
     # One point per step up to the stop (a step whose loss is not finite is not logged), before the ramp's end.
-    last = stopped_step if tags[range_test.TAG_STOP_REASON].startswith("smoothed loss above 4x") else stopped_step - 1
+    last = stopped_step if tags[rule.TAG_STOP_REASON].startswith("smoothed loss above 4x") else stopped_step - 1
     assert sorted(loss) == sorted(lr) == list(range(last + 1))
     assert stopped_step < PLANNED_STEPS - 1
     ramp = schedules.lr_range(1e-6, 100.0, total_steps=PLANNED_STEPS)
     assert float(ramp(stopped_step)) == pytest.approx(stopped_lr, rel=1e-6)
     np.testing.assert_allclose([lr[k] for k in sorted(lr)], ramp(np.arange(last + 1)), rtol=1e-6)
     smoothed = smooth([loss[k] for k in sorted(loss)])
-    exploded = smoothed > range_test.STOP_FACTOR * np.minimum.accumulate(smoothed)
+    exploded = smoothed > rule.STOP_FACTOR * np.minimum.accumulate(smoothed)
     if last == stopped_step:  # it stopped at the first step whose smoothed loss was above 4x the lowest so far
         assert exploded[-1] and not exploded[:-1].any()
 
@@ -248,7 +253,7 @@ def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
         for found, expected in ((member.suggestion.steepest, single.suggestion.steepest),
                                 (member.suggestion.minimum, single.suggestion.minimum)):  # fmt: skip
             assert 1 / step_factor <= found / expected <= step_factor
-        stops = [r.data.tags.get(range_test.TAG_STOPPED_AT_STEP) for r in (run, alone)]
+        stops = [r.data.tags.get(rule.TAG_STOPPED_AT_STEP) for r in (run, alone)]
         assert (stops[0] is None) == (stops[1] is None)
         if stops[0] is not None:
             assert abs(int(stops[0]) - int(stops[1])) <= 2

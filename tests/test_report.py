@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from lrsweep import figures, report, tracking
+from lrsweep import tracking
+from lrsweep.analysis import figures, report
 from tests.conftest import ROOT, TINY, train
 
 

@@ -10,7 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from lrsweep import figures, report, tracking
+from lrsweep import tracking
+from lrsweep.analysis import figures, report
 from tests.conftest import TINY, job_runs, train
 
 STRATEGIES = ("adam_constant", "adam_linear", "adagrad", "adadelta")

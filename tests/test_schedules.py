@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from keras import ops
 
-from lrsweep import schedules
-from lrsweep.schedules import KerasSchedule
+from lrsweep.ml import schedules
+from lrsweep.ml.schedules import KerasSchedule
 from tests.conftest import CONF_DIR, TINY, store, train
 
 

@@ -13,7 +13,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lrsweep import identity, schema
+from lrsweep.config import schema
+from lrsweep.core import identity
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 
@@ -262,10 +263,10 @@ def test_a_value_out_of_range_is_refused_in_one_line(overrides, message):
 
 def test_prepare_checks_the_ranges_first(tmp_path):
     """experiment.prepare refuses before anything else is looked at: here a data folder that does not exist."""
-    from lrsweep import backend
+    from lrsweep.core import backend
 
     backend.select("jax")
-    from lrsweep import experiment
+    from lrsweep.run import experiment
 
     cfg = compose_config("optimizer.beta_1=1.5", f"data.dir={tmp_path / 'nowhere'}")
     with pytest.raises(ValueError, match=re.escape("`optimizer.beta_1` must be a number in [0, 1).")):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from lrsweep import report, stats, tracking
+from lrsweep import tracking
+from lrsweep.analysis import report
+from lrsweep.core import stats
 from tests.conftest import TINY, train
 
 

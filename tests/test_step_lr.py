@@ -11,9 +11,12 @@ from hydra import compose, initialize_config_dir
 from keras import ops
 from mlflow.tracking import MlflowClient
 
-from lrsweep import backend, experiment, schedules, tracking
-from lrsweep.callbacks import LR_STEP, MlflowStepLogger
-from lrsweep.schedules import KerasSchedule
+from lrsweep import tracking
+from lrsweep.core import backend
+from lrsweep.ml import schedules
+from lrsweep.ml.schedules import KerasSchedule
+from lrsweep.run import experiment
+from lrsweep.run.callbacks import LR_STEP, MlflowStepLogger
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 

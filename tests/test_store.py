@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lrsweep import store, tracking
+from lrsweep import tracking
+from lrsweep.tracking import store
 from tests.conftest import ROOT, TINY
 from tests.test_faults import free_port, start_server, wait_for
 
@@ -24,7 +25,7 @@ from tests.test_faults import free_port, start_server, wait_for
 CONNECT = """
 import sys, time
 from lrsweep import tracking
-from lrsweep.errors import StoreError
+from lrsweep.core.errors import StoreError
 started = time.monotonic()
 try:
     result = tracking.connect(sys.argv[1], "lrsweep", create=sys.argv[2] == "create")
@@ -289,7 +290,7 @@ def test_http_settings_are_checked_and_give_the_bound():
 HUNG = """
 import socket, sys, time
 from mlflow.tracking import MlflowClient
-from lrsweep import store
+from lrsweep.tracking import store
 listener = socket.create_server(("127.0.0.1", 0))
 uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
 store.http_settings(timeout=2, max_retries=1)

@@ -10,7 +10,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.entities import RunStatus
 
-from lrsweep import backend, experiment, identity, tracking
+from lrsweep import tracking
+from lrsweep.core import backend, identity
+from lrsweep.run import experiment
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lrsweep import data, experiment, tracking
+from lrsweep import tracking
+from lrsweep.ml import data
+from lrsweep.run import experiment
 from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 
 REAL = Path("/usr/share/datasets/fashion-mnist")

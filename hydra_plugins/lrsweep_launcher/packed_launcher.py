@@ -64,22 +64,22 @@ class PackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        from lrsweep.errors import StoreError
-        from lrsweep.sweep import job_configs, task_config
+        from lrsweep.core.errors import StoreError
+        from lrsweep.sweep import job_configs, open_parent, task_config
 
         sweep_configs = job_configs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
         tasks = [task_config(c) for c in sweep_configs]
         choose_backend(tasks[0])
-        from lrsweep import launching  # imports Keras: only once the backend is chosen
+        from lrsweep.run import launching  # imports Keras: only once the backend is chosen
 
-        plan = launching.prepare_sweep(
-            [(task, c.hydra) for task, c in zip(tasks, sweep_configs, strict=True)], self.max_members, self.max_seeds
-        )
+        prepared = launching.check_jobs([(task, c.hydra) for task, c in zip(tasks, sweep_configs, strict=True)])
+        open_parent(self.config)  # every job is valid: now the store and the sweep's parent run
+        plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds)
         returns: dict[int, JobReturn] = {}
         for num, value in plan.reused.items():
             returns[num] = self._run(sweep_configs[num - initial_job_idx], outcome(value))
         if self.cluster:
-            from lrsweep import remote
+            from lrsweep.run import remote
 
             work = [[(job.cfg, job.context) for job in pack] for pack in plan.packs]
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
@@ -120,7 +120,7 @@ class PackedLauncher(Launcher):
 
 def choose_backend(task: DictConfig) -> None:
     """Sets the Keras backend of this process from the first job, before anything imports Keras."""
-    from lrsweep import backend
+    from lrsweep.core import backend
 
     try:
         backend.select(task.backend, task.threads)

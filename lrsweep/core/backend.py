@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from lrsweep.errors import ConfigError
+from lrsweep.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ def select(backend: str, threads: int | None = None) -> None:
         raise ConfigError(f"`backend` must be one of {', '.join(BACKENDS)}. Received: backend={backend!r}")
     check_threads(threads)
     wanted = thread_env(threads) if threads is not None else {}
-    if "keras" in sys.modules:
-        import keras
-
-        current = keras.backend.backend()
+    if "keras" in sys.modules:  # asked of the Keras already imported; importing it here would start one
+        current = sys.modules["keras"].backend.backend()
         if current != backend:
             raise ConfigError(
                 f"Keras already runs on {current!r} in this process, so backend={backend!r} cannot apply. "

@@ -21,13 +21,23 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lrsweep import errors, identity, interrupts, range_test, schema, tracking
-from lrsweep.callbacks import MlflowEpochLogger, MlflowStepLogger, StopOnDivergence, StopOnInterrupt
-from lrsweep.checks import check_lr
-from lrsweep.data import Dataset
-from lrsweep.effective_lr import EffectiveLRLogger
-from lrsweep.schedules import KerasSchedule, Schedule
-from lrsweep.training import EpochPrinter, Member, fit_epochs
+from lrsweep import tracking
+from lrsweep.config import schema
+from lrsweep.core import errors, identity, interrupts
+from lrsweep.core.checks import check_lr
+from lrsweep.ml.data import Dataset
+from lrsweep.ml.range_test import is_range_test
+from lrsweep.ml.schedules import KerasSchedule, Schedule
+from lrsweep.ml.training import EpochPrinter, Member, fit_epochs
+from lrsweep.run.callbacks import (
+    MlflowEpochLogger,
+    MlflowStepLogger,
+    StopOnDivergence,
+    StopOnInterrupt,
+    reference_examples,
+)
+from lrsweep.run.effective_lr import EffectiveLRLogger
+from lrsweep.run.range_test import RangeTestRecorder
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +155,21 @@ def run_record(
     return tracking.RunRecord(job.name, params, tags, artifacts)
 
 
-def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) -> list[keras.callbacks.Callback]:
-    """What watches and records training, for a solo model (one member) and a pack alike."""
-    watching = [
-        StopOnDivergence.for_job(client, cfg, members),
-        *range_test.callbacks(client, cfg, members),  # after StopOnDivergence: a range test ends by diverging
+def callbacks(
+    client: MlflowClient, cfg: DictConfig, members: Sequence[Member], dataset: Dataset
+) -> list[keras.callbacks.Callback]:
+    """What watches and records training, for a solo model (one member) and a pack alike.
+
+    A range test's loss rises on purpose and its recorder stops it by its own rule (smoothed loss above 4x its
+    minimum), so there `StopOnDivergence` counts only a non-finite loss (which the recorder then takes back).
+    """
+    range_test = is_range_test(cfg)
+    factor = None if range_test else cfg.training.get("divergence_factor")
+    reference = reference_examples(dataset) if factor is not None else None
+    watching: list[keras.callbacks.Callback] = [StopOnDivergence(members, factor, reference, client)]
+    if range_test:  # after StopOnDivergence, whose verdict it overrules
+        watching.append(range_test_recorder(client, cfg, members, len(dataset.x_train)))
+    watching += [
         StopOnInterrupt(),
         MlflowEpochLogger(client, members),
         MlflowStepLogger(client, members, cfg.tracking.log_every_n_steps),
@@ -159,6 +179,21 @@ def callbacks(client: MlflowClient, cfg: DictConfig, members: Sequence[Member]) 
     if cfg.training.verbose not in (0, "0"):
         watching.append(EpochPrinter(members, cfg.training.epochs))
     return watching
+
+
+def range_test_recorder(
+    client: MlflowClient, cfg: DictConfig, members: Sequence[Member], examples: int
+) -> RangeTestRecorder:
+    """The range test's recorder for a job training on `examples` examples per epoch."""
+    batch_size = int(cfg.training.batch_size)
+    planned = int(cfg.training.epochs) * math.ceil(examples / batch_size)
+    if cfg.training.steps_per_execution != 1:
+        log.warning(
+            "Range test with training.steps_per_execution=%s: one loss per %s steps (their mean, logged at the "
+            "last of them). Set training.steps_per_execution=1 (the lr_range preset does) for one per step.",
+            cfg.training.steps_per_execution, cfg.training.steps_per_execution,
+        )  # fmt: skip
+    return RangeTestRecorder(client, members, batch_size, examples, planned)
 
 
 def log_test_metrics(
@@ -257,7 +292,12 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
     with tracking.job_run(client, experiment_id, record.name, record.params, record.tags, record.artifacts) as run_id:
         member = Member(run_id=run_id, schedule=lr, name=job.name)
         history = fit_epochs(
-            model, dataset, job.seed, cfg.training.batch_size, cfg.training.epochs, callbacks(client, cfg, [member])
+            model,
+            dataset,
+            job.seed,
+            cfg.training.batch_size,
+            cfg.training.epochs,
+            callbacks(client, cfg, [member], dataset),
         )
         if member.error is not None:
             raise member.error

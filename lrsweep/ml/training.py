@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from lrsweep.data import Dataset
+from lrsweep.ml.data import Dataset
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

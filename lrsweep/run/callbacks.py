@@ -16,10 +16,11 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
-from lrsweep import interrupts, tracking
-from lrsweep.checks import check_count
-from lrsweep.data import Dataset
-from lrsweep.training import Member, as_members
+from lrsweep import tracking
+from lrsweep.core import interrupts
+from lrsweep.core.checks import check_count
+from lrsweep.ml.data import Dataset
+from lrsweep.ml.training import Member, as_members
 
 log = logging.getLogger(__name__)
 
@@ -265,19 +266,6 @@ class StopOnDivergence(keras.callbacks.Callback):
         self.starting_losses: list[float | None] = [None] * len(self.members)
         self._epoch = 0
         self._epoch_start = 0
-
-    @classmethod
-    def for_job(cls, client: MlflowClient, cfg: Any, members: Sequence[Member]) -> StopOnDivergence:
-        """The job's watch: `training.divergence_factor`, the reference examples from its data.
-
-        A range test's loss rises on purpose and `lrsweep.range_test` stops it by its own rule (smoothed loss
-        above 4x its minimum), so there only a non-finite loss counts (which the range test then takes back).
-        """
-        from lrsweep import experiment, range_test  # experiment imports this module
-
-        factor = None if range_test.is_range_test(cfg) else cfg.training.get("divergence_factor")
-        reference = reference_examples(experiment.instantiate(cfg.data)) if factor is not None else None
-        return cls(members, factor, reference, client)
 
     def on_train_begin(self, logs=None) -> None:
         if self.factor is None or self.reference is None:

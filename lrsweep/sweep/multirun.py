@@ -24,7 +24,10 @@ from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from lrsweep import errors, figures, identity, interrupts, range_test, report, store, tracking
+from lrsweep import tracking
+from lrsweep.analysis import figures, range_test, report
+from lrsweep.core import errors, identity, interrupts
+from lrsweep.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,25 @@ class Sweep:
         sweep.log_samples(config)
         return sweep
 
+    @classmethod
+    def find(cls, config: DictConfig) -> Sweep | None:
+        """The sweep's parent run, if it was opened and is still RUNNING; creates nothing."""
+        try:
+            connected = tracking.connect_config(config.tracking, create=False)
+        except ConnectionError:
+            return None
+        if connected is None:
+            return None
+        client, experiment_id = connected
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        run = tracking.find_sweep_run(client, experiment_id, identity.sweep_id(sweep_dir))
+        if run is None or run.info.status != "RUNNING":
+            return None
+        return cls(client, experiment_id, sweep_dir, run.info.run_id)
+
     def log_samples(self, config: DictConfig) -> None:
         """The dataset at a glance, once per sweep: the first four training images with class names."""
-        from lrsweep import data
+        from lrsweep.ml import data
 
         try:
             dataset = data.load(dir=config.data.dir, train_size=4, test_size=1)  # scales only what it shows
@@ -443,7 +462,7 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
     """
     from hydra.core.global_hydra import GlobalHydra
 
-    from lrsweep import backend
+    from lrsweep.core import backend
 
     sweep_configs = job_configs(GlobalHydra.instance().config_loader(), config, jobs)
     pairs = [(task_config(c), c.hydra) for c in sweep_configs]
@@ -451,29 +470,37 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
         backend.select(pairs[0][0].backend, pairs[0][0].threads)
     except errors.ConfigError as e:
         raise SystemExit(f"lrsweep: job #0: {e}") from e
-    from lrsweep import launching
+    from lrsweep.run import launching
 
     launching.check_jobs(pairs)
 
 
-_deferred: SweepCallback | None = None  # a sweep whose parent run the packed launcher opens
+def open_parent(config: DictConfig) -> Sweep:
+    """Creates the store and the sweep's parent run; a store that cannot be used stops the sweep, in one line.
 
+    The packed launcher calls it once it has checked every job's config, so a bad value anywhere opens no run;
+    `SweepCallback` calls it before the first job for the other launchers.
 
-def open_deferred() -> None:
-    """Opens the parent run of a sweep whose launcher checks every job first (`hydra/launcher=packed`).
-
-    Called by that launcher once all configs of the sweep are valid, so a bad value anywhere opens no run.
+    Raises:
+        SystemExit: the store or the parent run cannot be used, so no job may start.
     """
-    if _deferred is not None:
-        _deferred.open()
+    try:
+        return Sweep.open(config)
+    except (ConnectionError, ValueError) as e:  # StoreError, a deleted experiment
+        # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
+        raise SystemExit(f"lrsweep: {e}") from e
+    except Exception as e:  # whatever it is, a sweep with no parent run would run unrecorded: stop
+        reason = tracking.as_store_error(e, str(config.tracking.uri)) or f"{type(e).__name__}: {e}"
+        raise SystemExit(f"lrsweep: could not open the sweep's parent run, so no job was started: {reason}") from e
 
 
 class SweepCallback(Callback):
     """Hydra callback: opens the sweep's parent run before any job, closes it with the report after the last.
 
-    With the packed launcher, the parent run is opened by the launcher (`open_deferred`) once it has checked every
-    job's config. Hydra 1.3 does not call `on_multirun_end` when a job raised, and a Ctrl-C skips it too, so
-    closing is also registered with `atexit`; whichever comes first closes the sweep, once.
+    With the packed launcher, the parent run is opened by the launcher (`open_parent`) once it has checked every
+    job's config; the callback finds it in MLflow by the sweep's id when it closes. Hydra 1.3 does not call
+    `on_multirun_end` when a job raised, and a Ctrl-C skips it too, so closing is also registered with `atexit`;
+    whichever comes first closes the sweep, once.
     """
 
     def __init__(self) -> None:
@@ -483,7 +510,6 @@ class SweepCallback(Callback):
         self.expected_jobs: int | None = None  # how many jobs the sweeper launches, when known before it starts
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _deferred
         interrupts.clear(config.hydra.sweep.dir)
         self.config = config
         atexit.register(self.close)
@@ -491,9 +517,7 @@ class SweepCallback(Callback):
         # next step and end KILLED; no new job starts.
         interrupts.install(config.hydra.sweep.dir)
         self.expected_jobs = len(jobs) if (jobs := planned_jobs(config)) is not None else None
-        if config.hydra.launcher.get("_target_") == PACKED_LAUNCHER:
-            _deferred = self  # the launcher checks every job, then opens the sweep (`open_deferred`)
-        else:
+        if config.hydra.launcher.get("_target_") != PACKED_LAUNCHER:  # that one checks, then opens (`open_parent`)
             if jobs is not None:
                 check_planned_jobs(config, jobs)
             self.open()
@@ -502,14 +526,7 @@ class SweepCallback(Callback):
         """Creates the store and the parent run, once; a store that cannot be used stops the sweep here."""
         if self.sweep is not None or self.closed or self.config is None:
             return
-        try:
-            self.sweep = Sweep.open(self.config)
-        except (ConnectionError, ValueError) as e:  # StoreError, a deleted experiment
-            # Hydra turns a callback's exception into a warning and launches the jobs anyway: stop here instead.
-            raise SystemExit(f"lrsweep: {e}") from e
-        except Exception as e:  # whatever it is, a sweep with no parent run would run unrecorded: stop
-            reason = tracking.as_store_error(e, str(self.config.tracking.uri)) or f"{type(e).__name__}: {e}"
-            raise SystemExit(f"lrsweep: could not open the sweep's parent run, so no job was started: {reason}") from e
+        self.sweep = open_parent(self.config)
         self.sweep.expected_jobs = self.expected_jobs
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -545,8 +562,12 @@ class SweepCallback(Callback):
 
     def close(self) -> None:
         interrupts.disarm()  # an interrupt's grace period: the sweep is closing down, let it write its report
+        if self.closed:
+            return
         self.closed = True
         sweep, self.sweep = self.sweep, None
+        if sweep is None and self.config is not None:  # opened by the packed launcher, if its jobs were valid
+            sweep = Sweep.find(self.config)
         if sweep is not None:
             sweep.expected_jobs = self.expected_jobs
             try:

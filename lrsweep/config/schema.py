@@ -29,8 +29,8 @@ from typing import Any, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lrsweep.backend import BACKENDS
-from lrsweep.checks import check_choice, check_count, check_lr, check_number
+from lrsweep.core.backend import BACKENDS
+from lrsweep.core.checks import check_choice, check_count, check_lr, check_number
 
 RANGE = "range"  # the field metadata key of a value's allowed range
 SCHEMA_GROUP = "schema"  # ConfigStore group prefix: schema/optimizer/adam, schema/schedule/decay/cosine, ...

@@ -27,11 +27,13 @@ def train_jobs(jobs: Sequence[tuple[DictConfig, Any]], name: str) -> list[float 
     Returns:
         Per job, its final val_accuracy or the error it ended with.
     """
-    from lrsweep import backend
+    from lrsweep.core import backend
 
     cfg = jobs[0][0]
     backend.select(cfg.backend, cfg.threads)
-    from lrsweep import experiment, interrupts, launching, tracking
+    from lrsweep import tracking
+    from lrsweep.core import interrupts
+    from lrsweep.run import experiment, launching
 
     interrupts.install(jobs[0][1].sweep_dir)  # the sweep's stop file: Ctrl-C in the main process stops this too
     prepared = [experiment.prepare(task, context) for task, context in jobs]

@@ -6,8 +6,8 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-from lrsweep import stats, tracking
-from lrsweep.report import (
+from lrsweep import tracking
+from lrsweep.analysis.report import (
     LR_KEY,
     RANK_METRIC,
     SEEDS_SHOWN,
@@ -21,6 +21,7 @@ from lrsweep.report import (
     largest_training_column,
     short_key,
 )
+from lrsweep.core import stats
 
 
 def pyplot():

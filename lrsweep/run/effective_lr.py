@@ -11,7 +11,7 @@ from keras import ops
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from lrsweep.training import Member, as_members
+from lrsweep.ml.training import Member, as_members
 
 
 class EffectiveLR(NamedTuple):

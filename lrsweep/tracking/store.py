@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lrsweep.errors import StoreError
+from lrsweep.core.errors import StoreError
 
 SQLITE = "sqlite:///"
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database

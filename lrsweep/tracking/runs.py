@@ -21,10 +21,11 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lrsweep import interrupts, store
-from lrsweep.errors import StoreError
-from lrsweep.identity import JobContext, overrides_dict, sweep_id
-from lrsweep.store import as_store_error
+from lrsweep.core import interrupts
+from lrsweep.core.errors import StoreError
+from lrsweep.core.identity import JobContext, overrides_dict, sweep_id
+from lrsweep.tracking import store
+from lrsweep.tracking.store import as_store_error
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -
     return latest_run(client, experiment_id, query)
 
 
-def _process_token(pid: int | None = None) -> str:
+def process_token(pid: int | None = None) -> str:
     """`pid:start time`, which tells a live process from a later one that got the same pid."""
     pid = pid or os.getpid()
     try:
@@ -247,12 +248,12 @@ def _process_alive(token: str) -> bool:
         return False
     except (PermissionError, ValueError):
         return True
-    return start == "?" or _process_token(int(pid)) == token
+    return start == "?" or process_token(int(pid)) == token
 
 
 def owner_tags() -> dict[str, str]:
     """Who owns a run while it is RUNNING, so a later sweep can tell a live run from one whose process died."""
-    return {TAG_HOST: socket.gethostname(), TAG_PROCESS: _process_token()}
+    return {TAG_HOST: socket.gethostname(), TAG_PROCESS: process_token()}
 
 
 def mark_stale(client: MlflowClient, experiment_id: str) -> list[Run]:

@@ -14,7 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lrsweep import backend, errors, experiment, identity, interrupts, packing, sweep, tracking
+from lrsweep import tracking
+from lrsweep.core import backend, errors, identity, interrupts
+from lrsweep.run import experiment, packing
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,14 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
     return prepared
 
 
-def prepare_sweep(jobs: Sequence[tuple[DictConfig, Any]], max_members: int, max_seeds: int) -> SweepPlan:
-    """Checks every job's config (`check_jobs`), then opens the sweep, reuses FINISHED configurations and plans
-    packs for the rest.
+def plan_sweep(prepared: Sequence[experiment.Job], max_members: int, max_seeds: int) -> SweepPlan:
+    """Reuses FINISHED configurations among a sweep's checked jobs (`check_jobs`) and plans packs for the rest.
 
     Args:
-        jobs: (task config, `hydra` config node) of each job.
+        prepared: every job of the sweep, checked.
         max_members: the most runs in one pack.
         max_seeds: the most distinct seeds in one pack.
     """
-    prepared = check_jobs(jobs)
-    sweep.open_deferred()
     plan = SweepPlan()
     remaining = []
     for job in prepared:

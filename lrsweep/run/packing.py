@@ -22,10 +22,11 @@ import numpy as np
 from keras import ops
 from mlflow.tracking import MlflowClient
 
-from lrsweep import experiment, tracking
-from lrsweep.data import Dataset
-from lrsweep.schedules import KerasSchedule
-from lrsweep.training import Member, fit_epochs
+from lrsweep import tracking
+from lrsweep.ml.data import Dataset
+from lrsweep.ml.schedules import KerasSchedule
+from lrsweep.ml.training import Member, fit_epochs
+from lrsweep.run import experiment
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ def train_pack(
             members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=_selector(model, k)))
         history = fit_epochs(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
-            experiment.callbacks(client, cfg, members),
+            experiment.callbacks(client, cfg, members, dataset),
         )  # fmt: skip
         # The test set once, for every member that trained to the end (after training: diverged members are known).
         experiment.log_test_metrics(client, model, dataset, members, cfg.training.batch_size, len(history) - 1)

@@ -1,0 +1,526 @@
+"""A sweep at a glance: its runs (read by `lrsweep.tracking`) as a ranked table over seeds with verdicts, CSV and
+Markdown; the figures are `lrsweep.figures`'."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.entities import Run
+
+from lrsweep import tracking
+from lrsweep.core import identity, stats
+from lrsweep.ml.data import VALIDATION_IS_TEST
+
+SEED_KEY = "training.seed"
+RANK_METRIC = "val_accuracy"
+FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
+# A run diverged if training stopped it for divergence (FAILED with DivergedError: its loss became NaN/inf or rose
+# above training.divergence_factor x its starting loss, `lrsweep.callbacks.StopOnDivergence`) or it ended no better
+# than guessing: a final training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10.
+CHANCE_LOSS = math.log(10)
+SEEDS_SHOWN = 15  # configurations in seeds.png
+
+
+@dataclass
+class JobRun:
+    """One job's run: identity, status, the overrides that made it, final metrics and per-epoch histories."""
+
+    run_id: str
+    name: str
+    status: str
+    overrides: dict[str, str]
+    params: dict[str, str]
+    final: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    reused: bool = False  # a FINISHED run of an earlier sweep that this sweep's job skipped to (resume)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, run: Run) -> JobRun:
+        return cls(
+            run_id=run.info.run_id,
+            name=run.info.run_name,
+            status=run.info.status,
+            overrides=json.loads(run.data.tags.get(tracking.TAG_OVERRIDES, "{}")),
+            params=dict(run.data.params),
+            final=dict(run.data.metrics),
+            tags=dict(run.data.tags),
+        )
+
+    @property
+    def seed(self) -> int | None:
+        value = self.params.get(SEED_KEY, self.overrides.get(SEED_KEY))
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def diverged(self) -> bool:
+        """Stopped for divergence (FAILED with DivergedError), or ended no better than chance (final loss >= ln 10)."""
+        if self.status == "FAILED":
+            return "DivergedError" in self.tags.get(tracking.TAG_ERROR, "")
+        loss = self.final.get("loss")
+        return self.status == "FINISHED" and loss is not None and not loss < CHANCE_LOSS
+
+
+@dataclass
+class Configuration:
+    """The runs of one configuration, which differ only by seed."""
+
+    values: dict[str, str]
+    runs: list[JobRun]
+    label: str
+
+    @property
+    def finished(self) -> list[JobRun]:
+        return [r for r in self.runs if r.status == "FINISHED"]
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.diverged for r in self.runs)
+
+    def samples(self, metric: str = RANK_METRIC) -> dict[int, float]:
+        """{seed: final value} of the finished runs (a run without a seed is keyed by its position)."""
+        values = {}
+        for i, run in enumerate(r for r in self.finished if metric in r.final):
+            values[run.seed if run.seed is not None else -1 - i] = run.final[metric]
+        return values
+
+    def stat(self, metric: str) -> tuple[float, float, int]:
+        """Mean, sample standard deviation (nan for n < 2) and n of a final metric over finished runs."""
+        values = [r.final[metric] for r in self.finished if metric in r.final]
+        if not values:
+            return math.nan, math.nan, 0
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
+
+    def curve(self, metric: str) -> tuple[list[int], list[float], list[float]]:
+        """Steps, mean and std across finished runs of a per-epoch metric (steps all runs reached)."""
+        series = [dict(r.history[metric]) for r in self.finished if r.history.get(metric)]
+        if not series:
+            return [], [], []
+        steps = sorted(set.intersection(*(set(s) for s in series)))
+        means = [statistics.fmean(s[t] for s in series) for t in steps]
+        stds = [statistics.stdev(s[t] for s in series) if len(series) > 1 else 0.0 for t in steps]
+        return steps, means, stds
+
+
+@dataclass
+class SweepReport:
+    sweep_id: str | None
+    runs: list[JobRun]
+    swept: list[str]
+    configurations: list[Configuration]
+    comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # by configuration label
+
+    @property
+    def validation(self) -> str:
+        """What ranked the configurations: the validation set the runs report `val_*` on."""
+        described = sorted({r.tags[tracking.TAG_VALIDATION] for r in self.runs if tracking.TAG_VALIDATION in r.tags})
+        return " / ".join(described) if described else VALIDATION_IS_TEST
+
+    @property
+    def test_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in TEST_METRICS if any(m in r.final for r in self.runs))
+
+    @property
+    def comparable(self) -> bool:
+        """Whether any configuration has 2 or more finished runs, so that a comparison is possible."""
+        return any(len(c.samples()) >= 2 for c in self.configurations)
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per configuration, best mean val_accuracy first: swept values, mean/std/n, verdict vs the best."""
+        rows = []
+        for rank, config in enumerate(self.configurations, start=1):
+            row: dict[str, object] = {"rank": rank, **{short_key(k, self.swept): config.values[k] for k in self.swept}}
+            for metric in (*FINAL_METRICS, *self.test_metrics):
+                mean, std, n = config.stat(metric)
+                row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+            comparison = self.comparisons.get(config.label)
+            row["verdict"] = comparison.verdict if comparison else "no finished run"
+            for key in ("difference", "low", "high", "p_adjusted", "test", "seeds_needed"):
+                row[f"vs_best_{key}"] = getattr(comparison, key) if comparison else math.nan
+            row["n"] = config.stat(RANK_METRIC)[2]
+            row["failed"] = len(config.runs) - len(config.finished)
+            row["diverged"] = config.diverged
+            row["reused"] = sum(r.reused for r in config.runs)
+            row["runs"] = " ".join(r.name for r in config.runs)
+            rows.append(row)
+        return rows
+
+    def table(self, markdown: bool = False) -> str:
+        return format_table(*self.table_cells(), markdown=markdown)
+
+    def table_cells(self) -> tuple[list[str], list[list[object]]]:
+        """The table's header and rows of cells, as `table()` prints them (and report.html shows them)."""
+        header = ["rank", *([short_key(k, self.swept) for k in self.swept] or ["configuration"])]
+        header += [f"{RANK_METRIC} (mean ± std)", "vs best [95% CI]", "p (Holm)", "verdict"]
+        others = [m for m in (*FINAL_METRICS, *self.test_metrics) if m != RANK_METRIC]
+        header += [f"{m} (mean ± std)" for m in others] + ["n", "failed", "diverged", "reused"]
+        body = []
+        for config, row in zip(self.configurations, self.rows(), strict=True):
+            cells = [row["rank"], *([_short_number(config.values[k]) for k in self.swept] or [config.label])]
+            cells.append(_mean_std(row[f"{RANK_METRIC}_mean"], row[f"{RANK_METRIC}_std"]))
+            cells += _comparison_cells(self.comparisons.get(config.label))
+            cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in others]
+            body.append([*cells, row["n"], row["failed"], row["diverged"], row["reused"]])
+        return header, body
+
+    def verdicts(self, limit: int | None = None) -> list[str]:
+        """The comparisons in words, one line each (the `limit` closest to the best), headed by what ranked them;
+        or why none is possible."""
+        head = f"Ranked by final {RANK_METRIC} on the {self.validation}."
+        if self.validation == VALIDATION_IS_TEST:
+            head += " (data.validation_size=null, the tutorial's way: the best is chosen on the data it is scored on.)"
+        if len(self.configurations) < 2:
+            return [head]
+        if not self.comparable:
+            return [
+                f"{head} One run per configuration: no comparison is possible, and the ranking may be noise. "
+                f"Sweep seeds to compare, e.g. {SEED_KEY}=0,1,2."
+            ]
+        lines = [
+            f"{head} Each configuration vs the best: difference in mean {RANK_METRIC} [95% CI], p corrected for "
+            f"{_plural(sum(1 for c in self.comparisons.values() if c.test), 'comparison')} (Holm); paired by seed "
+            "when both ran the same seeds, else Welch."
+        ]
+        others = [c.sentence(RANK_METRIC) for c in self.comparisons.values() if c.verdict != stats.BEST]
+        if limit is not None and len(others) > limit:
+            verdicts = Counter(c.verdict for c in self.comparisons.values())
+            counts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
+            others = [*others[:limit], f"... {len(others) - limit} more in summary.md ({counts})"]
+        return lines + others
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _comparison_cells(comparison: stats.Comparison | None) -> list[str]:
+    if comparison is None:
+        return ["-", "-", "no finished run"]
+    if comparison.verdict == stats.BEST:
+        return ["-", "-", stats.BEST]
+    if not comparison.test:
+        return [f"{comparison.difference:+.4f}", "-", f"{stats.NO_TEST} (n={comparison.n})"]
+    interval = f"{comparison.difference:+.4f} [{comparison.low:+.4f}, {comparison.high:+.4f}]"
+    return [interval, f"{comparison.p_adjusted:.2g}", comparison.verdict]
+
+
+def _short_number(value: str) -> str:
+    """`0.00019460990342853233` -> `0.0001946` for display (CSV keeps every digit); other values as they are."""
+    try:
+        return value if len(value) <= 8 else f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def _mean_std(mean: object, std: object) -> str:
+    if not isinstance(mean, float) or math.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" if not isinstance(std, float) or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def short_key(key: str, keys: Sequence[str]) -> str:
+    """`schedule.initial_lr` -> `initial_lr` unless another key shares that last part."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf if sum(k.rsplit(".", 1)[-1] == leaf for k in keys) == 1 else key
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
+    """A plain-text (or Markdown) table, floats to 4 decimals."""
+
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [list(header)] + [[cell(v) for v in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def swept_keys(runs: Sequence[JobRun]) -> list[str]:
+    """Override keys whose value differs between runs (or is missing in some), the seed excluded."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(run.overrides))
+    return [key for key in keys if key != SEED_KEY and len({run.overrides.get(key) for run in runs}) > 1]
+
+
+def build(sweep: tracking.SweepRuns) -> SweepReport:
+    """Groups a sweep's runs (and the finished runs it reused) by configuration, seed aside, and ranks them."""
+    jobs = [JobRun.from_mlflow(run) for run in sweep.runs]
+    own = {job.run_id for job in jobs}
+    for run, overrides in sweep.reused:
+        if run.info.run_id not in own:
+            jobs.append(JobRun.from_mlflow(run))
+            jobs[-1].reused = True
+            jobs[-1].overrides = overrides  # as this sweep's job asked for it
+    for job in jobs:
+        job.history = sweep.histories.get(job.run_id, {})
+    swept = swept_keys(jobs)
+    groups: dict[tuple[str | None, ...], list[JobRun]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.overrides.get(k) for k in swept), []).append(job)
+    configurations = []
+    for values, members in groups.items():
+        named = dict(zip(swept, (v if v is not None else "-" for v in values), strict=True))
+        label = ", ".join(f"{short_key(k, swept)}={v}" for k, v in named.items()) or identity.without_seed(
+            members[0].name
+        )
+        configurations.append(Configuration(named, members, label))
+    configurations.sort(key=lambda c: (c.stat(RANK_METRIC)[2] == 0, -_nan_to(c.stat(RANK_METRIC)[0], -1.0)))
+    comparisons = stats.compare_to_best({c.label: c.samples() for c in configurations})
+    return SweepReport(sweep.sweep_id, jobs, swept, configurations, comparisons)
+
+
+def _nan_to(value: float, default: float) -> float:
+    return default if math.isnan(value) else value
+
+
+def _numeric(values: Iterable[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+LR_KEY = re.compile(r"(^|[._])(lr|learning_rate)$")
+
+
+@dataclass
+class Cell:
+    """One cell of a two-parameter grid: its configurations' runs pooled."""
+
+    mean: float  # mean final val_accuracy of the finished runs (nan: none finished)
+    runs: int
+    finished: int
+    diverged: int  # finished no better than chance, or failed on a NaN/inf loss
+    failed: int  # failed for another reason (a crash), or killed
+
+    @property
+    def trains(self) -> bool:
+        return self.finished > 0 and self.diverged == 0 and self.finished == self.runs
+
+
+def grid_axes(report: SweepReport) -> tuple[str, str, list[str]] | None:
+    """(row key, column key, facet keys) when the sweep is a grid of two numeric keys (times categorical ones).
+
+    A learning-rate key (`...lr`, `...learning_rate`) goes on the columns, so that a row reads from small to
+    large LR; None when there are not exactly two numeric swept keys.
+    """
+    numeric = [k for k in report.swept if _numeric(c.values[k] for c in report.configurations) is not None]
+    if len(numeric) != 2:
+        return None
+    rows, cols = numeric
+    if LR_KEY.search(rows) and not LR_KEY.search(cols):
+        rows, cols = cols, rows
+    return rows, cols, [k for k in report.swept if k not in numeric]
+
+
+def grid_cells(
+    report: SweepReport, row_key: str, col_key: str, facet: dict[str, str]
+) -> tuple[list[str], list[str], list[list[Cell | None]]]:
+    """Row values, column values (numerically sorted) and the cells of one facet (None: not in the sweep)."""
+
+    def ordered(key: str) -> list[str]:
+        return sorted({c.values[key] for c in report.configurations}, key=lambda v: float(v))
+
+    row_values, col_values = ordered(row_key), ordered(col_key)
+    grid: list[list[Cell | None]] = [[None] * len(col_values) for _ in row_values]
+    for config in report.configurations:
+        if any(config.values[k] != v for k, v in facet.items()):
+            continue
+        mean, _, _ = config.stat(RANK_METRIC)
+        failed = sum(r.status != "FINISHED" and not r.diverged for r in config.runs)
+        cell = Cell(mean, len(config.runs), len(config.finished), config.diverged, failed)
+        grid[row_values.index(config.values[row_key])][col_values.index(config.values[col_key])] = cell
+    return row_values, col_values, grid
+
+
+def largest_training_column(row: Sequence[Cell | None]) -> int | None:
+    """The index of the largest column value whose every run trained (finished, none diverged), or None."""
+    trained = [j for j, cell in enumerate(row) if cell is not None and cell.trains]
+    return max(trained) if trained else None
+
+
+def write(report: SweepReport, out_dir: Path) -> list[Path]:
+    """Writes summary.csv, summary.md, runs.csv, the figures (PNG) and report.html (all of them on one page, with
+    any other PNG already in `out_dir`) into `out_dir`; returns the paths."""
+    from lrsweep.analysis import figures as draw  # figures import this module's types
+
+    plt = draw.pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = report.rows()
+    path = out_dir / "summary.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank"])
+        writer.writeheader()
+        writer.writerows(rows)
+    written.append(path)
+    path = out_dir / "summary.md"
+    verdicts = "\n".join(f"- {line}" for line in report.verdicts())
+    path.write_text(f"# Sweep {report.sweep_id}\n\n{report.table(markdown=True)}\n\n{verdicts}\n")
+    written.append(path)
+    path = out_dir / "runs.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        metrics = (*FINAL_METRICS, *report.test_metrics)
+        writer.writerow(["run", "run_id", "status", "diverged", "reused", *report.swept, SEED_KEY, *metrics])
+        for run in report.runs:
+            values = [run.overrides.get(k, "") for k in report.swept]
+            writer.writerow(
+                [run.name, run.run_id, run.status, run.diverged, run.reused, *values, run.params.get(SEED_KEY, ""),
+                 *(run.final.get(m, "") for m in metrics)]
+            )  # fmt: skip
+    written.append(path)
+    figures = (
+        ("lr", draw.plot_lr(report)),
+        ("curves", draw.plot_curves(report)),
+        ("seeds", draw.plot_seeds(report)),
+        ("heatmap", draw.plot_heatmap(report)),
+    )
+    for name, figure in figures:
+        if figure is not None:
+            path = out_dir / f"{name}.png"
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+            written.append(path)
+    written.append(write_html(report, out_dir))
+    return written
+
+
+# report.html shows these first, in this order, then any other PNG in the folder.
+FIGURE_CAPTIONS = {
+    "lr.png": "The LR set by the schedule per epoch; beside it, per optimizer, the effective per-parameter step size "
+    "it really applies (median, band p10-p90) and the share of parameters left out of those quantiles.",
+    "curves.png": "Training and validation loss and accuracy per epoch (mean ± std over seeds); the second row zooms "
+    "on the leading configurations.",
+    "seeds.png": f"Each seed's final {RANK_METRIC}, the mean with its 95% confidence interval, coloured by verdict.",
+    "heatmap.png": f"Mean final {RANK_METRIC} over the grid; hatched cells diverged; the red line is the largest LR at "
+    "which every seed trains.",
+    "lr_range.png": "LR range test: smoothed training loss against the learning rate.",
+}
+_VERDICT_CLASS = {stats.BEST: "best", stats.TIED: "tied", stats.WORSE_UNCORRECTED: "uncorrected", stats.WORSE: "worse"}
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ccc;padding:.25em .5em;white-space:nowrap}th{background:#f0f0f0}
+tr:nth-child(even) td{background:#fafafa}.scroll{overflow-x:auto}img{max-width:100%;height:auto}
+td.best{color:#1a7f37;font-weight:bold}td.tied{color:#1f6feb}td.uncorrected{color:#b35900}td.worse{color:#c62828}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto}figure{margin:1.5em 0}figcaption{color:#555}"""
+
+
+def write_html(report: SweepReport, out_dir: Path) -> Path:
+    """Writes report.html into `out_dir`: one self-contained page (inline CSS, every PNG in `out_dir` embedded as
+    a data URI, no external reference) with what ranked the sweep, the table, the verdicts and the figures.
+
+    It embeds the PNGs present when it runs: call it again after adding one (e.g. the range test's lr_range.png).
+    """
+    import base64
+    from html import escape
+
+    header, body = report.table_cells()
+    verdict_column = header.index("verdict")
+    lines = report.verdicts()
+    failed = sum(r.status != "FINISHED" for r in report.runs)
+    counts = f"{_plural(len(report.runs), 'run')} in {_plural(len(report.configurations), 'configuration')}"
+    counts += f"; {failed} not finished; {sum(r.diverged for r in report.runs)} diverged"
+    reused = sum(r.reused for r in report.runs)
+    counts += f"; {reused} reused from earlier sweeps" if reused else ""
+    title = f"Sweep {report.sweep_id}" if report.sweep_id else "Sweep report"
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="ranked"><strong>{escape(lines[0])}</strong></p>',
+        f"<p>{escape(counts)}.</p>",
+        "<h2>Configurations, best first</h2>",
+        '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in header),
+        "</tr></thead><tbody>",
+    ]
+    for cells in body:
+        row = []
+        for i, value in enumerate(cells):
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            css = _VERDICT_CLASS.get(text) if i == verdict_column else None
+            row.append(f'<td class="{css}">{escape(text)}</td>' if css else f"<td>{escape(text)}</td>")
+        parts.append("<tr>" + "".join(row) + "</tr>")
+    parts.append("</tbody></table></div>")
+    if len(lines) > 1:
+        parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines[1:]) + "</ul>")
+    range_text = out_dir / "lr_range.txt"
+    if range_text.is_file():
+        parts.append(f"<h2>LR range test</h2><pre>{escape(range_text.read_text().strip())}</pre>")
+    order = list(FIGURE_CAPTIONS)
+    pngs = sorted(out_dir.glob("*.png"), key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    if pngs:
+        parts.append("<h2>Figures</h2>")
+    for png in pngs:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        caption = f"<strong>{escape(png.name)}</strong>: {escape(FIGURE_CAPTIONS.get(png.name, ''))}"
+        parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{escape(png.name)}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    others = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.suffix != ".png" and p.name != "report.html")
+    if others:
+        parts.append(f"<p>Also in this folder: {escape(', '.join(others))}.</p>")
+    parts.append("</body></html>\n")
+    path = out_dir / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command line that reads one sweep of a store: --tracking-uri, --experiment, --sweep."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="default: %(default)s")
+    parser.add_argument("--experiment", default="lrsweep", help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--sweep", help="sweep id, the multirun folder's name (default: the latest sweep)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = sweep_parser(
+        "python -m lrsweep.report", "Rebuild a sweep's report (table, CSV, Markdown, figures) from MLflow."
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id>)")
+    parser.add_argument("--log", action="store_true", help="also attach the report to the sweep's parent run")
+    args = parser.parse_args(argv)
+    client, experiment_id = tracking.connect(args.tracking_uri, args.experiment)
+    sweep_id = args.sweep or tracking.latest_sweep_id(client, experiment_id)
+    if sweep_id is None:
+        parser.exit(1, f"No sweep in experiment {args.experiment!r} at {args.tracking_uri}.\n")
+    report = build(tracking.load_sweep(client, experiment_id, sweep_id))
+    if not report.runs:
+        parser.exit(1, f"No runs of sweep {sweep_id!r} in experiment {args.experiment!r}.\n")
+    out_dir = args.out or Path("reports") / sweep_id
+    paths = write(report, out_dir)
+    print(f"Sweep {sweep_id}: {len(report.runs)} runs, {len(report.configurations)} configurations")
+    print(report.table())
+    print("\n".join(report.verdicts()))
+    print("\n".join(f"wrote {p}" for p in paths))
+    parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
+    if args.log and parent is not None:
+        client.log_artifacts(parent.info.run_id, str(out_dir), "report")
+        print(f"attached to MLflow run {parent.info.run_id}")
+
+
+if __name__ == "__main__":
+    main()

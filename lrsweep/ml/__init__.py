@@ -1,0 +1,7 @@
+"""The machine learning, independent of MLflow and Hydra: data, models, LR schedules, the training loop.
+
+Importing this package imports nothing of Keras; its modules that need Keras import it, so choose the backend
+(`lrsweep.core.backend.select`) before importing them.
+"""
+
+__all__ = ["data", "models", "schedules", "training"]

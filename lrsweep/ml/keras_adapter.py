@@ -1,0 +1,62 @@
+"""Every private attribute of Keras that lrsweep relies on, in one place; tests/test_keras_adapter.py pins each.
+
+Keras 3 has no public API for these. When an upgrade changes one, that test fails by name instead of a sweep.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+# The method of `keras.optimizers.Optimizer` that applies every variable's update in one call, with the LR already
+# evaluated: the packed optimizer (`lrsweep.ml.packing`) overrides it to apply each member's own LR.
+UPDATE_STEP_METHOD = "_backend_update_step"
+
+# Slot variables of the optimizers whose effective LR lrsweep computes (`lrsweep.ml.effective_lr`), by attribute.
+SLOTS = {
+    keras.optimizers.Adagrad: ("_accumulators",),
+    keras.optimizers.Adadelta: ("_accumulated_grads", "_accumulated_delta_vars"),
+    keras.optimizers.Adam: ("_momentums", "_velocities", "_velocity_hats"),
+    keras.optimizers.RMSprop: ("_velocities", "_average_gradients"),
+}
+
+
+def set_global_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed` without importing TensorFlow when the backend is not TensorFlow.
+
+    Keras' own function seeds Python, NumPy and Keras' global seed generator, and also TensorFlow whenever it is
+    installed, which imports it (seconds of start-up, and hundreds of MB) on the JAX backend too. Initial weights
+    depend only on Keras' seed, so both give the same weights (tests/test_keras_adapter.py compares them).
+    """
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    if not isinstance(seed, int):
+        raise ValueError(f"Expected `seed` argument to be an integer. Received: seed={seed} (of type {type(seed)})")
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)  # recreated from the seed
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def optimizer_schedule(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.schedules.LearningRateSchedule | None:
+    """The schedule the optimizer evaluates at its iteration count for its LR, or None for a fixed LR."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) else None
+
+
+def slot_variables(optimizer: keras.optimizers.Optimizer, name: str) -> Sequence[keras.Variable]:
+    """One kind of the optimizer's slot variables (`SLOTS`), one per trainable variable, in their order."""
+    return getattr(optimizer, name)
+
+
+def variable_index(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> int:
+    """The position of a trainable variable in the optimizer's own lists (its slots, its update order)."""
+    return optimizer._get_variable_index(variable)
