@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from lrsweep.tracking import store
+from lrsweep.tracking import mlflow_adapter, store
 from tests.conftest import ROOT, TINY
 from tests.test_faults import free_port, start_server, wait_for
 
@@ -209,7 +209,7 @@ def set_revision(db: Path, revision: str) -> None:
 def test_a_schema_of_another_mlflow_is_an_error_naming_the_fix(tmp_path, real_store, which):
     db = tmp_path / "mlflow.db"
     shutil.copy(real_store, db)
-    head, known = store._schema_revisions()
+    head, known = mlflow_adapter.schema_revisions()
     revision = "0123456789ab" if which == "newer" else next(r for r in sorted(known) if r != head)
     set_revision(db, revision)
     uri = f"sqlite:///{db}"
@@ -290,7 +290,7 @@ def test_http_settings_are_checked_and_give_the_bound():
 HUNG = """
 import socket, sys, time
 from mlflow.tracking import MlflowClient
-from lrsweep.tracking import store
+from lrsweep.tracking import mlflow_adapter, store
 listener = socket.create_server(("127.0.0.1", 0))
 uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
 store.http_settings(timeout=2, max_retries=1)

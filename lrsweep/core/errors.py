@@ -31,6 +31,25 @@ class StoreError(ConnectionError):
 USER_ERRORS = (ConfigError, StoreError)
 
 
+def error_chain(error: BaseException | None) -> list[BaseException]:
+    """`error` and what caused it (`__cause__`, else `__context__`), outermost first, each once."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type's name if it has none), cut to `limit` characters.
+
+    For messages that quote another library's error in one line: SQLAlchemy's and MLflow's run on for pages.
+    """
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 def as_config_error(check: Callable[..., T], *args: Any) -> T:
     """`check(*args)`, raising the ValueError it finds as a ConfigError."""
     try:

@@ -5,29 +5,25 @@ from __future__ import annotations
 import atexit
 import collections
 import copy
-import errno
 import logging
 import math
-import shutil
-import socket
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import Run, RunStatus, RunTag
+from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lrsweep import tracking
 from lrsweep.analysis import figures, range_test, report
 from lrsweep.core import errors, identity, interrupts
-from lrsweep.tracking import store
+from lrsweep.tracking import Settled, settle_running, store_failure_message
 
 log = logging.getLogger(__name__)
 
@@ -245,62 +241,7 @@ def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
                 client.update_run(run.run_id, name=run.name)
 
 
-STALE_GRACE = 10.0  # seconds a worker going down (joblib kills the others when one dies) gets to exit at close
-_DISK_FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-@dataclass
-class Settled:
-    """The job runs of a sweep that were still RUNNING when it closed, by run id, with what became of them."""
-
-    stale: dict[str, str] = field(default_factory=dict)  # marked stale (KILLED) -> by whom it was left RUNNING
-    running: dict[str, str] = field(default_factory=dict)  # still RUNNING -> why
-    store_errors: list[str] = field(default_factory=list)  # writes the store refused, in words
-
-
-def settle_running(client: MlflowClient, runs: list[Run], grace: float = STALE_GRACE) -> Settled:
-    """Marks stale (KILLED, tag `lrsweep.stale`) the runs still RUNNING whose process is gone, so resume reruns them.
-
-    Called once a sweep's jobs are over: a run still RUNNING then was left so by a process that died (SIGKILL, a
-    crashed joblib worker) or, in this process, by a job whose end the store could not record. A process on this
-    host that is still alive gets `grace` seconds to exit first (joblib kills the other workers when one dies); one
-    still alive after that, or a run of another host (which cannot be checked from here), stays RUNNING.
-    """
-    host = socket.gethostname()
-    me = tracking.owner_tags()[tracking.TAG_PROCESS]
-    running = [run for run in runs if run.info.status == "RUNNING"]
-
-    def alive_elsewhere(run: Run) -> bool:
-        token = run.data.tags.get(tracking.TAG_PROCESS)
-        local = run.data.tags.get(tracking.TAG_HOST) == host and bool(token)
-        return local and token != me and not tracking.process_gone(token)
-
-    deadline = time.monotonic() + grace
-    while any(alive_elsewhere(run) for run in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    settled = Settled()
-    for run in running:
-        run_id, tags = run.info.run_id, run.data.tags
-        token = tags.get(tracking.TAG_PROCESS)
-        if tags.get(tracking.TAG_HOST) != host or not token:
-            settled.running[run_id] = f"on host {tags.get(tracking.TAG_HOST, '?')}, which cannot be checked from here"
-            continue
-        if alive_elsewhere(run):
-            pid = token.partition(":")[0]
-            settled.running[run_id] = f"by process {pid}, still alive {grace:.0f} s after the sweep's jobs ended"
-            continue
-        try:
-            tracking.end_stale(client, run_id)
-        except Exception as e:
-            message = store_failure_message(e, client.tracking_uri)
-            settled.store_errors.append(message or f"Could not mark run {run_id} stale: {type(e).__name__}: {e}")
-            settled.running[run_id] = "(the store could not record its end; the next sweep on it marks it stale)"
-            continue
-        died = "by this process, which could not record its end" if token == me else "by a process that died"
-        settled.stale[run_id] = died
-        log.warning("Run %s (%s) was left RUNNING %s: marked KILLED (stale)", run.info.run_name, run_id, died)
-    return settled
 
 
 @dataclass
@@ -359,53 +300,6 @@ def judge(
     else:
         status = "FINISHED" if built.runs else "FAILED"
     return Outcome(status, problems, failed_jobs, never_started, sum(run.reused for run in built.runs))
-
-
-def disk_full(error: BaseException | None) -> list[BaseException]:
-    """The errors in `error`'s chain (causes and contexts) that say a disk is full."""
-    return [
-        e
-        for e in store.error_chain(error)
-        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-        or any(text in str(e).lower() for text in _DISK_FULL)
-    ]
-
-
-def store_failure_message(error: BaseException | None, uri: str) -> str | None:
-    """One line for an error that means the disk under the MLflow store (or a file being written) is full, else None.
-
-    SQLite says "database or disk is full" inside an MlflowException (from SQLAlchemy's OperationalError), a
-    tracking server passes the same text on, and files (artifacts, the report) raise OSError ENOSPC.
-    """
-    full = disk_full(error)
-    if not full:
-        return None
-    fix = "then rerun the same command: it reruns what did not finish and reuses what did."
-    if uri.startswith(("http://", "https://")) and not any(isinstance(e, OSError) for e in full):
-        return f"The MLflow tracking server at tracking.uri={uri} says its disk is full. Free space on its host, {fix}"
-    # A copy that runs out of space names its source as `filename` and the file it was writing as `filename2`.
-    written = next((e.filename2 or e.filename for e in full if isinstance(e, OSError) and e.filename), None)
-    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    path = Path(written) if written else db or Path(uri)
-    folder = next((p for p in (path, *path.parents) if p.is_dir()), None)
-    free = f", {shutil.disk_usage(folder).free // 1024} KiB free" if folder else ""
-    if db is not None and not path.is_relative_to(db.parent):  # the sweep's folder (its report), not the store
-        return f"The disk is full at {path}{free}: the sweep cannot write its files there. Free space, {fix}"
-    return (
-        f"The disk is full at {path}{free}: the MLflow store tracking.uri={uri} cannot record the runs. "
-        f"Free space there (or set `tracking.uri` to a store on another disk), {fix}"
-    )
-
-
-class _QuietDiskFull(logging.Filter):
-    """Drops MLflow's own ERROR log, with its traceback, of a write that a full disk refused: the error is raised to
-    lrsweep all the same, which says it in one line (`store_failure_message`) instead of a page per failed call."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and disk_full(record.exc_info[1]))
-
-
-logging.getLogger("mlflow.store.db.utils").addFilter(_QuietDiskFull())
 
 
 PACKED_LAUNCHER = "hydra_plugins.lrsweep_launcher.packed_launcher.PackedLauncher"

@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lrsweep.core.errors import StoreError
+from lrsweep.core.errors import StoreError, error_chain, first_line
+from lrsweep.tracking import mlflow_adapter
 
 SQLITE = "sqlite:///"
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
@@ -46,11 +47,6 @@ def sqlite_path(uri: str) -> Path | None:
     if not path or path == ":memory:":
         return None
     return Path(path).expanduser().absolute()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def check_location(uri: str, path: Path) -> bool:
@@ -90,16 +86,6 @@ def check_location(uri: str, path: Path) -> bool:
             "`tracking.uri`."
         )
     return path.is_file() and path.stat().st_size > 0
-
-
-def _schema_revisions() -> tuple[str, set[str]]:
-    """The schema revision this MLflow needs (its Alembic head) and every revision it knows."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
-    script = ScriptDirectory.from_config(_get_alembic_config(""))
-    heads = script.get_heads()
-    return heads[0], {r.revision for r in script.walk_revisions()}
 
 
 def check_database(uri: str, path: Path) -> bool:
@@ -155,7 +141,7 @@ def check_database(uri: str, path: Path) -> bool:
         )
     import mlflow
 
-    head_revision, known = _schema_revisions()
+    head_revision, known = mlflow_adapter.schema_revisions()
     revision = revisions[0]
     if revision not in known:
         raise StoreError(
@@ -173,7 +159,7 @@ def check_database(uri: str, path: Path) -> bool:
 
 def _damaged(uri: str, path: Path, error: BaseException | str) -> StoreError:
     return StoreError(
-        f"The MLflow store tracking.uri={uri} is damaged: SQLite says {_first_line(error)!r} for {path}. "
+        f"The MLflow store tracking.uri={uri} is damaged: SQLite says {first_line(error)!r} for {path}. "
         f"Restore it from a backup (or salvage it: `sqlite3 {path} .recover`), or move it away to start a fresh "
         "store, or choose another `tracking.uri`."
     )
@@ -233,7 +219,7 @@ def prepare_sqlite(uri: str, path: Path, create: bool) -> contextlib.AbstractCon
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # os.access can say yes where the filesystem says no (ACLs, root squash, read-only mount)
         raise StoreError(
-            f"Cannot create the folder of the MLflow store tracking.uri={uri}: {_first_line(e)}. "
+            f"Cannot create the folder of the MLflow store tracking.uri={uri}: {first_line(e)}. "
             "Create it yourself or choose another `tracking.uri`."
         ) from e
     return _checked_under_lock(uri, path, create)
@@ -310,8 +296,9 @@ def one_try(timeout: int = 5) -> Iterator[None]:
                 os.environ[key] = value
 
 
+SQLITE_FULL = "database or disk is full"  # SQLite's words, passed on by SQLAlchemy, MLflow and a tracking server
 _SQLITE_FAULTS = (
-    ("disk is full", "the disk holding {path} is full. Free some space and rerun"),
+    (SQLITE_FULL, "the disk holding {path} is full. Free some space and rerun"),
     ("disk i/o error", "reading or writing {path} failed (disk I/O error). Check the disk and rerun"),
     ("readonly database", "{path} became read-only. Make it writable again and rerun"),
     ("unable to open database file", "{path} cannot be opened (moved, deleted or no permission). Restore it"),
@@ -319,15 +306,6 @@ _SQLITE_FAULTS = (
     ("not a database", "{path} is not a SQLite database any more. Restore it from a backup"),
     ("database is locked", "{path} stayed locked by another process. Rerun when it is done"),
 )
-
-
-def error_chain(error: BaseException | None) -> list[BaseException]:
-    """`error` and what caused it (`__cause__`, else `__context__`), outermost first, each once."""
-    chain: list[BaseException] = []
-    while error is not None and all(error is not seen for seen in chain):
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 def as_store_error(error: BaseException, uri: str) -> StoreError | None:
@@ -356,9 +334,7 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
                 isinstance(link, MlflowException) and str(link.message).startswith("API request to ")
             )
             if server_fault:
-                reason = _first_line(link)
-                if len(reason) > 200:
-                    reason = reason[:200] + "..."
+                reason = first_line(link, limit=200)
                 return StoreError(
                     f"The MLflow tracking server at tracking.uri={uri} stopped answering ({reason}). Start it "
                     "again and rerun: runs it left RUNNING are then marked KILLED (stale) and redone. On a slow "
@@ -376,9 +352,9 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
                     return StoreError(f"The MLflow store tracking.uri={uri} failed: {what.format(path=path)}.")
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
             return StoreError(
-                f"The MLflow store tracking.uri={uri} failed: {_first_line(link)} (writing at or beside {path}). "
+                f"The MLflow store tracking.uri={uri} failed: {first_line(link)} (writing at or beside {path}). "
                 "Fix the disk and rerun."
             )
         if isinstance(link, sqlalchemy.exc.OperationalError):
-            return StoreError(f"The MLflow store tracking.uri={uri} failed: {_first_line(link)}.")
+            return StoreError(f"The MLflow store tracking.uri={uri} failed: {first_line(link)}.")
     return None

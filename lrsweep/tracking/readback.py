@@ -1,0 +1,132 @@
+"""Reading runs back from MLflow: a sweep's parent and jobs, the runs it reused, their metric histories in bulk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from lrsweep.tracking import mlflow_adapter
+from lrsweep.tracking.tags import (
+    HISTORY_METRICS,
+    TAG_CONFIG_HASH,
+    TAG_JOB_NUM,
+    TAG_REUSED_PREFIX,
+    TAG_ROLE,
+    TAG_SWEEP_ID,
+)
+
+SEARCH_PAGE = 1000  # runs per search request: MLflow's largest page
+IDS_PER_QUERY = 100  # run ids per `attributes.run_id IN (...)` filter
+
+
+def latest_run(client: MlflowClient, experiment_id: str, query: str) -> Run | None:
+    """The most recently started run matching an MLflow search `query`, if any."""
+    runs = client.search_runs([experiment_id], query, max_results=1, order_by=["start_time DESC"])
+    return runs[0] if runs else None
+
+
+def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -> Run | None:
+    """The latest FINISHED job run with this config hash, if any."""
+    query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
+    return latest_run(client, experiment_id, query)
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
+    """The parent run of a sweep, if one was opened (by `lrsweep.sweep.SweepCallback`)."""
+    return latest_run(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'")
+
+
+def find_job_run(client: MlflowClient, experiment_id: str, sweep_id: str, job_num: int) -> Run | None:
+    """The run that job number `job_num` of a sweep opened, if it got that far."""
+    return latest_run(
+        client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_JOB_NUM}` = '{job_num}'"
+    )
+
+
+def latest_sweep_id(client: MlflowClient, experiment_id: str) -> str | None:
+    """The id of the sweep whose parent run started last, if any."""
+    run = latest_run(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'")
+    return run.data.tags[TAG_SWEEP_ID] if run else None
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> list[Run]:
+    """Every run matching `query`, fetched in pages of 1000, oldest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Run]:
+    """The job runs of one sweep (not its parent run)."""
+    return search_all(client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'job'")
+
+
+def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[tuple[Run, dict[str, str]]]:
+    """Runs of earlier sweeps that this sweep's jobs skipped to, each with the overrides of the job that did."""
+    parent = find_sweep_run(client, experiment_id, sweep_id)
+    if parent is None:
+        return []
+    notes = [json.loads(v) for k, v in parent.data.tags.items() if k.startswith(TAG_REUSED_PREFIX)]
+    overrides = {note["run_id"]: note["overrides"] for note in notes}
+    run_ids = sorted(overrides)
+    runs = []
+    for start in range(0, len(run_ids), IDS_PER_QUERY):
+        chunk = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + IDS_PER_QUERY])
+        runs += search_all(client, experiment_id, f"attributes.run_id IN ({chunk})")
+    return [(run, overrides[run.info.run_id]) for run in runs]
+
+
+def metric_histories(
+    client: MlflowClient, run_ids: Sequence[str], keys: Iterable[str]
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run_id: {key: [(step, value), ...]}} with one query per metric for all runs, not one per run.
+
+    A SQL store answers each metric for all runs in one query; a tracking server in requests of 100 runs
+    (`mlflow_adapter.metric_points`). The last value logged at a step wins.
+    """
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {run_id: {} for run_id in run_ids}
+    if not run_ids:
+        return histories
+    for key in keys:
+        for run_id, step, value in mlflow_adapter.metric_points(client, run_ids, key):
+            histories[run_id].setdefault(key, []).append((step, value))
+    for per_run in histories.values():
+        for key, series in per_run.items():
+            per_run[key] = sorted(dict(series).items())
+    return histories
+
+
+@dataclass
+class SweepRuns:
+    """What a sweep's report is built from: its job runs, the earlier runs it reused, their metric histories."""
+
+    sweep_id: str | None
+    runs: list[Run]
+    reused: list[tuple[Run, dict[str, str]]] = field(default_factory=list)  # with the overrides of the job that did
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # run id -> key -> points
+
+
+def load_sweep(
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_id: str,
+    history_keys: Sequence[str] = HISTORY_METRICS,
+    runs: list[Run] | None = None,
+) -> SweepRuns:
+    """One sweep read back: one search for its runs, one for those it reused, one bulk query per metric.
+
+    Args:
+        runs: the sweep's job runs, when the caller has just read them (`sweep_runs`): not searched again.
+    """
+    runs = sweep_runs(client, experiment_id, sweep_id) if runs is None else runs
+    reused = reused_runs(client, experiment_id, sweep_id)
+    run_ids = list(dict.fromkeys([r.info.run_id for r in runs] + [r.info.run_id for r, _ in reused]))
+    return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys))
