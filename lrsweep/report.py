@@ -1,6 +1,6 @@
-"""`python -m lrsweep.report --sweep <id>`: a past sweep's report, rebuilt from MLflow (`lrsweep.analysis.report`)."""
+"""`python -m lrsweep.report --sweep <id>`: a past sweep's report, rebuilt from MLflow (`lrsweep.analysis.cli`)."""
 
-from lrsweep.analysis.report import main
+from lrsweep.analysis.cli import report_main as main
 
 if __name__ == "__main__":
     main()

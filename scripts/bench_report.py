@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_report.py --runs 100 --epochs 5
 
 Fills a fresh SQLite store (in a temp folder) with a sweep of real MLflow runs shaped like lrsweep's
-(params, tags, per-epoch metrics), then times `tracking.load_sweep` + `report.build` + `report.write` and,
+(params, tags, per-epoch metrics), then times `tracking.load_sweep` + `report.build` + `files.write` and,
 for comparison, reading the same histories with one `get_metric_history` call per run and metric. Prints figures;
 asserts nothing.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus
 
 from lrsweep import tracking
-from lrsweep.analysis import report
+from lrsweep.analysis import files, report
 
 
 def fill(client, experiment_id: str, runs: int, epochs: int) -> list[str]:
@@ -60,13 +60,13 @@ def main() -> None:
         built = report.build(tracking.load_sweep(client, experiment_id, "bench-sweep"))
         loaded = time.perf_counter() - start
         start = time.perf_counter()
-        report.write(built, Path(tmp) / "report")
+        files.write(built, Path(tmp) / "report")
         written = time.perf_counter() - start
         print(
             f"load_sweep + build (batched): {loaded:.2f} s for {len(built.runs)} runs, "
             f"{len(built.configurations)} configurations"
         )
-        print(f"report.write (CSV, Markdown, figures, report.html): {written:.2f} s")
+        print(f"files.write (CSV, Markdown, figures, report.html): {written:.2f} s")
 
         start = time.perf_counter()
         for run_id in run_ids:

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from lrsweep import tracking
 from lrsweep.analysis import range_test
 from lrsweep.analysis.range_test import RangeRun, analyse
+from lrsweep.analysis.report import JobRun
 from lrsweep.core import backend, identity
 from lrsweep.ml import range_test as rule
 from lrsweep.ml import schedules
@@ -196,7 +197,7 @@ def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_
         assert exploded[-1] and not exploded[:-1].any()
 
     # The suggestion, printed after the run and written to the run's folder.
-    (tested,) = analyse(range_test.load(client, [run]))
+    (tested,) = analyse(range_test.load(client, [JobRun.from_mlflow(run)]))
     steepest, min10 = tested.steepest, tested.min10
     assert 1e-6 < steepest < min10 * 10 < stopped_lr < 100  # inside the swept range, in this order
     assert f"adam: steepest {steepest:.1e}, min/10 {min10:.1e} over 1 seed; stopped at lr {stopped_lr:.1e}" in (
@@ -212,9 +213,9 @@ def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_
         cfg = compose(config_name="config", overrides=[o.split(",")[0] for o in overrides])
     assert cfg.schedule.initial_lr == pytest.approx(steepest / 10, rel=0.05)
     assert cfg.schedule.final_lr == pytest.approx(steepest, rel=0.05)
-    assert range_test.report(client, experiment_id, [], tmp_path / "none") == ("", [])  # no range test: nothing
+    assert range_test.report(client, [], tmp_path / "none") == ("", [])  # no range test: nothing
     # Read back from MLflow alone (as a sweep's report does), the same text.
-    assert range_test.report(client, experiment_id, [run.info.run_id], tmp_path / "again")[0] == (
+    assert range_test.report(client, [run.info.run_id], tmp_path / "again")[0] == (
         (tmp_path / "outputs" / "lr_range.txt").read_text().rstrip("\n")
     )
 
@@ -239,8 +240,8 @@ def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
     for name, run in packed_runs.items():
         alone = solo_runs[name]
         assert run.info.status == alone.info.status == "FINISHED"
-        (member,) = range_test.load(packed_client, [run])
-        (single,) = range_test.load(solo_client, [alone])
+        (member,) = range_test.load(packed_client, [JobRun.from_mlflow(run)])
+        (single,) = range_test.load(solo_client, [JobRun.from_mlflow(alone)])
         lowest = int(np.argmin(single.smoothed))  # compared up to the smoothed loss's minimum
         assert lowest > PLANNED_STEPS // 2
         np.testing.assert_array_equal(member.steps[: lowest + 1], single.steps[: lowest + 1])

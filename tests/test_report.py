@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,20 @@ def test_report_rebuilds_from_mlflow_alone(grid_sweep, tmp_path):
     assert (out / "summary.csv").read_text() == original
 
 
+@pytest.mark.parametrize("command", ["lrsweep.report", "lrsweep.range_test"])
+def test_the_command_lines_where_there_is_no_store_create_nothing_and_say_so_in_one_line(tmp_path, command):
+    result = subprocess.run(
+        [sys.executable, "-m", command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    db = tmp_path / "mlruns" / "mlflow.db"  # the default --tracking-uri, relative to the working directory
+    assert result.stderr.strip().splitlines() == [
+        f"No MLflow store at {db}: nothing to read (--tracking-uri names the store)."
+    ]
+    assert list(tmp_path.iterdir()) == []  # no empty mlruns/mlflow.db left behind
+
+
 def test_a_failed_job_still_completes_the_sweep_run_and_report(tmp_path):
     # Hydra 1.3 skips on_multirun_end when a job raised; the sweep is closed at exit instead. The basic launcher
     # runs the jobs one at a time: the first diverges (FAILED), the second trains.
@@ -146,8 +161,8 @@ def test_swept_keys_ignore_the_seed_and_constant_overrides():
 
 
 def test_table_formats_mean_std_and_single_runs():
-    assert report._short_number("0.00019460990342853233") == "0.0001946"
-    assert (report._short_number("0.005"), report._short_number("adam_constant_long")) == (
+    assert report.short_number("0.00019460990342853233") == "0.0001946"
+    assert (report.short_number("0.005"), report.short_number("adam_constant_long")) == (
         "0.005",
         "adam_constant_long",
     )

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 from lrsweep import tracking
-from lrsweep.analysis import figures, report
+from lrsweep.analysis import figures, files, report
 from tests.conftest import TINY, job_runs, train
 
 STRATEGIES = ("adam_constant", "adam_linear", "adagrad", "adadelta")
@@ -109,7 +109,7 @@ def test_write_embeds_the_pngs_already_in_the_folder_and_write_html_those_added_
     ax.plot([1e-5, 1e-3, 1e-1], [2.3, 1.0, 4.0])
     figure.savefig(out / "lr_range.png")  # as the range test writes it, before the report
     (out / "lr_range.txt").write_text("Suggested: peak LR <= 0.01 & more\n")
-    paths = report.write(built, out)
+    paths = files.write(built, out)
     assert out / "report.html" in paths
     page = Page((out / "report.html").read_text())
     assert len(page.images) == len(list(out.glob("*.png"))) == 4
@@ -118,7 +118,7 @@ def test_write_embeds_the_pngs_already_in_the_folder_and_write_html_those_added_
     assert "Suggested: peak LR <= 0.01 & more" in page.text  # escaped in the page, read back unescaped
     figure.savefig(out / "extra.png")  # written after the report: picked up when the page is written again
     plt.close(figure)
-    report.write_html(built, out)
+    files.write_html(built, out)
     assert len(Page((out / "report.html").read_text()).images) == 5
 
 

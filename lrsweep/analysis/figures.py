@@ -14,12 +14,12 @@ from lrsweep.analysis.report import (
     Configuration,
     JobRun,
     SweepReport,
-    _plural,
-    _short_number,
     grid_axes,
     grid_cells,
     largest_training_column,
+    plural,
     short_key,
+    short_number,
 )
 from lrsweep.core import stats
 
@@ -198,11 +198,11 @@ def leading_configurations(report: SweepReport, configs: Sequence[Configuration]
     chosen = [c for c in configs if c.label in report.comparisons and report.comparisons[c.label].verdict in close]
     limit = min(ZOOM_LEADING, len(configs) - 1)
     if len(chosen) >= 2 and limit >= 2:
-        others = _plural(min(limit, len(chosen)) - 1, "configuration")
+        others = plural(min(limit, len(chosen)) - 1, "configuration")
         if len(chosen) > limit:
             others = f"first {others} of the {len(chosen) - 1}"
         return chosen[:limit], f"the best and the {others} not found worse than it"
-    return list(configs[:limit]), f"the best {_plural(max(limit, 0), 'configuration')}"
+    return list(configs[:limit]), f"the best {plural(max(limit, 0), 'configuration')}"
 
 
 CURVE_METRICS = {
@@ -318,8 +318,8 @@ def plot_heatmap(report: SweepReport):
                 xs += [x, x]
                 ys += [i - 0.5, i + 0.5]
             ax.plot(xs, ys, color="red", lw=2.5, label="largest LR at which every seed trains")
-        ax.set_xticks(range(len(col_values)), [_short_number(v) for v in col_values])
-        ax.set_yticks(range(len(row_values)), [_short_number(v) for v in row_values])
+        ax.set_xticks(range(len(col_values)), [short_number(v) for v in col_values])
+        ax.set_yticks(range(len(row_values)), [short_number(v) for v in row_values])
         title = ", ".join(f"{short_key(k, report.swept)}={v}" for k, v in facet.items())
         ax.set(xlabel=col_key, ylabel=row_key, title=title or None)
     handles = [Patch(facecolor="white", edgecolor="red", hatch="///", label="diverged in ✗ k/n runs")]

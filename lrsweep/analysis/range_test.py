@@ -2,7 +2,7 @@
 
     python train.py +experiment=lr_range                                   # one run, prints its suggestion
     python train.py -m +experiment=lr_range training.seed=0,1,2            # 3 seeds, one pack: how stable it is
-    python -m lrsweep.range_test --sweep 2026-11-26_13-05-22               # the analysis of a past sweep
+    python -m lrsweep.range_test --sweep 2026-11-26_13-05-22               # the analysis of a past sweep (`cli`)
 
 Training runs a short while with the LR growing exponentially every step (`lrsweep.schedules.lr_range`);
 `lrsweep.run.range_test.RangeTestRecorder` logs `range_test/loss`, `range_test/smoothed_loss` and `range_test/lr`
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lrsweep import tracking
-from lrsweep.analysis.report import sweep_parser
+from lrsweep.analysis.figures import pyplot
+from lrsweep.analysis.report import SEED_KEY, JobRun
 from lrsweep.core import identity
 from lrsweep.ml.range_test import (
     BETA,
@@ -40,8 +40,6 @@ from lrsweep.ml.range_test import (
     smooth,
     suggest,
 )
-
-SEED_KEY = "training.seed"
 
 
 @dataclass
@@ -183,9 +181,12 @@ def _spread(values: Sequence[float], centre: float | None = None) -> str:
     return f"{centre:.1e} [{min(values):.1e}..{max(values):.1e}]"
 
 
+NOT_CONFIGURATION = (SEED_KEY, *identity.NON_RESULT_KEYS)  # keys that tell no configuration apart
+
+
 def _config_key(params: Mapping[str, str]) -> str:
     """What identifies a configuration: every param but the seed and those that do not change results."""
-    kept = {k: v for k, v in params.items() if not identity.under(k, (SEED_KEY, *identity.NON_RESULT_KEYS))}
+    kept = {k: v for k, v in params.items() if not identity.under(k, NOT_CONFIGURATION)}
     return repr(sorted(kept.items()))
 
 
@@ -197,7 +198,7 @@ def _labels(groups: Sequence[Sequence[RangeRun]]) -> list[str]:
         k for k in keys
         if len({p.get(k) for p in params}) > 1
         and not k.startswith("choice.")
-        and not identity.under(k, (SEED_KEY, *identity.NON_RESULT_KEYS))
+        and not identity.under(k, NOT_CONFIGURATION)
     ]  # fmt: skip
     if len({p.get("choice.optimizer") for p in params}) > 1:  # the optimizer's name says it
         differing = [k for k in differing if not k.startswith("optimizer.")]
@@ -221,28 +222,27 @@ def analyse(runs: Sequence[RangeRun]) -> list[RangeTest]:
     ]
 
 
-def is_range_test_run(run: Run) -> bool:
+def is_range_test_run(job: JobRun) -> bool:
     """Whether a run trained on the range test's schedule (tag `lrsweep.schedule`; param `schedule._target_` in
     runs recorded before that tag)."""
-    return run.data.tags.get(tracking.TAG_SCHEDULE, run.data.params.get("schedule._target_")) == SCHEDULE_TARGET
+    return job.tags.get(tracking.TAG_SCHEDULE, job.params.get("schedule._target_")) == SCHEDULE_TARGET
 
 
-def load(client: MlflowClient, runs: Sequence[Run]) -> list[RangeRun]:
-    """The FINISHED range test runs among `runs`, with their range_test/* histories from MLflow."""
+def load(client: MlflowClient, jobs: Sequence[JobRun]) -> list[RangeRun]:
+    """The FINISHED range test runs among `jobs`, with their range_test/* histories (one bulk query per metric)."""
+    jobs = [job for job in jobs if is_range_test_run(job) and job.status == "FINISHED"]
+    histories = tracking.metric_histories(client, [job.run_id for job in jobs], (LOSS, LR))
     loaded = []
-    for run in runs:
-        if not is_range_test_run(run) or run.info.status != "FINISHED":
-            continue
-        run_id = run.info.run_id
-        loss, lr = ({m.step: m.value for m in client.get_metric_history(run_id, key)} for key in (LOSS, LR))
+    for job in jobs:
+        loss, lr = (dict(histories[job.run_id].get(key, [])) for key in (LOSS, LR))
         steps = sorted(set(loss) & set(lr))
         loaded.append(
             RangeRun(
-                run_id=run_id,
-                name=run.info.run_name,
+                run_id=job.run_id,
+                name=job.name,
                 # The optimizer's class, a tag since it is no param, still tells configurations apart.
-                params={"optimizer._target_": run.data.tags.get(tracking.TAG_OPTIMIZER, "?"), **run.data.params},
-                tags=dict(run.data.tags),
+                params={"optimizer._target_": job.tags.get(tracking.TAG_OPTIMIZER, "?"), **job.params},
+                tags=dict(job.tags),
                 steps=np.array(steps, dtype=np.int64),
                 lrs=np.array([lr[s] for s in steps], dtype=np.float64),
                 losses=np.array([loss[s] for s in steps], dtype=np.float64),
@@ -270,12 +270,7 @@ def text(tests: Sequence[RangeTest], skipped: int = 0) -> str:
 def plot(tests: Sequence[RangeTest]):
     """Smoothed loss against LR (log axis): per configuration the mean over seeds, a min-max band, and the
     suggestions (dashed: steepest, dotted: min/10)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(8, 5))
+    figure, ax = pyplot().subplots(figsize=(8, 5))
     for i, test in enumerate(tests):
         color = f"C{i}"
         n = len(test.runs)
@@ -318,26 +313,28 @@ def write(tests: Sequence[RangeTest], out_dir: Path, summary: str) -> list[Path]
         figure = plot(tests)
         path = out_dir / "lr_range.png"
         figure.savefig(path, dpi=120)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        pyplot().close(figure)
         written.append(path)
     return written
 
 
-def report(client: MlflowClient, experiment_id: str, run_ids: list[str], out_dir: Path) -> tuple[str, list[Path]]:
+def report_jobs(client: MlflowClient, jobs: Sequence[JobRun], out_dir: Path) -> tuple[str, list[Path]]:
     """The range test part of a report: the suggestions as text, and the files written into `out_dir`.
 
     Returns:
         ("", []) when none of the runs is a range test (schedule=lr_range).
     """
-    runs = [client.get_run(run_id) for run_id in run_ids]
-    runs = [run for run in runs if is_range_test_run(run)]
-    if not runs:
+    jobs = [job for job in jobs if is_range_test_run(job)]
+    if not jobs:
         return "", []
-    tests = analyse(load(client, runs))
-    summary = text(tests, skipped=len(runs) - sum(len(test.runs) for test in tests))
+    tests = analyse(load(client, jobs))
+    summary = text(tests, skipped=len(jobs) - sum(len(test.runs) for test in tests))
     return summary, write(tests, out_dir, summary)
+
+
+def report(client: MlflowClient, run_ids: Sequence[str], out_dir: Path) -> tuple[str, list[Path]]:
+    """`report_jobs` for the runs of these ids, read from MLflow."""
+    return report_jobs(client, [JobRun.from_mlflow(client.get_run(run_id)) for run_id in run_ids], out_dir)
 
 
 def print_single_run(cfg: DictConfig) -> None:
@@ -351,32 +348,5 @@ def print_single_run(cfg: DictConfig) -> None:
     run = tracking.find_finished(client, experiment_id, identity.config_hash(OmegaConf.to_container(cfg, resolve=True)))
     if run is None:
         return
-    summary, paths = report(client, experiment_id, [run.info.run_id], Path(HydraConfig.get().runtime.output_dir))
+    summary, paths = report_jobs(client, [JobRun.from_mlflow(run)], Path(HydraConfig.get().runtime.output_dir))
     print(f"\n{summary}\nFiles: {', '.join(str(p) for p in paths)}", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = sweep_parser(
-        "python -m lrsweep.range_test",
-        "Suggest LR bounds for a warm-up grid from the range test runs of a sweep (or given runs).",
-    )
-    parser.add_argument("--run", action="append", default=[], help="a run id instead of a sweep (repeatable)")
-    parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id or first run id>)")
-    args = parser.parse_args(argv)
-    client, experiment_id = tracking.connect(args.tracking_uri, args.experiment)
-    if args.run:
-        run_ids, name = args.run, args.run[0]
-    else:
-        name = args.sweep or tracking.latest_sweep_id(client, experiment_id)
-        if name is None:
-            parser.exit(1, f"No sweep in experiment {args.experiment!r} at {args.tracking_uri}.\n")
-        run_ids = [run.info.run_id for run in tracking.sweep_runs(client, experiment_id, name)]
-    summary, paths = report(client, experiment_id, run_ids, args.out or Path("reports") / name)
-    if not summary:
-        parser.exit(1, f"No range test runs (schedule=lr_range) among the {len(run_ids)} runs of {name}.\n")
-    print(summary)
-    print("\n".join(f"wrote {p}" for p in paths))
-
-
-if __name__ == "__main__":
-    main()

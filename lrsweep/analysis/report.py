@@ -1,10 +1,8 @@
-"""A sweep at a glance: its runs (read by `lrsweep.tracking`) as a ranked table over seeds with verdicts, CSV and
-Markdown; the figures are `lrsweep.figures`'."""
+"""A sweep at a glance: its runs (read by `lrsweep.tracking`) grouped into configurations over seeds, ranked, compared
+to the best with verdicts, as a table and as a grid; the data model that `figures` draws and `files` writes."""
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import math
 import re
@@ -12,7 +10,6 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlflow.entities import Run
 
@@ -20,7 +17,7 @@ from lrsweep import tracking
 from lrsweep.core import identity, stats
 from lrsweep.ml.data import VALIDATION_IS_TEST
 
-SEED_KEY = "training.seed"
+SEED_KEY = identity.SEED_KEY
 RANK_METRIC = "val_accuracy"
 FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
@@ -169,7 +166,7 @@ class SweepReport:
         header += [f"{m} (mean ± std)" for m in others] + ["n", "failed", "diverged", "reused"]
         body = []
         for config, row in zip(self.configurations, self.rows(), strict=True):
-            cells = [row["rank"], *([_short_number(config.values[k]) for k in self.swept] or [config.label])]
+            cells = [row["rank"], *([short_number(config.values[k]) for k in self.swept] or [config.label])]
             cells.append(_mean_std(row[f"{RANK_METRIC}_mean"], row[f"{RANK_METRIC}_std"]))
             cells += _comparison_cells(self.comparisons.get(config.label))
             cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in others]
@@ -191,7 +188,7 @@ class SweepReport:
             ]
         lines = [
             f"{head} Each configuration vs the best: difference in mean {RANK_METRIC} [95% CI], p corrected for "
-            f"{_plural(sum(1 for c in self.comparisons.values() if c.test), 'comparison')} (Holm); paired by seed "
+            f"{plural(sum(1 for c in self.comparisons.values() if c.test), 'comparison')} (Holm); paired by seed "
             "when both ran the same seeds, else Welch."
         ]
         others = [c.sentence(RANK_METRIC) for c in self.comparisons.values() if c.verdict != stats.BEST]
@@ -202,7 +199,7 @@ class SweepReport:
         return lines + others
 
 
-def _plural(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
@@ -217,7 +214,7 @@ def _comparison_cells(comparison: stats.Comparison | None) -> list[str]:
     return [interval, f"{comparison.p_adjusted:.2g}", comparison.verdict]
 
 
-def _short_number(value: str) -> str:
+def short_number(value: str) -> str:
     """`0.00019460990342853233` -> `0.0001946` for display (CSV keeps every digit); other values as they are."""
     try:
         return value if len(value) <= 8 else f"{float(value):.4g}"
@@ -357,170 +354,3 @@ def largest_training_column(row: Sequence[Cell | None]) -> int | None:
     """The index of the largest column value whose every run trained (finished, none diverged), or None."""
     trained = [j for j, cell in enumerate(row) if cell is not None and cell.trains]
     return max(trained) if trained else None
-
-
-def write(report: SweepReport, out_dir: Path) -> list[Path]:
-    """Writes summary.csv, summary.md, runs.csv, the figures (PNG) and report.html (all of them on one page, with
-    any other PNG already in `out_dir`) into `out_dir`; returns the paths."""
-    from lrsweep.analysis import figures as draw  # figures import this module's types
-
-    plt = draw.pyplot()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    rows = report.rows()
-    path = out_dir / "summary.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank"])
-        writer.writeheader()
-        writer.writerows(rows)
-    written.append(path)
-    path = out_dir / "summary.md"
-    verdicts = "\n".join(f"- {line}" for line in report.verdicts())
-    path.write_text(f"# Sweep {report.sweep_id}\n\n{report.table(markdown=True)}\n\n{verdicts}\n")
-    written.append(path)
-    path = out_dir / "runs.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        metrics = (*FINAL_METRICS, *report.test_metrics)
-        writer.writerow(["run", "run_id", "status", "diverged", "reused", *report.swept, SEED_KEY, *metrics])
-        for run in report.runs:
-            values = [run.overrides.get(k, "") for k in report.swept]
-            writer.writerow(
-                [run.name, run.run_id, run.status, run.diverged, run.reused, *values, run.params.get(SEED_KEY, ""),
-                 *(run.final.get(m, "") for m in metrics)]
-            )  # fmt: skip
-    written.append(path)
-    figures = (
-        ("lr", draw.plot_lr(report)),
-        ("curves", draw.plot_curves(report)),
-        ("seeds", draw.plot_seeds(report)),
-        ("heatmap", draw.plot_heatmap(report)),
-    )
-    for name, figure in figures:
-        if figure is not None:
-            path = out_dir / f"{name}.png"
-            figure.savefig(path, dpi=120)
-            plt.close(figure)
-            written.append(path)
-    written.append(write_html(report, out_dir))
-    return written
-
-
-# report.html shows these first, in this order, then any other PNG in the folder.
-FIGURE_CAPTIONS = {
-    "lr.png": "The LR set by the schedule per epoch; beside it, per optimizer, the effective per-parameter step size "
-    "it really applies (median, band p10-p90) and the share of parameters left out of those quantiles.",
-    "curves.png": "Training and validation loss and accuracy per epoch (mean ± std over seeds); the second row zooms "
-    "on the leading configurations.",
-    "seeds.png": f"Each seed's final {RANK_METRIC}, the mean with its 95% confidence interval, coloured by verdict.",
-    "heatmap.png": f"Mean final {RANK_METRIC} over the grid; hatched cells diverged; the red line is the largest LR at "
-    "which every seed trains.",
-    "lr_range.png": "LR range test: smoothed training loss against the learning rate.",
-}
-_VERDICT_CLASS = {stats.BEST: "best", stats.TIED: "tied", stats.WORSE_UNCORRECTED: "uncorrected", stats.WORSE: "worse"}
-_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ccc;padding:.25em .5em;white-space:nowrap}th{background:#f0f0f0}
-tr:nth-child(even) td{background:#fafafa}.scroll{overflow-x:auto}img{max-width:100%;height:auto}
-td.best{color:#1a7f37;font-weight:bold}td.tied{color:#1f6feb}td.uncorrected{color:#b35900}td.worse{color:#c62828}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto}figure{margin:1.5em 0}figcaption{color:#555}"""
-
-
-def write_html(report: SweepReport, out_dir: Path) -> Path:
-    """Writes report.html into `out_dir`: one self-contained page (inline CSS, every PNG in `out_dir` embedded as
-    a data URI, no external reference) with what ranked the sweep, the table, the verdicts and the figures.
-
-    It embeds the PNGs present when it runs: call it again after adding one (e.g. the range test's lr_range.png).
-    """
-    import base64
-    from html import escape
-
-    header, body = report.table_cells()
-    verdict_column = header.index("verdict")
-    lines = report.verdicts()
-    failed = sum(r.status != "FINISHED" for r in report.runs)
-    counts = f"{_plural(len(report.runs), 'run')} in {_plural(len(report.configurations), 'configuration')}"
-    counts += f"; {failed} not finished; {sum(r.diverged for r in report.runs)} diverged"
-    reused = sum(r.reused for r in report.runs)
-    counts += f"; {reused} reused from earlier sweeps" if reused else ""
-    title = f"Sweep {report.sweep_id}" if report.sweep_id else "Sweep report"
-    parts = [
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>',
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f'<p class="ranked"><strong>{escape(lines[0])}</strong></p>',
-        f"<p>{escape(counts)}.</p>",
-        "<h2>Configurations, best first</h2>",
-        '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in header),
-        "</tr></thead><tbody>",
-    ]
-    for cells in body:
-        row = []
-        for i, value in enumerate(cells):
-            text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            css = _VERDICT_CLASS.get(text) if i == verdict_column else None
-            row.append(f'<td class="{css}">{escape(text)}</td>' if css else f"<td>{escape(text)}</td>")
-        parts.append("<tr>" + "".join(row) + "</tr>")
-    parts.append("</tbody></table></div>")
-    if len(lines) > 1:
-        parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines[1:]) + "</ul>")
-    range_text = out_dir / "lr_range.txt"
-    if range_text.is_file():
-        parts.append(f"<h2>LR range test</h2><pre>{escape(range_text.read_text().strip())}</pre>")
-    order = list(FIGURE_CAPTIONS)
-    pngs = sorted(out_dir.glob("*.png"), key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
-    if pngs:
-        parts.append("<h2>Figures</h2>")
-    for png in pngs:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        caption = f"<strong>{escape(png.name)}</strong>: {escape(FIGURE_CAPTIONS.get(png.name, ''))}"
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{escape(png.name)}">'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
-    others = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.suffix != ".png" and p.name != "report.html")
-    if others:
-        parts.append(f"<p>Also in this folder: {escape(', '.join(others))}.</p>")
-    parts.append("</body></html>\n")
-    path = out_dir / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
-
-
-def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A command line that reads one sweep of a store: --tracking-uri, --experiment, --sweep."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="default: %(default)s")
-    parser.add_argument("--experiment", default="lrsweep", help="MLflow experiment name (default: %(default)s)")
-    parser.add_argument("--sweep", help="sweep id, the multirun folder's name (default: the latest sweep)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = sweep_parser(
-        "python -m lrsweep.report", "Rebuild a sweep's report (table, CSV, Markdown, figures) from MLflow."
-    )
-    parser.add_argument("--out", type=Path, help="output folder (default: reports/<sweep id>)")
-    parser.add_argument("--log", action="store_true", help="also attach the report to the sweep's parent run")
-    args = parser.parse_args(argv)
-    client, experiment_id = tracking.connect(args.tracking_uri, args.experiment)
-    sweep_id = args.sweep or tracking.latest_sweep_id(client, experiment_id)
-    if sweep_id is None:
-        parser.exit(1, f"No sweep in experiment {args.experiment!r} at {args.tracking_uri}.\n")
-    report = build(tracking.load_sweep(client, experiment_id, sweep_id))
-    if not report.runs:
-        parser.exit(1, f"No runs of sweep {sweep_id!r} in experiment {args.experiment!r}.\n")
-    out_dir = args.out or Path("reports") / sweep_id
-    paths = write(report, out_dir)
-    print(f"Sweep {sweep_id}: {len(report.runs)} runs, {len(report.configurations)} configurations")
-    print(report.table())
-    print("\n".join(report.verdicts()))
-    print("\n".join(f"wrote {p}" for p in paths))
-    parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
-    if args.log and parent is not None:
-        client.log_artifacts(parent.info.run_id, str(out_dir), "report")
-        print(f"attached to MLflow run {parent.info.run_id}")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Keys that do not change a run's results, left out of its config hash.
-# `training.divergence_factor` only decides when a run that blows up is stopped as FAILED; leaving it out keeps the
-# hashes of runs made before it existed (resume reuses FINISHED runs only).
+SEED_KEY = "training.seed"  # what tells apart the runs of one configuration
+
+# Keys that do not change a run's results, left out of its config hash; all but those in RESULT_FREE_PARAMS are no
+# MLflow params either (`NOT_PARAMS`).
 NON_RESULT_KEYS = ("tracking", "training.verbose", "resume", "threads", "data.dir", "training.divergence_factor")
+# `training.divergence_factor` only decides when a run that blows up is stopped as FAILED: a param all the same, to
+# filter runs on. Leaving it out of the hash keeps the hashes of runs made before it existed (resume reuses FINISHED
+# runs only).
+RESULT_FREE_PARAMS = ("training.divergence_factor",)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -175,7 +180,7 @@ def with_values(name: str, values: str) -> str:
 # Config keys that are no MLflow params: how objects are built (`_target_`, `_partial_`), where things are
 # (`data.dir`, `tracking.*`) and settings that change no result. They stay in the run's config.yaml artifact;
 # the optimizer's and schedule's `_target_` become tags (`lrsweep.optimizer`, `lrsweep.schedule`).
-NOT_PARAMS = ("tracking", "data.dir", "resume", "threads", "training.verbose")
+NOT_PARAMS = tuple(key for key in NON_RESULT_KEYS if key not in RESULT_FREE_PARAMS)
 NOT_PARAM_CHOICES = ("tracking", "hydra")  # Hydra config groups whose choice is no param
 
 

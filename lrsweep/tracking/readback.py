@@ -69,9 +69,15 @@ def sweep_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[
     return search_all(client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'job'")
 
 
-def reused_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[tuple[Run, dict[str, str]]]:
-    """Runs of earlier sweeps that this sweep's jobs skipped to, each with the overrides of the job that did."""
-    parent = find_sweep_run(client, experiment_id, sweep_id)
+def reused_runs(
+    client: MlflowClient, experiment_id: str, sweep_id: str, parent: Run | None = None
+) -> list[tuple[Run, dict[str, str]]]:
+    """Runs of earlier sweeps that this sweep's jobs skipped to, each with the overrides of the job that did.
+
+    Args:
+        parent: the sweep's parent run, when the caller has it: not searched again.
+    """
+    parent = parent or find_sweep_run(client, experiment_id, sweep_id)
     if parent is None:
         return []
     notes = [json.loads(v) for k, v in parent.data.tags.items() if k.startswith(TAG_REUSED_PREFIX)]
@@ -120,13 +126,15 @@ def load_sweep(
     sweep_id: str,
     history_keys: Sequence[str] = HISTORY_METRICS,
     runs: list[Run] | None = None,
+    parent: Run | None = None,
 ) -> SweepRuns:
     """One sweep read back: one search for its runs, one for those it reused, one bulk query per metric.
 
     Args:
         runs: the sweep's job runs, when the caller has just read them (`sweep_runs`): not searched again.
+        parent: the sweep's parent run, likewise.
     """
     runs = sweep_runs(client, experiment_id, sweep_id) if runs is None else runs
-    reused = reused_runs(client, experiment_id, sweep_id)
+    reused = reused_runs(client, experiment_id, sweep_id, parent)
     run_ids = list(dict.fromkeys([r.info.run_id for r in runs] + [r.info.run_id for r, _ in reused]))
     return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys))
