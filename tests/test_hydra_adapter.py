@@ -1,0 +1,72 @@
+"""What `lrsweep.sweep.hydra_adapter` relies on in Hydra, named one by one, with Hydra's own objects: an upgrade that
+breaks one of these internals fails here, by name."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus, run_job
+from hydra.types import HydraContext
+from hydra.utils import get_class
+
+from lrsweep.sweep import hydra_adapter, planned_jobs
+from tests.conftest import CONF_DIR
+
+
+@pytest.fixture
+def hydra_config():
+    """The compose API's global Hydra, with conf/: its config loader is the one launchers compose jobs with."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield lambda *overrides: compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_basic_sweeper_is_hydras_default_and_expands_with_the_static_split_arguments(hydra_config):
+    assert hydra_config().hydra.sweeper._target_ == hydra_adapter.BASIC_SWEEPER
+    sweeper = get_class(hydra_adapter.BASIC_SWEEPER)
+    assert isinstance(inspect.getattr_static(sweeper, "split_arguments"), staticmethod)
+    assert list(inspect.signature(sweeper.split_arguments).parameters) == ["overrides", "max_batch_size"]
+
+
+def test_basic_sweeper_jobs_are_the_cartesian_product_in_the_command_lines_order(hydra_config):
+    jobs = hydra_adapter.basic_sweeper_jobs(["training.seed=0,1", "schedule=linear", "optimizer=adam,sgd"])
+    assert jobs == [
+        ["training.seed=0", "schedule=linear", "optimizer=adam"],
+        ["training.seed=0", "schedule=linear", "optimizer=sgd"],
+        ["training.seed=1", "schedule=linear", "optimizer=adam"],
+        ["training.seed=1", "schedule=linear", "optimizer=sgd"],
+    ]
+    # A later override of a key replaces the earlier one, as the sweeper's `params` are overridden by the command.
+    assert hydra_adapter.basic_sweeper_jobs(["training.seed=0,1", "training.seed=5"]) == [["training.seed=5"]]
+
+
+def test_planned_jobs_is_none_for_another_sweeper(hydra_config):
+    config = hydra_config("hydra.sweeper._target_=hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert planned_jobs(config) is None
+
+
+def test_a_failed_jobs_exception_is_read_without_the_public_property_reraising_it(hydra_config, tmp_path, capsys):
+    config = hydra_config(f"hydra.run.dir={tmp_path}", "hydra.job.chdir=false")
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=_no_callbacks())
+    error = ValueError("bad value")
+
+    def task(_config):
+        raise error
+
+    job_return = run_job(task, config, "hydra.run.dir", None, context, configure_logging=False)
+    assert job_return.status == JobStatus.FAILED
+    assert hydra_adapter.job_error(job_return) is error  # relied on: the field `_return_value` holds it
+    assert "_return_value" in {field.name for field in JobReturn.__dataclass_fields__.values()}
+    with pytest.raises(ValueError, match="bad value"):  # why not the public property: it re-raises, and says so
+        _ = job_return.return_value
+    assert "Error executing job" in capsys.readouterr().err
+    completed = run_job(lambda _: 0.5, config, "hydra.run.dir", None, context, False)
+    assert hydra_adapter.job_error(completed) is None and completed.return_value == 0.5
+
+
+def _no_callbacks():
+    from hydra._internal.callbacks import Callbacks
+
+    return Callbacks()
