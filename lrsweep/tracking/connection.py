@@ -118,19 +118,7 @@ def connect(
             if not go_on:
                 return None
             mlflow_adapter.quick_engine_retries()
-            client = MlflowClient(tracking_uri=uri)
-            experiment = client.get_experiment_by_name(experiment_name)
-            if experiment is None:
-                if not create:
-                    return None
-                try:
-                    return client, client.create_experiment(
-                        experiment_name, artifact_location=_artifact_location(uri, experiment_name)
-                    )
-                except MlflowException:  # another process (with no lock: a server's store) created it meanwhile
-                    experiment = client.get_experiment_by_name(experiment_name)
-                    if experiment is None:
-                        raise
+            return _experiment(MlflowClient(tracking_uri=uri), experiment_name, create)
     except StoreError:
         raise
     except _store_failures() as e:
@@ -138,6 +126,23 @@ def connect(
             f"Cannot use the MLflow store tracking.uri={uri}: {type(e).__name__}: {first_line(e)}. "
             "Fix or restore the store, start the server, or choose another `tracking.uri`."
         ) from e
+
+
+def _experiment(client: MlflowClient, experiment_name: str, create: bool) -> tuple[MlflowClient, str] | None:
+    """The client and the experiment's id, creating the experiment if `create` (else None when there is none)."""
+    uri = client.tracking_uri
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        if not create:
+            return None
+        try:
+            return client, client.create_experiment(
+                experiment_name, artifact_location=_artifact_location(uri, experiment_name)
+            )
+        except MlflowException:  # another process (with no lock: a server's store) created it meanwhile
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {experiment_name!r} is deleted in {uri}. Restore it "
