@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from mlflow.entities import Metric
 
 from lrsweep import tracking
 from lrsweep.sweep import Sweep, settle_running, store_failure_message
-from tests.conftest import job_runs, store
+from tests.conftest import ROOT, job_runs, store
 from tests.test_faults import running_run_with_epochs, start_train, wait_for
 
 
@@ -132,6 +133,33 @@ def test_store_failure_message_names_the_path_only_for_a_full_disk():
     assert "KiB free: the MLflow store tracking.uri=sqlite:////data/mlruns/mlflow.db cannot record" in message
     assert store_failure_message(ValueError("loss became nan"), "sqlite:////data/mlflow.db") is None
     assert store_failure_message(OSError(13, "Permission denied"), "sqlite:////data/mlflow.db") is None
+
+
+QUIET = """
+import logging, sys
+from lrsweep import sweep, tracking
+from lrsweep.tracking.disk_full import MLFLOW_DB_LOGGER, QuietDiskFull
+logger = logging.getLogger(MLFLOW_DB_LOGGER)
+print(len(logger.filters))
+for _ in range(2):
+    tracking.connect(sys.argv[1], "lrsweep")
+print(sum(isinstance(f, QuietDiskFull) for f in logger.filters))
+full = logging.LogRecord(MLFLOW_DB_LOGGER, logging.ERROR, "", 0, "failed", None, None)
+try:
+    raise OSError(28, "No space left on device")
+except OSError:
+    full.exc_info = sys.exc_info()
+other = logging.LogRecord(MLFLOW_DB_LOGGER, logging.ERROR, "", 0, "failed", None, None)
+print(logger.filter(full), logger.filter(other))
+"""
+
+
+def test_mlflows_disk_full_log_is_silenced_by_connecting_not_by_importing(store_uri):
+    result = subprocess.run(
+        [sys.executable, "-c", QUIET, store_uri], capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.stdout.split() == ["0", "1", "False", "True"]  # none on import; one, however often connected
 
 
 @pytest.fixture
