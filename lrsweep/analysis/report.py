@@ -22,7 +22,7 @@ RANK_METRIC = "val_accuracy"
 FINAL_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation is held out of the training set
 # A run diverged if training stopped it for divergence (FAILED with DivergedError: its loss became NaN/inf or rose
-# above training.divergence_factor x its starting loss, `lrsweep.callbacks.StopOnDivergence`) or it ended no better
+# above training.divergence_factor x its starting loss, `lrsweep.run.callbacks.StopOnDivergence`) or it ended no better
 # than guessing: a final training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10.
 CHANCE_LOSS = math.log(10)
 SEEDS_SHOWN = 15  # configurations in seeds.png

@@ -13,7 +13,7 @@ they are there whenever Hydra composes.
 
 Only what each option file holds is declared, plus the keys given a default here (`training.divergence_factor`,
 `tracking.http_timeout`, `tracking.http_max_retries`): a field its YAML file lacks adds a key to every run's resolved
-config, and outside `lrsweep.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made before would
+config, and outside `core.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made before would
 no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`) stay in the
 schedules' own checks.
 """
@@ -169,7 +169,7 @@ class Tracking:
 # Optimizers: the Keras constructor's arguments that the option files set -----------------------------------------
 # `learning_rate` is Any: training replaces it with the schedule (`instantiate(cfg.optimizer, learning_rate=...)`
 # merges a `KerasSchedule` into the node), as Keras takes a float or a schedule there. Its range is still checked,
-# and `lrsweep.experiment.prepare` hands Keras a float.
+# and `lrsweep.run.experiment.prepare` hands Keras a float.
 
 
 @dataclass
