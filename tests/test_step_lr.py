@@ -201,3 +201,14 @@ def test_batched_writer_hands_mlflow_more_than_its_batch_limit(store_uri):
     writer.write([(run_id, [("a", float(k), k) for k in range(1500)])])
     writer.wait()
     assert history(client, run_id, "a") == [(k, float(k)) for k in range(1500)]
+
+
+def test_a_fixed_learning_rate_is_logged_at_every_step_too(store_uri):
+    """An optimizer given a float LR has no schedule (`keras_adapter.optimizer_schedule` None): its LR is constant."""
+    client = MlflowClient(tracking.normalize_uri(store_uri))
+    run_id = client.create_run(client.create_experiment("steps")).info.run_id
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model.fit(*XY, batch_size=2, epochs=1, verbose=0, callbacks=[MlflowStepLogger(client, run_id, 3)])
+    assert history(client, run_id) == [(0, 0.01), (3, 0.01), (6, 0.01)]  # float32 0.01, logged as 0.01
