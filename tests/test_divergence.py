@@ -74,9 +74,9 @@ def test_the_starting_loss_is_each_members_loss_before_training(pack):
     """Measured on the first 256 training examples, member by member, as its solo model would score them."""
     import keras
 
+    from lrsweep.ml.divergence import REFERENCE_EXAMPLES, member_losses
     from lrsweep.ml.training import Member
     from lrsweep.run import experiment
-    from lrsweep.run.callbacks import REFERENCE_EXAMPLES, member_losses
 
     plan, dataset = pack
     callback, _ = watch(plan, dataset, 10.0)
@@ -93,7 +93,7 @@ def test_the_starting_loss_is_each_members_loss_before_training(pack):
 def test_a_finite_loss_above_the_factor_stops_and_freezes_only_that_member(pack):
     from keras import ops
 
-    from lrsweep.run.callbacks import DivergedError, divergence_message
+    from lrsweep.ml.divergence import DivergedError, divergence_message
 
     plan, dataset = pack
     model = plan.model

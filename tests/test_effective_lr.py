@@ -9,8 +9,10 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
+from lrsweep.ml import effective_lr
 from lrsweep.ml.schedules import KerasSchedule, constant, linear_warmup
-from lrsweep.run import effective_lr, experiment
+from lrsweep.run import experiment
+from lrsweep.run.callbacks import EffectiveLRLogger
 from tests.conftest import CONF_DIR, TINY, train
 
 FEATURES, OUTPUTS = 4, 3
@@ -163,7 +165,7 @@ def fit_logged(store_uri: str, optimizer: keras.optimizers.Optimizer, epochs: in
             batch_size=8,
             epochs=epochs,
             verbose=0,
-            callbacks=[effective_lr.EffectiveLRLogger(client, run_id)],
+            callbacks=[EffectiveLRLogger(client, run_id)],
         )
     return client, client.get_run(run_id)
 

@@ -170,3 +170,45 @@ def test_sweep_over_warmup_shapes_logs_lr_step_at_global_steps(tmp_path):
         assert [k for k, _ in epoch_lr] == [0, 1]
         assert epoch_lr[1][1] == pytest.approx(0.01 * (1 + np.cos(np.pi * 4 / 12)) / 2, rel=1e-6)
     assert "val_accuracy" in result.stdout
+
+
+def test_batched_writer_sends_one_request_per_run_with_points_and_waits_for_them(store_uri):
+    """Shared by the step logger and the range test's recorder: the timer, one `log_batch` per run, `wait`."""
+    from lrsweep.run.callbacks import BatchedWriter
+
+    client = CountingClient(tracking.normalize_uri(store_uri))
+    experiment_id = client.create_experiment("writer")
+    first, second = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    writer = BatchedWriter(client, flush_seconds=3600)
+    writer.start()
+    assert not writer.due()
+    writer.write([(first, [("a", 0.5, 0), ("b", 1.5, 0), ("a", 0.25, 7)]), (second, [])])
+    assert client.batches == [3]  # nothing sent for a run without points
+    writer.wait()
+    assert history(client, first, "a") == [(0, 0.5), (7, 0.25)] and history(client, first, "b") == [(0, 1.5)]
+    assert history(client, second, "a") == []
+    writer.flush_seconds = 0
+    assert writer.due()
+
+
+def test_batched_writer_hands_mlflow_more_than_its_batch_limit(store_uri):
+    """Above MLflow's 1000 metrics per request MLflow splits the batch itself (the recorder writes 3 per step)."""
+    from lrsweep.run.callbacks import BatchedWriter
+
+    client = MlflowClient(tracking.normalize_uri(store_uri))
+    run_id = client.create_run(client.create_experiment("writer")).info.run_id
+    writer = BatchedWriter(client)
+    writer.write([(run_id, [("a", float(k), k) for k in range(1500)])])
+    writer.wait()
+    assert history(client, run_id, "a") == [(k, float(k)) for k in range(1500)]
+
+
+def test_a_fixed_learning_rate_is_logged_at_every_step_too(store_uri):
+    """An optimizer given a float LR has no schedule (`keras_adapter.optimizer_schedule` None): its LR is constant."""
+    client = MlflowClient(tracking.normalize_uri(store_uri))
+    run_id = client.create_run(client.create_experiment("steps")).info.run_id
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model.fit(*XY, batch_size=2, epochs=1, verbose=0, callbacks=[MlflowStepLogger(client, run_id, 3)])
+    assert history(client, run_id) == [(0, 0.01), (3, 0.01), (6, 0.01)]  # float32 0.01, logged as 0.01

@@ -4,4 +4,4 @@ Importing this package imports nothing of Keras; its modules that need Keras imp
 (`lrsweep.core.backend.select`) before importing them.
 """
 
-__all__ = ["data", "models", "schedules", "training"]
+__all__ = ["data", "divergence", "effective_lr", "keras_adapter", "models", "range_test", "schedules", "training"]

@@ -1,6 +1,9 @@
 """Every private attribute of Keras that lrsweep relies on, in one place; tests/test_keras_adapter.py pins each.
 
-Keras 3 has no public API for these. When an upgrade changes one, that test fails by name instead of a sweep.
+Keras 3 has no public API for these (checked against Keras 3.15: `Optimizer.learning_rate` evaluates the schedule
+rather than returning it, `get_config()` only serializes it; `Optimizer.variables` holds the slot variables but
+interleaved and named by convention, not by kind). When an upgrade changes one, that test fails by name instead of
+a sweep.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import keras
 import numpy as np
 
 # The method of `keras.optimizers.Optimizer` that applies every variable's update in one call, with the LR already
-# evaluated: the packed optimizer (`lrsweep.ml.packing`) overrides it to apply each member's own LR.
+# evaluated: `(grads, trainable_variables, learning_rate)`. The packed optimizer (`lrsweep.run.packing`) overrides it
+# to apply each member's own LR.
 UPDATE_STEP_METHOD = "_backend_update_step"
 
 # Slot variables of the optimizers whose effective LR lrsweep computes (`lrsweep.ml.effective_lr`), by attribute.
+# `_velocity_hats` exists only with `amsgrad=True`, `_average_gradients` is filled only with `centered=True`.
 SLOTS = {
     keras.optimizers.Adagrad: ("_accumulators",),
     keras.optimizers.Adadelta: ("_accumulated_grads", "_accumulated_delta_vars"),
@@ -44,16 +49,32 @@ def set_global_seed(seed: int) -> None:
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)  # recreated from the seed
     random.seed(seed)
     np.random.seed(seed)
+    if keras.backend.backend() == "torch":  # as Keras' own function does
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def optimizer_schedule(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.schedules.LearningRateSchedule | None:
-    """The schedule the optimizer evaluates at its iteration count for its LR, or None for a fixed LR."""
+    """The schedule the optimizer evaluates at its iteration count for its LR (the object it was given), or None.
+
+    None for a fixed LR (Keras keeps it in a variable) and for a plain callable.
+    """
     schedule = getattr(optimizer, "_learning_rate", None)
     return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) else None
 
 
 def slot_variables(optimizer: keras.optimizers.Optimizer, name: str) -> Sequence[keras.Variable]:
-    """One kind of the optimizer's slot variables (`SLOTS`), one per trainable variable, in their order."""
+    """One kind of the optimizer's slot variables (`SLOTS`), one per trainable variable, in their order.
+
+    Raises:
+        ValueError: `name` is not a slot lrsweep knows for this optimizer's class.
+    """
+    known = next((slots for cls, slots in SLOTS.items() if isinstance(optimizer, cls)), ())
+    if name not in known:
+        raise ValueError(
+            f"`name` must be one of the slots of {type(optimizer).__name__}: {list(known)}. Received: name={name!r}"
+        )
     return getattr(optimizer, name)
 
 
