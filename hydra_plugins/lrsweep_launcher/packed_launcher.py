@@ -1,9 +1,10 @@
 """`hydra/launcher=packed`: a sweep's compatible jobs train together as packs, each job still its own MLflow run.
 
 The launcher composes and checks every job's config before anything trains, skips configurations that already
-FINISHED (resume), groups the rest into packs (`lrsweep.launching.plan_packs`), trains each pack as one stacked model,
-and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed (alone
-in its group, or a model or optimizer the packed path does not support) trains alone, in this process.
+FINISHED (resume), groups the rest into packs (`lrsweep.run.launching.plan_packs`), trains each pack as one stacked
+model, and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed
+(alone in its group, or a model or optimizer the packed path does not support) trains alone, in this process, from
+the job the launcher checked (`lrsweep.run.launching.train_alone`): no job is checked twice.
 """
 
 from __future__ import annotations
@@ -81,9 +82,8 @@ class PackedLauncher(Launcher):
         if self.cluster:
             from lrsweep.run import remote
 
-            work = [[(job.cfg, job.context) for job in pack] for pack in plan.packs]
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            results = remote.submit(work, self.cluster, folder, self.submitit) if work else []
+            results = remote.submit(plan.packs, self.cluster, folder, self.submitit) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             configs = [sweep_configs[job.context.job_num - initial_job_idx] for job in pack]
             if self.cluster:
@@ -96,9 +96,9 @@ class PackedLauncher(Launcher):
                     left = [job.context.job_num for later in plan.packs[k:] for job in later]
                     raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
             else:
-                outcomes = None  # alone: the task function trains it, as the basic launcher would
+                outcomes = None  # each trains alone, inside its Hydra job (its output folder and log)
             for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
-                task = self.task_function if outcomes is None else outcome(outcomes[i])
+                task = alone(job) if outcomes is None else outcome(outcomes[i])
                 returns[job.context.job_num] = self._run(config, task)
         return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
@@ -140,5 +140,17 @@ def outcome(value: Any) -> Callable[[DictConfig], Any]:
         if isinstance(value, BaseException):
             raise value
         return value
+
+    return task
+
+
+def alone(job: Any) -> Callable[[DictConfig], Any]:
+    """A task function that trains a checked job alone (`launching.train_alone`), failing as `train.py` would."""
+    from lrsweep.core import errors
+    from lrsweep.run import launching
+
+    def task(_: DictConfig) -> Any:
+        with errors.reported():  # a bad store or Ctrl-C: one line and the exit status, as for `train.py`
+            return launching.train_alone(job)
 
     return task
