@@ -4,7 +4,7 @@ The launcher composes and checks every job's config before anything trains, skip
 FINISHED (resume), groups the rest into packs (`lrsweep.run.launching.plan_packs`), trains each pack as one stacked
 model, and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed
 (alone in its group, or a model or optimizer the packed path does not support) trains alone, in this process, from
-the job the launcher checked (`lrsweep.run.launching.train_alone`): no job is checked twice.
+the job the launcher checked (`lrsweep.run.launching.train_alone`): no job is checked or composed twice.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -57,6 +58,10 @@ class PackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        # Hydra's sweeper composes every job of a batch to validate it, just before `launch` composes them again:
+        # the loader, shared with the sweeper through this context, keeps what it composed for `launch` to take.
+        if not isinstance(hydra_context.config_loader, ComposedOnce):
+            hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.hydra_context = hydra_context
         self.task_function = task_function
 
@@ -68,7 +73,9 @@ class PackedLauncher(Launcher):
         from lrsweep.core.errors import StoreError
         from lrsweep.sweep import job_configs, open_parent, task_config
 
-        sweep_configs = job_configs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        loader = self.hydra_context.config_loader
+        taking = SimpleNamespace(load_sweep_config=loader.take) if isinstance(loader, ComposedOnce) else loader
+        sweep_configs = job_configs(taking, self.config, job_overrides, initial_job_idx)
         tasks = [task_config(c) for c in sweep_configs]
         choose_backend(tasks[0])
         from lrsweep.run import launching  # imports Keras: only once the backend is chosen
@@ -116,6 +123,28 @@ class PackedLauncher(Launcher):
         )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
+
+
+class ComposedOnce:
+    """A Hydra config loader that keeps the sweep configs it composes (for the sweeper's validation of a batch)
+    until the launcher takes them (`take`): each job of a batch is composed once."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        self.composed[(id(master_config), tuple(sweep_overrides))] = config  # validated and discarded: unchanged
+        return config
+
+    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The job's sweep config the sweeper composed, or one composed now (a sweeper that did not validate)."""
+        kept = self.composed.pop((id(master_config), tuple(sweep_overrides)), None)
+        return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def choose_backend(task: DictConfig) -> None:
