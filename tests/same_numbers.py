@@ -20,13 +20,16 @@ CASES = {
     "solo": ["schedule=linear", "training.seed=3"],
     "packed": ["-m", "schedule=constant,linear", "training.seed=0,1"],
 }
+# The solo run's config as a sweep of one job, which the packed launcher trains alone: the solo run's numbers.
+LONE = ["-m", "schedule=linear", "training.seed=3"]
 BACKENDS = ("jax", "tensorflow")
 
 
 def measure(root: Path, backend: str, case: str, folder: Path) -> dict[str, dict[str, list[float]]]:
-    """{run name: {metric: values by step}} of the job runs `root`'s train.py logs for `case` on `backend`."""
+    """{run name: {metric: values by step}} of the job runs `root`'s train.py logs for `case` (or "lone": `LONE`)."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    args = [sys.executable, str(root / "train.py"), *CASES[case], f"backend={backend}", *TINY, f"tracking.uri={uri}",
+    overrides = LONE if case == "lone" else CASES[case]
+    args = [sys.executable, str(root / "train.py"), *overrides, f"backend={backend}", *TINY, f"tracking.uri={uri}",
             f"hydra.sweep.dir={folder / 'multirun'}", f"hydra.run.dir={folder / 'outputs'}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=900)

@@ -25,3 +25,8 @@ def test_a_run_logs_exactly_the_numbers_it_logged_before(tmp_path, backend, case
     assert sorted(measured) == sorted(expected)  # the same runs
     for name, metrics in expected.items():
         assert measured[name] == metrics, name  # every metric, every step: the same float64 values
+
+
+def test_a_sweeps_lone_job_trains_as_the_same_run_alone_would(tmp_path):
+    """The packed launcher trains a job left alone itself, from the job it checked: the solo run's very numbers."""
+    assert same_numbers.measure(ROOT, "jax", "lone", tmp_path) == EXPECTED["jax/solo"]

@@ -50,10 +50,11 @@ try:
 except SystemExit as e:
     print("exit status", e.code)
 print("compositions:", len(composed), "of", len(set(composed)), "jobs")
+print("tensorflow imported:", "tensorflow" in sys.modules)
 """
 
 
-def test_a_packed_sweep_composes_each_job_once(tmp_path):
+def test_a_packed_sweep_composes_each_job_once_and_on_jax_never_imports_tensorflow(tmp_path):
     """Hydra's sweeper composes each job to validate it; the packed launcher takes those instead of composing again."""
     args = [str(ROOT / "train.py"), "-m", "backend=jax", "training.seed=0,1", "training.epochs=1",
             "training.verbose=0", *TINY, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -64,6 +65,7 @@ def test_a_packed_sweep_composes_each_job_once(tmp_path):
     assert "exit status" not in result.stdout, result.stderr[-3000:]
     assert "Sweep multirun: 2 runs" in result.stdout
     assert "compositions: 2 of 2 jobs" in result.stdout, result.stdout[-2000:]
+    assert "tensorflow imported: False" in result.stdout
 
 
 def test_a_jobs_initial_weights_are_those_keras_own_seeding_gives():
