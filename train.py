@@ -3,9 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-from lrsweep.analysis.range_test import print_single_run
 from lrsweep.config import schema
 from lrsweep.core import backend, errors, identity
+from lrsweep.ml.range_test import is_range_test
 
 identity.register_resolvers()  # before Hydra composes conf/config.yaml, which uses them
 
@@ -18,7 +18,10 @@ def main(cfg: DictConfig) -> float:
         from lrsweep.run import experiment
 
         value = experiment.run(cfg)
-    print_single_run(cfg)  # a range test run alone (no -m): its suggested LR bounds
+    if is_range_test(cfg):  # a range test run alone (no -m): its suggested LR bounds
+        from lrsweep.analysis.range_test import print_single_run  # its analysis (scipy.stats) only when needed
+
+        print_single_run(cfg)
     return value
 
 

@@ -1,14 +1,16 @@
 """Benchmark: packed sweeps against one job at a time, and against the tutorial's own script, in one session.
 
-    .venv/bin/python scripts/bench_packed.py                         # everything below (about 25 minutes)
+    .venv/bin/python scripts/bench_packed.py                         # everything below (about 30 minutes)
     .venv/bin/python scripts/bench_packed.py --parts steady          # only the speed inside one pack
     .venv/bin/python scripts/bench_packed.py --parts grid --backends jax
 
-Parts (each a real `python train.py -m ...` into a fresh temporary folder and SQLite store, as a user runs it):
+Parts (each a real `python train.py [-m] ...` into a fresh temporary folder and SQLite store, as a user runs it):
 - grid: the 3x3 warm-up grid (schedule=linear, initial_lr 0.001/0.003/0.005 x final_lr 0.005/0.01/0.02), Adam,
-  5 epochs, full data: 45 model-epochs;
-- tutorial: `+experiment=tutorial training.seed=0,1,2`: 12 runs x 5 epochs = 60 model-epochs; and the tutorial's
-  script as written (../shared/bench/seed_tutorial.py, TensorFlow) run 3 times, for the same 60 model-epochs;
+  5 epochs, full data: 45 model-epochs, one at a time (hydra/launcher=basic) and packed, on each backend;
+- tutorial: the README's main command, `+experiment=tutorial training.seed=0,1,2` on TensorFlow: 12 runs x 5
+  epochs = 60 model-epochs; and the tutorial's script as written (../shared/bench/seed_tutorial.py, TensorFlow)
+  run 3 times, for the same 60 model-epochs;
+- single: one `python train.py training.epochs=1`, its wall time beside the time inside its run (start-up apart);
 - steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
   after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
   per backend.
@@ -34,14 +36,17 @@ TUTORIAL = ["+experiment=tutorial", "training.seed=0,1,2"]
 LAUNCHERS = {"one at a time": ["hydra/launcher=basic"], "packed": []}
 
 
-def sweep(backend: str, overrides: list[str]) -> tuple[float, int]:
-    """Wall time of `python train.py -m ...` in a fresh folder, and the runs it logged."""
+def train(backend: str, overrides: list[str], multirun: bool = True) -> tuple[float, int, float]:
+    """`python train.py [-m] ...` in a fresh folder: its wall time, the runs it logged, and the seconds spent
+    inside them (from a run's start to its end, overlapping runs of a pack counted once): training, validation,
+    test scores and MLflow logging. The rest of the wall time is start-up, composition, checks and planning."""
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as folder:
         store = f"sqlite:///{folder}/mlruns/mlflow.db"
-        command = [sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={store}", f"backend={backend}",
-                   f"hydra.sweep.dir={folder}/sweep", "training.verbose=0", *overrides]  # fmt: skip
+        command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), f"tracking.uri={store}",
+                   f"backend={backend}", f"hydra.sweep.dir={folder}/sweep", f"hydra.run.dir={folder}/run",
+                   "training.verbose=0", *overrides]  # fmt: skip
         start = time.perf_counter()
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -50,7 +55,18 @@ def sweep(backend: str, overrides: list[str]) -> tuple[float, int]:
         client = MlflowClient(store)
         experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
         runs = client.search_runs([experiment_id], "tags.`lrsweep.role` = 'job' and attributes.status = 'FINISHED'")
-        return wall, len(runs)
+        return wall, len(runs), covered([(r.info.start_time, r.info.end_time) for r in runs]) / 1000
+
+
+def covered(spans: list[tuple[int, int]]) -> float:
+    """The length of the union of [start, end] spans."""
+    total, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
 
 
 def tutorial_script(times: int = 3) -> float:
@@ -96,7 +112,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
 
     from lrsweep.core import identity
     from lrsweep.ml import training
-    from lrsweep.run import experiment, packing
+    from lrsweep.run import experiment, pack
 
     Clock = _clock()
     results = {}
@@ -119,7 +135,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
                           **experiment.compile_args(jobs[0].cfg))  # fmt: skip
             seeds = 0
         else:
-            model = packing.build_pack(jobs, dataset).model
+            model = pack.build_pack(jobs, dataset).model
             seeds = [0]
         clock = Clock()
         start = time.perf_counter()
@@ -147,7 +163,7 @@ def steady(members: list[int], epochs: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ["steady", "grid", "tutorial"]
+    parts = ["steady", "single", "grid", "tutorial"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax"], default=["jax", "tensorflow"])
     parser.add_argument("--members", nargs="+", type=int, default=[1, 9, 32])
@@ -175,21 +191,33 @@ def main() -> None:
                       f"{r['per_model_epoch_s']:>14.3f}s {r['validation_s']:>9.2f}s {r['data_order_s']:>9.2f}s",
                       flush=True)  # fmt: skip
 
+    if "single" in args.parts:
+        print("\nOne run, `python train.py training.epochs=1` (full data), start-up split out:")
+        print(f"{'backend':<11} {'wall':>8} {'in its run':>10} {'start-up and the rest':>22}")
+        for backend in args.backends:
+            wall, _, inside = train(backend, ["training.epochs=1"], multirun=False)
+            print(f"{backend:<11} {wall:>7.1f}s {inside:>9.1f}s {wall - inside:>21.1f}s", flush=True)
+
     sweeps = {"grid": ("3x3 warm-up grid", GRID, 45), "tutorial": ("tutorial x 3 seeds", TUTORIAL, 60)}
     for part in ("grid", "tutorial"):
         if part not in args.parts:
             continue
         title, overrides, model_epochs = sweeps[part]
-        print(f"\n{title} ({model_epochs} model-epochs), end to end from a fresh store:")
-        print(f"{'backend':<11} {'launcher':<14} {'runs':>4} {'wall':>8} {'per model-epoch':>15} {'speed-up':>8}")
-        for backend in args.backends:
+        print(
+            f"\n{title} ({model_epochs} model-epochs), end to end from a fresh store; 'in runs': from the runs'"
+            " starts to their ends (training, validation, test scores, logging), the rest is start-up and planning:"
+        )
+        print(f"{'backend':<11} {'launcher':<14} {'runs':>4} {'wall':>8} {'per model-epoch':>15} {'speed-up':>8} "
+              f"{'in runs':>8} {'per model-epoch':>15}")  # fmt: skip
+        # The README's main command is the tutorial sweep on TensorFlow, the default backend.
+        for backend in ["tensorflow"] if part == "tutorial" else args.backends:
             walls = {}
             for launcher, extra in LAUNCHERS.items():
-                wall, runs = sweep(backend, overrides + extra)
+                wall, runs, inside = train(backend, overrides + extra)
                 walls[launcher] = wall
                 speedup = walls["one at a time"] / wall if launcher == "packed" else 1.0
                 print(f"{backend:<11} {launcher:<14} {runs:>4} {wall:>7.1f}s {wall / model_epochs:>14.2f}s "
-                      f"{speedup:>7.1f}x", flush=True)  # fmt: skip
+                      f"{speedup:>7.1f}x {inside:>7.1f}s {inside / model_epochs:>14.2f}s", flush=True)  # fmt: skip
         if part == "tutorial":
             wall = tutorial_script()
             print(f"{'tensorflow':<11} {'tutorial x3':<14} {12:>4} {wall:>7.1f}s {wall / model_epochs:>14.2f}s  "

@@ -6,7 +6,7 @@
 `training.divergence_factor` (`lrsweep.callbacks.StopOnDivergence`) flags a run whose loss, as Keras reports it
 (the epoch's running mean, at every batch end Keras calls back), is above factor x its starting loss (its loss
 before any update, on the first 256 training examples: `lrsweep.callbacks.member_losses`). This trains, in
-process and in packs (`lrsweep.packing`, the way sweeps train), on the full data:
+process and in packs (`lrsweep.run.pack`, the way sweeps train), on the full data:
 
 - healthy: the tutorial's four strategies (`+experiment=tutorial`, 5 epochs) for each seed, and the phase
   diagram's warm-up runs (`+experiment=phase_diagram`, 3 epochs) at its trainable Adam LRs 0.001-0.03, every
@@ -117,12 +117,12 @@ def recorder(members):
 def measure(overrides: list[list[str]]) -> list[dict]:
     """Trains the runs as one pack; per run its starting loss and ratios."""
     from lrsweep.ml.training import Member, fit_epochs
-    from lrsweep.run import experiment, packing
+    from lrsweep.run import experiment, pack
 
     jobs = compose_jobs(overrides)
     cfg = jobs[0].cfg
     dataset = experiment.instantiate(cfg.data)
-    plan = packing.build_pack(jobs, dataset)
+    plan = pack.build_pack(jobs, dataset)
     members = [Member(run_id="", schedule=s, index=k, name=job.name) for k, (job, s) in enumerate(
         zip(jobs, plan.schedules, strict=True))]  # fmt: skip
     record = recorder(members)(dataset)

@@ -76,11 +76,11 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 
     from lrsweep.ml import training
     from lrsweep.ml.schedules import KerasSchedule
-    from lrsweep.run import experiment, packing
+    from lrsweep.run import experiment, pack
 
     prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
-    plan = packing.build_pack(prepared, dataset)
+    plan = pack.build_pack(prepared, dataset)
     model = plan.model
     batch = prepared[0].cfg.training.batch_size
     x, y = training.epoch_data(dataset, plan.seeds, 0)
@@ -106,7 +106,7 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 def compare(optimizer: str, folder: str) -> dict:
     """Trains the three members alone and as one pack into one store; returns both runs' per-epoch histories."""
     from lrsweep import tracking
-    from lrsweep.run import experiment, packing
+    from lrsweep.run import experiment, pack
 
     store_uri = f"sqlite:///{folder}/{optimizer}.db"
     client, experiment_id = tracking.connect(store_uri, "equivalence")
@@ -118,7 +118,7 @@ def compare(optimizer: str, folder: str) -> dict:
     for job in prepared:
         job.name = f"{job.name}-packed"
         packed_names.append(job.name)
-    outcomes = packing.train_pack(prepared, client, experiment_id, "equivalence")
+    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence")
     return {
         "outcomes": [str(o) for o in outcomes],
         "solo": [histories(client, experiment_id, n) for n in solo_names],

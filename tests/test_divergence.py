@@ -46,14 +46,15 @@ def compose_cfg(*overrides: str):
 def pack():
     """A real pack of two SGD members (JAX), built as a sweep builds it, and its data."""
     from lrsweep.core import identity
-    from lrsweep.run import experiment, packing
+    from lrsweep.run import experiment
+    from lrsweep.run.pack import build_pack
 
     jobs = []
     for k, lr in enumerate(("0.01", "0.02")):
         cfg = compose_cfg("optimizer=sgd", f"optimizer.learning_rate={lr}", f"tracking.run_name=m{k}")
         jobs.append(experiment.prepare(cfg, identity.JobContext()))
     dataset = experiment.instantiate(jobs[0].cfg.data)
-    return packing.build_pack(jobs, dataset), dataset
+    return build_pack(jobs, dataset), dataset
 
 
 def watch(plan, dataset, factor):

@@ -262,7 +262,8 @@ def test_a_value_out_of_range_is_refused_in_one_line(overrides, message):
 
 
 def test_prepare_checks_the_ranges_first(tmp_path):
-    """experiment.prepare refuses before anything else is looked at: here a data folder that does not exist."""
+    """The ranges are checked once, before `experiment.prepare` looks at anything (train.py and the packed launcher's
+    `check_jobs` call `schema.check` first): here a data folder that does not exist is not reached."""
     from lrsweep.core import backend
 
     backend.select("jax")
@@ -270,6 +271,7 @@ def test_prepare_checks_the_ranges_first(tmp_path):
 
     cfg = compose_config("optimizer.beta_1=1.5", f"data.dir={tmp_path / 'nowhere'}")
     with pytest.raises(ValueError, match=re.escape("`optimizer.beta_1` must be a number in [0, 1).")):
+        schema.check(cfg)
         experiment.prepare(cfg, identity.JobContext())
     # In range (and optimizer.momentum an int), it builds everything, up to the Keras optimizer.
     job = experiment.prepare(compose_config("optimizer=sgd", "optimizer.momentum=0", *TINY), identity.JobContext())

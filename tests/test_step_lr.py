@@ -12,6 +12,7 @@ from keras import ops
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
+from lrsweep.config import schema
 from lrsweep.core import backend
 from lrsweep.ml import schedules
 from lrsweep.ml.schedules import KerasSchedule
@@ -128,6 +129,7 @@ def test_bad_log_every_n_steps_fails_before_any_run(store_uri):
         )
     backend.select(cfg.backend)
     with pytest.raises(ValueError, match=r"`tracking.log_every_n_steps` must be an integer >= 0 \(0: off\)\. Rec"):
+        schema.check(cfg)  # as train.py, the single run's only schema check
         experiment.run(cfg)
     client, experiment_id = tracking.connect(store_uri, "lrsweep")
     assert client.search_runs([experiment_id]) == []

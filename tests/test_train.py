@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.entities import RunStatus
 
 from lrsweep import tracking
+from lrsweep.config import schema
 from lrsweep.core import backend, identity
 from lrsweep.run import experiment
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
@@ -119,7 +120,8 @@ def test_bad_input_fails_before_any_run(tmp_path, store_uri, overrides, message)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"tracking.uri={store_uri}", "backend=jax", *TINY, *overrides])
     with pytest.raises(ValueError) as excinfo:
-        backend.select(cfg.backend)  # what train.py does first
+        schema.check(cfg)  # what train.py does first, before Keras starts: its only schema check
+        backend.select(cfg.backend)
         experiment.run(cfg)
     assert message in str(excinfo.value)
     client, experiment_id = tracking.connect(store_uri, "lrsweep")

@@ -1,9 +1,10 @@
 """`hydra/launcher=packed`: a sweep's compatible jobs train together as packs, each job still its own MLflow run.
 
 The launcher composes and checks every job's config before anything trains, skips configurations that already
-FINISHED (resume), groups the rest into packs (`lrsweep.launching.plan_packs`), trains each pack as one stacked model,
-and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed (alone
-in its group, or a model or optimizer the packed path does not support) trains alone, in this process.
+FINISHED (resume), groups the rest into packs (`lrsweep.run.launching.plan_packs`), trains each pack as one stacked
+model, and hands Hydra one JobReturn per job, in order, as the basic launcher would. A job that cannot be packed
+(alone in its group, or a model or optimizer the packed path does not support) trains alone, in this process, from
+the job the launcher checked (`lrsweep.run.launching.train_alone`): no job is checked or composed twice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -56,6 +58,10 @@ class PackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        # Hydra's sweeper composes every job of a batch to validate it, just before `launch` composes them again:
+        # the loader, shared with the sweeper through this context, keeps what it composed for `launch` to take.
+        if not isinstance(hydra_context.config_loader, ComposedOnce):
+            hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.hydra_context = hydra_context
         self.task_function = task_function
 
@@ -67,7 +73,9 @@ class PackedLauncher(Launcher):
         from lrsweep.core.errors import StoreError
         from lrsweep.sweep import job_configs, open_parent, task_config
 
-        sweep_configs = job_configs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        loader = self.hydra_context.config_loader
+        taking = SimpleNamespace(load_sweep_config=loader.take) if isinstance(loader, ComposedOnce) else loader
+        sweep_configs = job_configs(taking, self.config, job_overrides, initial_job_idx)
         tasks = [task_config(c) for c in sweep_configs]
         choose_backend(tasks[0])
         from lrsweep.run import launching  # imports Keras: only once the backend is chosen
@@ -81,9 +89,8 @@ class PackedLauncher(Launcher):
         if self.cluster:
             from lrsweep.run import remote
 
-            work = [[(job.cfg, job.context) for job in pack] for pack in plan.packs]
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            results = remote.submit(work, self.cluster, folder, self.submitit) if work else []
+            results = remote.submit(plan.packs, self.cluster, folder, self.submitit) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             configs = [sweep_configs[job.context.job_num - initial_job_idx] for job in pack]
             if self.cluster:
@@ -96,9 +103,9 @@ class PackedLauncher(Launcher):
                     left = [job.context.job_num for later in plan.packs[k:] for job in later]
                     raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
             else:
-                outcomes = None  # alone: the task function trains it, as the basic launcher would
+                outcomes = None  # each trains alone, inside its Hydra job (its output folder and log)
             for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
-                task = self.task_function if outcomes is None else outcome(outcomes[i])
+                task = alone(job) if outcomes is None else outcome(outcomes[i])
                 returns[job.context.job_num] = self._run(config, task)
         return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
@@ -116,6 +123,28 @@ class PackedLauncher(Launcher):
         )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
+
+
+class ComposedOnce:
+    """A Hydra config loader that keeps the sweep configs it composes (for the sweeper's validation of a batch)
+    until the launcher takes them (`take`): each job of a batch is composed once."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        self.composed[(id(master_config), tuple(sweep_overrides))] = config  # validated and discarded: unchanged
+        return config
+
+    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The job's sweep config the sweeper composed, or one composed now (a sweeper that did not validate)."""
+        kept = self.composed.pop((id(master_config), tuple(sweep_overrides)), None)
+        return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def choose_backend(task: DictConfig) -> None:
@@ -140,5 +169,17 @@ def outcome(value: Any) -> Callable[[DictConfig], Any]:
         if isinstance(value, BaseException):
             raise value
         return value
+
+    return task
+
+
+def alone(job: Any) -> Callable[[DictConfig], Any]:
+    """A task function that trains a checked job alone (`launching.train_alone`), failing as `train.py` would."""
+    from lrsweep.core import errors
+    from lrsweep.run import launching
+
+    def task(_: DictConfig) -> Any:
+        with errors.reported():  # a bad store or Ctrl-C: one line and the exit status, as for `train.py`
+            return launching.train_alone(job)
 
     return task

@@ -55,7 +55,7 @@ def _log_if_spans_decades(ax, values: Iterable[float]) -> None:
 LINES_SHOWN = 10  # configurations drawn in lr.png and curves.png (the best ones): a phase diagram has 45
 LEGEND_LINES = 4  # an effective-LR panel with more lines has no bands and no legend of its own
 ZOOM_LEADING = 3  # configurations whose range sets the y-limits of curves.png's zoom row
-# How each adaptive optimizer's effective per-parameter LR is defined (lrsweep.run.effective_lr); SGD logs none.
+# How each adaptive optimizer's effective per-parameter LR is defined (lrsweep.ml.effective_lr); SGD logs none.
 EFFECTIVE_LR = {
     "Adagrad": "lr/sqrt(acc+eps)",
     "Adadelta": "lr*sqrt(E[dx²]+eps)/sqrt(E[g²]+eps)",

@@ -5,7 +5,7 @@
     python -m lrsweep.range_test --sweep 2026-11-26_13-05-22               # the analysis of a past sweep (`cli`)
 
 Training runs a short while with the LR growing exponentially every step (`lrsweep.schedules.lr_range`);
-`lrsweep.run.range_test.RangeTestRecorder` logs `range_test/loss`, `range_test/smoothed_loss` and `range_test/lr`
+`lrsweep.run.callbacks.RangeTestRecorder` logs `range_test/loss`, `range_test/smoothed_loss` and `range_test/lr`
 at step = global step and stops a run once its smoothed loss is above 4x its minimum or not finite.
 `analyse` reads those histories back, groups runs by configuration (seed aside) and suggests two LRs per seed:
 the steepest descent of the smoothed loss against log LR, and the LR at its minimum / 10.

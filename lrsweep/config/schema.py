@@ -169,7 +169,7 @@ class Tracking:
 # Optimizers: the Keras constructor's arguments that the option files set -----------------------------------------
 # `learning_rate` is Any: training replaces it with the schedule (`instantiate(cfg.optimizer, learning_rate=...)`
 # merges a `KerasSchedule` into the node), as Keras takes a float or a schedule there. Its range is still checked,
-# and `lrsweep.run.experiment.prepare` hands Keras a float.
+# and `lrsweep.run.job.prepare` hands Keras a float.
 
 
 @dataclass

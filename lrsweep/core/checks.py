@@ -1,7 +1,7 @@
 """Argument checks: a value that cannot run fails before any work starts, with a message naming the key,
 what it must be and what was received, e.g. "`initial_lr` must be a finite learning rate > 0. Received: ...".
 
-The config's ranges (`lrsweep.schema`) and the schedules' own arguments are checked with these."""
+The config's ranges (`lrsweep.config.schema`) and the schedules' own arguments are checked with these."""
 
 from __future__ import annotations
 

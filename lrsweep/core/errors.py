@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A job's config or data cannot run (found by `lrsweep.run.experiment.prepare`, before any work)."""
+    """A job's config or data cannot run (found by `lrsweep.run.job.prepare`, before any work)."""
 
 
 class StoreError(ConnectionError):

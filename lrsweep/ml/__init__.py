@@ -1,7 +1,18 @@
-"""The machine learning, independent of MLflow and Hydra: data, models, LR schedules, the training loop.
+"""The machine learning, independent of MLflow and Hydra: data, models, LR schedules, the training loop,
+packs (several models stacked into one).
 
 Importing this package imports nothing of Keras; its modules that need Keras import it, so choose the backend
 (`lrsweep.core.backend.select`) before importing them.
 """
 
-__all__ = ["data", "divergence", "effective_lr", "keras_adapter", "models", "range_test", "schedules", "training"]
+__all__ = [
+    "data",
+    "divergence",
+    "effective_lr",
+    "keras_adapter",
+    "models",
+    "packing",
+    "range_test",
+    "schedules",
+    "training",
+]

@@ -219,7 +219,8 @@ def load(
 
     The files are read from the first of `dir`, `$LRSWEEP_DATA_DIR`, `~/.keras/datasets/fashion-mnist` and
     `/usr/share/datasets/fashion-mnist` that holds them; only if none does, Keras downloads them.
-    Parsed arrays are cached, so the jobs of a multirun in one process read the files once.
+    The dataset read from a folder is cached (read-only arrays), so the jobs of a multirun in one process read
+    and scale it once.
 
     Args:
         dir: a folder holding the four IDX `.gz` files, or None to search.
@@ -232,9 +233,26 @@ def load(
     """
     folder = locate(dir)
     if folder is None:
-        raw, source = _download(), "keras.datasets download"
-    else:
-        raw, source = _load_folder(folder.resolve()), str(folder)
+        return _split(_download(), "keras.datasets download", train_size, test_size, validation_size)
+    return _load(folder.resolve(), train_size, test_size, validation_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(folder: Path, train_size: int | None, test_size: int | None, validation_size: int | None) -> Dataset:
+    """`load` from a folder, once per process for each choice of sizes: the jobs of a multirun share its arrays."""
+    dataset = _split(_load_folder(folder), str(folder), train_size, test_size, validation_size)
+    for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, dataset.x_val, dataset.y_val):
+        array.flags.writeable = False  # cached: shared by every caller
+    return dataset
+
+
+def _split(
+    raw: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    source: str,
+    train_size: int | None,
+    test_size: int | None,
+    validation_size: int | None,
+) -> Dataset:
     x_train, y_train, x_test, y_test = raw
     if validation_size is None:
         x_val = y_val = None

@@ -1,6 +1,6 @@
 """The LR range test's rule (Smith 2017; fastai's `lr_find`): its names, the smoothed loss, when a run stops,
-and the two LRs read off a curve. Pure NumPy: the recorder (`lrsweep.run.range_test`) and the analysis
-(`lrsweep.analysis.range_test`) both follow it.
+and the two LRs read off a curve. Pure NumPy: the recorder (`lrsweep.run.callbacks.range_test_recorder`) and
+the analysis (`lrsweep.analysis.range_test`) both follow it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The training loop shared by solo and packed runs: lrsweep, not Keras, owns each epoch's order of examples.
 
 Each epoch's order is a permutation drawn from the run's seed and the epoch number alone, so a run sees the
-same batches whether it trains alone or packed with other runs (`lrsweep.packing`), on any backend.
+same batches whether it trains alone or packed with other runs (`lrsweep.ml.packing`), on any backend.
 """
 
 from __future__ import annotations

@@ -3,4 +3,4 @@
 Its modules import Keras: choose the backend (`lrsweep.core.backend.select`) before importing them.
 """
 
-__all__ = ["callbacks", "effective_lr", "experiment", "launching", "packing", "range_test", "remote"]
+__all__ = ["callbacks", "experiment", "job", "launching", "pack", "remote", "watching"]

@@ -1,6 +1,7 @@
-"""What the packed launcher does between Hydra and training: check every job, reuse finished ones, plan packs.
+"""What the packed launcher does between Hydra and training: check every job, reuse finished ones, plan packs,
+train each pack (`lrsweep.run.pack`) or lone job (`lrsweep.run.experiment`).
 
-Imports Keras (through `lrsweep.experiment`): choose the backend (`lrsweep.backend.select`) before importing it.
+Imports Keras: choose the backend (`lrsweep.core.backend.select`) before importing it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lrsweep import tracking
+from lrsweep.config import schema
 from lrsweep.core import backend, errors, identity, interrupts
-from lrsweep.run import experiment, packing
+from lrsweep.ml.packing import NotPackable
+from lrsweep.run import experiment, pack
+from lrsweep.run.job import Job, checked
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +33,11 @@ class SweepPlan:
     """A sweep's jobs after checking: the reused ones' results by job number, and the packs to train."""
 
     reused: dict[int, float] = field(default_factory=dict)
-    packs: list[list[experiment.Job]] = field(default_factory=list)
+    packs: list[list[Job]] = field(default_factory=list)
 
 
-def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
-    """Checks every job's config of a sweep before any of them starts (`experiment.checked`).
+def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[Job]:
+    """Checks every job's config of a sweep before any of them starts, once: its schema, then `job.checked`.
 
     Args:
         jobs: (task config, `hydra` config node) of each job.
@@ -47,7 +51,8 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
     for (cfg, _), context in zip(jobs, contexts, strict=True):
         try:
             backend.select(cfg.backend, cfg.threads)
-            prepared.append(experiment.checked(cfg, context))
+            errors.as_config_error(schema.check, cfg)  # the declared ranges
+            prepared.append(checked(cfg, context))
         except errors.ConfigError as e:
             if errors.keep_traceback():
                 raise  # the traceback, as Hydra shows it
@@ -64,7 +69,7 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[experiment.Job]:
     return prepared
 
 
-def plan_sweep(prepared: Sequence[experiment.Job], max_members: int, max_seeds: int) -> SweepPlan:
+def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> SweepPlan:
     """Reuses FINISHED configurations among a sweep's checked jobs (`check_jobs`) and plans packs for the rest.
 
     Args:
@@ -85,19 +90,19 @@ def plan_sweep(prepared: Sequence[experiment.Job], max_members: int, max_seeds: 
     return plan
 
 
-def pack_key(job: experiment.Job) -> str:
+def pack_key(job: Job) -> str:
     """What a job's results depend on apart from `MEMBER_KEYS`: jobs with the same key can share a pack."""
     flat = identity.flatten(job.resolved)
     shared = {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MEMBER_KEYS)}
     return json.dumps(shared, sort_keys=True)
 
 
-def plan_packs(jobs: Sequence[experiment.Job], max_members: int, max_seeds: int) -> list[list[experiment.Job]]:
+def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[list[Job]]:
     """Groups jobs by `pack_key` and splits each group, ordered by seed, into near-equal packs within the limits.
 
     A pack of one job is a job that trains alone.
     """
-    groups: dict[str, list[experiment.Job]] = {}
+    groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(pack_key(job), []).append(job)
     packs = []
@@ -110,7 +115,7 @@ def plan_packs(jobs: Sequence[experiment.Job], max_members: int, max_seeds: int)
     return packs
 
 
-def train_pack(jobs: Sequence[experiment.Job], name: str) -> list[float | Exception] | None:
+def train_pack(jobs: Sequence[Job], name: str) -> list[float | Exception] | None:
     """Trains a pack; None if its model or optimizer cannot be packed (its jobs then train one at a time)."""
     interrupts.check()  # stopped: start no new pack
     cfg = jobs[0].cfg
@@ -118,7 +123,15 @@ def train_pack(jobs: Sequence[experiment.Job], name: str) -> list[float | Except
     pack_id = f"{jobs[0].context.sweep_id}/{name}" if jobs[0].context.sweep_id else name
     try:
         with experiment.store_failures(cfg.tracking.uri):
-            return packing.train_pack(jobs, client, experiment_id, pack_id)
-    except packing.NotPackable as e:
+            return pack.train_pack(jobs, client, experiment_id, pack_id)
+    except NotPackable as e:
         log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))
         return None
+
+
+def train_alone(job: Job) -> float:
+    """Trains a checked job of a sweep (not reused: `plan_sweep`) alone, in this process: its own MLflow run."""
+    interrupts.check()  # stopped between two jobs of a sweep: start no new one
+    with experiment.store_failures(job.cfg.tracking.uri):
+        client, experiment_id = tracking.connect_config(job.cfg.tracking)
+        return experiment.train_solo(job, client, experiment_id)

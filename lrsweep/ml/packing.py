@@ -1,7 +1,7 @@
-"""Packs: several runs of one model trained as one stacked Keras model, one `fit`, each run still its own.
+"""Packs: several runs of one model stacked into one Keras model, one `fit`, each member still its own.
 
 Member k of a pack starts from the weights its solo run would build for its seed, sees its batches in the order
-its seed gives (`lrsweep.training`), and is updated by the configured Keras optimizer's own `update_step` with its
+its seed gives (`lrsweep.ml.training`), and is updated by the configured Keras optimizer's own `update_step` with its
 own learning rate, the member's schedule evaluated at the optimizer's step inside the compiled step. Optimizer
 state is elementwise, so each member's slots are its own slices of the stacked slot variables.
 
@@ -13,22 +13,15 @@ CPU runs fastest; later layers are batched per member. Only what is written with
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
-from mlflow.tracking import MlflowClient
 
-from lrsweep import tracking
-from lrsweep.ml.data import Dataset
-from lrsweep.ml.schedules import KerasSchedule
-from lrsweep.ml.training import Member, fit_epochs
-from lrsweep.run import experiment
-
-log = logging.getLogger(__name__)
+from lrsweep.ml import keras_adapter
 
 # Optimizers whose update is elementwise in the variable, LR and state: a member's update depends on its slice only.
 PACKABLE_OPTIMIZERS = (
@@ -189,6 +182,15 @@ class PackedMLP(keras.Model):
                 values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
         return values
 
+    def member_selector(self, member: int) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+        """Member `member`'s values of a list of optimizer slot values (one per trainable variable), flattened."""
+
+        def select(arrays: Sequence[np.ndarray]) -> np.ndarray:
+            parts = [self.member_values(i, array, member) for i, array in enumerate(arrays)]
+            return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
+
+        return select
+
     def set_member_weights(self, weights: Sequence[Sequence[np.ndarray]]) -> None:
         """Sets every member's weights from a solo model's weight lists (kernel, bias per layer), member order."""
         for group, size in enumerate(self.group_sizes):
@@ -309,7 +311,9 @@ _PACKED_CLASSES: dict[type, type] = {}
 def packed_optimizer_class(base: type[keras.optimizers.Optimizer]) -> type[keras.optimizers.Optimizer]:
     """`base` with each update applied per member: member k's LR entry, and nothing at all once it diverged."""
     if base not in _PACKED_CLASSES:
-        _PACKED_CLASSES[base] = type(f"Packed{base.__name__}", (PackedUpdates, base), {})
+        # The per-member update replaces the one method Keras applies every variable's update in.
+        update = {keras_adapter.UPDATE_STEP_METHOD: PackedUpdates.update_per_member}
+        _PACKED_CLASSES[base] = type(f"Packed{base.__name__}", (PackedUpdates, base), update)
     return _PACKED_CLASSES[base]
 
 
@@ -336,7 +340,7 @@ class PackedUpdates:
         super().build(variables)
         self.alive = self.add_variable((self.members,), initializer="ones", name="alive")
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def update_per_member(self, grads, trainable_variables, learning_rate):
         finite = [ops.all(ops.isfinite(ops.reshape(grads[i], (size, -1))), axis=1) for i, size in self.watch]
         finite = finite[0] if len(finite) == 1 else ops.concatenate(finite)
         alive = self.alive * ops.cast(finite, self.alive.dtype)
@@ -345,7 +349,7 @@ class PackedUpdates:
         # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
         restore = bool(getattr(self, "momentum", 0))
         for grad, variable in zip(grads, trainable_variables, strict=True):
-            owners = self.member_maps[self._get_variable_index(variable)]
+            owners = self.member_maps[keras_adapter.variable_index(self, variable)]
             keep = ops.take(alive, owners) > 0
             before = ops.convert_to_tensor(variable) if restore else None
             self.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
@@ -362,88 +366,39 @@ def seed_groups(seeds: Sequence[int]) -> list[int]:
 
 @dataclass
 class PackPlan:
-    """The model and optimizer a pack trains with, built from its members' own configs."""
+    """The model and optimizer a pack trains with, built from its members' own models, schedules and optimizer."""
 
     model: PackedMLP
-    schedules: list[KerasSchedule]
+    schedules: list[keras.optimizers.schedules.LearningRateSchedule]  # member k's LR schedule
     seeds: list[int]  # one per data group: the order of examples its members see
 
 
-def build_pack(jobs: Sequence[experiment.Job], dataset: Dataset) -> PackPlan:
-    """Builds the stacked model, with member k's initial weights exactly those its solo run starts from.
+def stack(
+    solo_models: Sequence[keras.Model],
+    seeds: Sequence[int],
+    schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule],
+    optimizer: keras.optimizers.Optimizer,
+    compile_args: dict[str, Any],
+) -> PackPlan:
+    """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
+
+    Args:
+        solo_models: each member's model as its solo run builds it, initial weights included.
+        seeds: each member's seed, sorted.
+        schedules: each member's LR schedule.
+        optimizer: the optimizer whose class and settings every member uses (its LR is ignored).
+        compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
 
     Raises:
-        NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
+        NotPackable: when the model or optimizer cannot be packed (the members then train alone).
     """
-    cfg = jobs[0].cfg
-    schedules = [KerasSchedule(experiment.build_schedule(job.cfg, dataset)) for job in jobs]
-    keras.backend.clear_session()
-    solo_models = [experiment.build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
     input_shape, layers = mlp_spec(solo_models[0])
-    optimizer = experiment.build_optimizer(cfg, 0.01)  # its settings; each member's LR comes from its schedule
     check_optimizer(optimizer)
-    model = PackedMLP(input_shape, layers, seed_groups([job.seed for job in jobs]))
+    model = PackedMLP(input_shape, layers, seed_groups(seeds))
     model.set_member_weights([m.get_weights() for m in solo_models])
     model.compile(
         optimizer=model.build_optimizer(optimizer, PackSchedule(schedules)),
         loss=PackedLoss(model.group_sizes),
-        **experiment.compile_args(cfg),
+        **compile_args,
     )
-    return PackPlan(model, schedules, [jobs[offset].seed for offset in model.offsets])
-
-
-def train_pack(
-    jobs: Sequence[experiment.Job], client: MlflowClient, experiment_id: str, pack_id: str
-) -> list[float | Exception]:
-    """Trains jobs (ordered by seed) as one pack; each ends as its own MLflow run, as if it had trained alone.
-
-    Returns:
-        Per job, its final val_accuracy, or the error it ended with (divergence). An interrupt or an error of
-        the whole pack closes every run (KILLED or FAILED) and is raised.
-    """
-    cfg = jobs[0].cfg
-    dataset = experiment.instantiate(cfg.data)
-    plan = build_pack(jobs, dataset)
-    model = plan.model
-    log.info(
-        "Pack %s: %d runs (%s) in one model, %d data group(s), %d train / %d validation (%s) / %d test examples",
-        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes),
-        len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
-    )  # fmt: skip
-    members: list[Member] = []
-    try:
-        for k, job in enumerate(jobs):
-            pack_tags = {
-                tracking.TAG_PACK: pack_id,
-                tracking.TAG_PACK_SIZE: str(len(jobs)),
-                tracking.TAG_PACK_MEMBER: str(k),
-            }
-            record = experiment.run_record(client, experiment_id, job, dataset, pack_tags)
-            run_id = tracking.open_run(client, experiment_id, record)
-            members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=_selector(model, k)))
-        history = fit_epochs(
-            model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
-            experiment.callbacks(client, cfg, members, dataset),
-        )  # fmt: skip
-        # The test set once, for every member that trained to the end (after training: diverged members are known).
-        experiment.log_test_metrics(client, model, dataset, members, cfg.training.batch_size, len(history) - 1)
-    except BaseException as e:
-        for member in members:
-            tracking.close_run_after(client, member.run_id, member.name, e)
-        raise
-    outcomes: list[float | Exception] = []
-    final = history[-1]
-    for member in members:
-        tracking.close_run(client, member.run_id, member.name, member.error)
-        outcomes.append(member.error if member.error is not None else float(final[member.key("val_accuracy")]))
-    return outcomes
-
-
-def _selector(model: PackedMLP, member: int) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-    """Member `member`'s values of a list of optimizer slot values (one per trainable variable), flattened."""
-
-    def select(arrays: Sequence[np.ndarray]) -> np.ndarray:
-        parts = [model.member_values(i, array, member) for i, array in enumerate(arrays)]
-        return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
-
-    return select
+    return PackPlan(model, list(schedules), [seeds[offset] for offset in model.offsets])

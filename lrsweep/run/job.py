@@ -1,0 +1,157 @@
+"""One job, checked and turned into values once: its config's schedule, model, optimizer, data and MLflow record.
+
+Solo training (`lrsweep.run.experiment`) and packs (`lrsweep.run.pack`) build from here, so a run trains from the
+same pieces either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import keras
+import yaml
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lrsweep import tracking
+from lrsweep.core import errors, identity
+from lrsweep.core.checks import check_lr
+from lrsweep.ml import keras_adapter
+from lrsweep.ml.data import Dataset
+from lrsweep.ml.schedules import Schedule
+
+CONFIG_ERRORS = (ValueError, OmegaConfBaseException, InstantiationException)
+
+
+def instantiate(node: DictConfig, **kwargs):
+    """`hydra.utils.instantiate`, letting our own ValueErrors (which name the value and the fix) through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
+
+
+@dataclass
+class Job:
+    """A job's config, checked, with what identifies its run (the Hydra job, config hash, run name) and its data.
+
+    The dataset is not pickled with the job (a worker process loads its own: `data.load` caches it per process).
+    """
+
+    cfg: DictConfig
+    context: identity.JobContext
+    resolved: dict[str, Any]
+    config_hash: str
+    name: str
+    dataset: Dataset | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.training.seed)
+
+    def data(self) -> Dataset:
+        """The job's dataset, loaded once."""
+        if self.dataset is None:
+            self.dataset = instantiate(self.cfg.data)
+        return self.dataset
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dataset"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, dataset=None)
+
+
+def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
+    """Turns a job's config into values, checking on the way what its schema cannot (it was checked: `schema.check`).
+
+    Loads the job's data and builds its schedule and optimizer, without training or touching MLflow.
+
+    Raises:
+        ValueError: naming the key, the value and the fix.
+    """
+    learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)  # also of schema-less options
+    dataset = instantiate(cfg.data)  # missing or corrupt files, bad subset sizes
+    build_schedule(cfg, dataset)  # the schedule's own arguments
+    build_optimizer(cfg, learning_rate)  # the optimizer's own arguments
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return Job(
+        cfg=cfg,
+        context=context,
+        resolved=resolved,
+        config_hash=identity.config_hash(resolved),
+        name=cfg.tracking.run_name or identity.run_name(context, resolved),
+        dataset=dataset,
+    )
+
+
+def checked(cfg: DictConfig, context: identity.JobContext) -> Job:
+    """`prepare`, with whatever it finds wrong raised as a `ConfigError` (a user error: one line, no traceback)."""
+    try:
+        return prepare(cfg, context)
+    except errors.ConfigError:
+        raise
+    except CONFIG_ERRORS as e:
+        raise errors.ConfigError(str(e)) from e
+
+
+def steps_per_epoch(cfg: DictConfig, dataset: Dataset) -> int:
+    return math.ceil(len(dataset.x_train) / cfg.training.batch_size)
+
+
+def build_schedule(cfg: DictConfig, dataset: Dataset) -> Schedule:
+    """The job's LR schedule, given the run-time quantities it needs."""
+    per_epoch = steps_per_epoch(cfg, dataset)
+    make_schedule = instantiate(cfg.schedule)  # a partial: run-time quantities are passed here
+    return make_schedule(steps_per_epoch=per_epoch, total_steps=cfg.training.epochs * per_epoch)
+
+
+def build_model(cfg: DictConfig) -> keras.Model:
+    """The job's model with the initial weights its seed gives, the same whether it trains alone or packed."""
+    keras_adapter.set_global_seed(int(cfg.training.seed))  # same seed -> same initial weights for every strategy
+    return instantiate(cfg.model)
+
+
+def build_optimizer(cfg: DictConfig, learning_rate) -> keras.optimizers.Optimizer:
+    return instantiate(cfg.optimizer, learning_rate=learning_rate)
+
+
+def compile_args(cfg: DictConfig) -> dict[str, Any]:
+    """Keras `compile` settings from `training`, the same for a solo model and a pack."""
+    return {"steps_per_execution": cfg.training.steps_per_execution, "jit_compile": cfg.training.jit_compile}
+
+
+def run_record(
+    client: MlflowClient, experiment_id: str, job: Job, extra_tags: dict[str, str] | None = None
+) -> tracking.RunRecord:
+    """The name, params, tags and config artifacts of a job's MLflow run, alone or in a pack.
+
+    Params are what a person filters and compares on (`identity.job_params`); the whole resolved config,
+    internal keys included, is the run's `config.yaml` artifact.
+    """
+    dataset = job.data()
+    params = identity.job_params(job.resolved, job.context.choices)
+    tags = {
+        **tracking.job_tags(client, experiment_id, job.context),
+        tracking.TAG_CONFIG_HASH: job.config_hash,
+        tracking.TAG_OPTIMIZER: str(job.resolved["optimizer"]["_target_"]),
+        tracking.TAG_SCHEDULE: str(job.resolved["schedule"]["_target_"]),
+        "lrsweep.threads": str(job.resolved.get("threads")),
+        "lrsweep.backend": keras.backend.backend(),
+        "lrsweep.data_source": dataset.source,
+        tracking.TAG_VALIDATION: dataset.validation,
+        "mlflow.source.name": "train.py",
+        **(extra_tags or {}),
+    }
+    artifacts = {
+        "config.yaml": OmegaConf.to_yaml(job.cfg, resolve=True),
+        "overrides.yaml": yaml.safe_dump(list(job.context.overrides), default_flow_style=False),
+    }
+    return tracking.RunRecord(job.name, params, tags, artifacts)
