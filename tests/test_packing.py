@@ -21,6 +21,9 @@ from tests.conftest import ROOT, TINY, job_runs, store, train
 # float32 ulps of weights ~0.1, from gradients summed in another order by the wider matrix product. Adam's
 # (1.0e-6) and RMSprop's (1.2e-7) first update, lr * g / (|g| + eps), magnifies that rounding where |g| ~ eps.
 HISTORY_RTOL = 1e-5
+# test_loss is one evaluation after training, where those differences have compounded: RMSprop on TensorFlow gave
+# 0.9743179 packed against 0.97430795 solo (1.02e-5 relative) in two runs on a loaded machine.
+TEST_LOSS_RTOL = 3e-5
 STEP_ATOL = {"adam": 4e-6, "rmsprop": 5e-7}
 STEP_ATOL_DEFAULT = 6e-8
 
@@ -36,8 +39,9 @@ def check_equivalent(result: dict, optimizer: str) -> None:
         assert packed["metrics"] == solo["metrics"]  # same metric keys, effective_lr/* included
         assert packed["lr"] == solo["lr"]  # the same float32 values, exactly
         assert len(solo["test_loss"]) == len(solo["test_accuracy"]) == 1  # scored once: validation is held out
-        for key in ("loss", "val_loss", "test_loss"):
+        for key in ("loss", "val_loss"):
             np.testing.assert_allclose(packed[key], solo[key], rtol=HISTORY_RTOL, err_msg=key)
+        np.testing.assert_allclose(packed["test_loss"], solo["test_loss"], rtol=TEST_LOSS_RTOL, err_msg="test_loss")
         # Counts of correct answers: equal, or one example apart.
         for key in ("accuracy", "val_accuracy", "test_accuracy"):
             np.testing.assert_allclose(packed[key], solo[key], atol=1 / 256 + 1e-9, err_msg=key)
