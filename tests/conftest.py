@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import itertools
+import json
+import locale
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,18 +72,96 @@ def job_runs(client, experiment_id: str, sweep_id: str | None = None) -> dict:
     return {r.info.run_name: r for r in client.search_runs([experiment_id], query)}
 
 
+class ForkServer:
+    """Runs `python train.py ...` as a child of tests/forkserver.py, which did train.py's imports once.
+
+    The same process a user starts (its own pid, argv, folder, environment, exit status, stdout and stderr), seconds
+    sooner: most of a short `train.py`'s time is its imports. LRSWEEP_TEST_FORKSERVER=0 starts each one afresh.
+    """
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.forkserver"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.lock = threading.Lock()
+        self.changed = threading.Condition()
+        self.replies: dict[str, dict] = {}
+        self.ids = itertools.count()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            message = json.loads(line)
+            with self.changed:
+                self.replies.setdefault(message["id"], {}).update(message)
+                self.changed.notify_all()
+        with self.changed:  # the server is gone: nobody waits forever
+            self.replies["gone"] = {}
+            self.changed.notify_all()
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as folder:
+            request = {
+                "id": str(next(self.ids)), "argv": args, "cwd": str(cwd), "env": env,
+                "stdout": f"{folder}/stdout", "stderr": f"{folder}/stderr",
+            }  # fmt: skip
+            with self.lock:
+                self.process.stdin.write((json.dumps(request) + "\n").encode())
+                self.process.stdin.flush()
+            with self.changed:
+                done = self.changed.wait_for(
+                    lambda: "returncode" in self.replies.get(request["id"], {}) or "gone" in self.replies, timeout
+                )
+                reply = self.replies.pop(request["id"], {})
+            if "returncode" not in reply:
+                if "pid" in reply:
+                    os.killpg(reply["pid"], signal.SIGKILL)
+                if not done:
+                    raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+                raise RuntimeError("tests/forkserver.py exited")
+            encoding = locale.getpreferredencoding(False)
+            output = [Path(request[key]).read_text(encoding=encoding, errors="replace") for key in ("stdout", "stderr")]
+        return subprocess.CompletedProcess(["train.py", *args], reply["returncode"], *output)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+_fork_server: ForkServer | None = None
+_fork_server_lock = threading.Lock()
+
+
+def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
+    """`python train.py *args` in `cwd`, its output captured as text: through the fork server unless turned off."""
+    global _fork_server
+    env = dict(os.environ if env is None else env)
+    if os.environ.get("LRSWEEP_TEST_FORKSERVER", "1") == "0":
+        return subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+    with _fork_server_lock:
+        if _fork_server is None or _fork_server.process.poll() is not None:
+            _fork_server = ForkServer()
+    return _fork_server.run(args, cwd, env, timeout)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _fork_server is not None:
+        _fork_server.close()
+
+
 def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True) -> subprocess.CompletedProcess:
     """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path."""
-    args = [sys.executable, str(ROOT / "train.py")]
-    if multirun:
-        args.append("-m")
+    args = ["-m"] if multirun else []
     args += [
         f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         f"hydra.run.dir={tmp_path / 'outputs'}",
         *overrides,
     ]
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = run_train_py(args, cwd=tmp_path)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
