@@ -165,3 +165,32 @@ def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = 
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+# Sweeps that several test files read: each trained once per session into its own folder. Readers only read; a
+# test that changes a store trains its own.
+TUTORIAL_STRATEGIES = ("adam_constant", "adam_linear", "adagrad", "adadelta")
+
+
+@pytest.fixture(scope="session")
+def tutorial_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tutorial's four strategies x 2 seeds, 2 epochs on tiny data (JAX, effective LR logged): 8 runs, 4
+    configurations, 3 optimizers. Read by test_report_html, test_mlflow_view and test_divergence."""
+    tmp_path = tmp_path_factory.mktemp("tutorial")
+    result = train(
+        tmp_path, f"+strategy={','.join(TUTORIAL_STRATEGIES)}", "training.seed=0,1", "training.epochs=2",
+        "training.verbose=0", "backend=jax", *TINY,
+    )  # fmt: skip
+    return tmp_path, result
+
+
+@pytest.fixture(scope="session")
+def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The linear warm-up's `schedule.initial_lr` x `schedule.final_lr` x 2 seeds, 5 epochs (the whole warm-up) on
+    tiny data (JAX): 8 runs, 4 configurations. Read by test_report and test_train."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    result = train(
+        tmp_path, "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02",
+        "training.seed=0,1", "training.epochs=5", "training.verbose=0", "backend=jax", *TINY,
+    )  # fmt: skip
+    return tmp_path, result
