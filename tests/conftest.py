@@ -7,6 +7,7 @@ import itertools
 import json
 import locale
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,8 +153,39 @@ def pytest_sessionfinish(session, exitstatus):
         _fork_server.close()
 
 
-def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path."""
+_empty_store: Path | None = None
+
+
+def seed_store(db: Path) -> Path:
+    """Puts an empty MLflow SQLite store (tables made, no experiment of ours) at `db`, unless one is there.
+
+    Making a store's tables runs all of MLflow's schema migrations, seconds each time: they run once per session,
+    into a template copied here. lrsweep then creates its experiment in it as in any store it finds.
+    """
+    global _empty_store
+    with _fork_server_lock:
+        if _empty_store is None:
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            template = Path(tempfile.mkdtemp(prefix="lrsweep-empty-store-")) / "mlflow.db"
+            SqlAlchemyStore(f"sqlite:///{template}", "mlflow-artifacts:/").engine.dispose()
+            _empty_store = template
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store, db)
+    return db
+
+
+def train(
+    tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True, fresh_store: bool = False
+) -> subprocess.CompletedProcess:
+    """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path.
+
+    The store is made beforehand from a template (`seed_store`) unless `fresh_store`: then train.py makes it, or
+    none when it refuses to start.
+    """
+    if not fresh_store:
+        seed_store(tmp_path / "mlruns" / "mlflow.db")
     args = ["-m"] if multirun else []
     args += [
         f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",

@@ -17,7 +17,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from tests.conftest import ROOT, TINY, job_runs, store, train
+from tests.conftest import ROOT, TINY, job_runs, seed_store, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
@@ -84,6 +84,8 @@ def wait_for(predicate, timeout: float = 120.0, what: str = ""):
 
 
 def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.Popen:
+    if not any(o.startswith("tracking.uri=") for o in overrides):
+        seed_store(tmp_path / "mlruns" / "mlflow.db")  # made from a template, as by `train`
     args = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else [])]
     args += [f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
              f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", "training.verbose=0", *TINY,
@@ -191,12 +193,15 @@ def free_port() -> int:
 
 def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` over the store tmp_path/server.db (the same store when started
-    again), in its own session; returns once it answers."""
+    again), in its own session; returns once it answers. The store is made from a template (`seed_store`): the
+    server's own migrations of a new database would take seconds."""
+    seed_store(tmp_path / "server.db")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "art")],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners: 8 processes fewer
     )  # fmt: skip
 
     def healthy():

@@ -138,7 +138,7 @@ def test_a_sweep_of_two_parallel_jobs_lands_whole_in_a_fresh_store(tmp_path):
     assert not (tmp_path / "mlruns").exists()
     result = train(
         tmp_path, "hydra/launcher=parallel", "threads=1", "backend=jax", "training.epochs=2", "training.verbose=0",
-        "training.seed=0,1,2", "schedule=constant,linear", *TINY,
+        "training.seed=0,1,2", "schedule=constant,linear", *TINY, fresh_store=True,
     )  # fmt: skip
     assert "Joblib.Parallel(n_jobs=2," in result.stdout + result.stderr  # the jobs ran in 2 worker processes
 
