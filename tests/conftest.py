@@ -80,9 +80,9 @@ class ForkServer:
     sooner: most of a short `train.py`'s time is its imports. LRSWEEP_TEST_FORKSERVER=0 starts each one afresh.
     """
 
-    def __init__(self):
+    def __init__(self, flavor: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.forkserver"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "tests.forkserver", flavor], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.lock = threading.Lock()
         self.changed = threading.Condition()
@@ -122,35 +122,44 @@ class ForkServer:
                 raise RuntimeError("tests/forkserver.py exited")
             encoding = locale.getpreferredencoding(False)
             output = [Path(request[key]).read_text(encoding=encoding, errors="replace") for key in ("stdout", "stderr")]
-        return subprocess.CompletedProcess(["train.py", *args], reply["returncode"], *output)
+        result = subprocess.CompletedProcess(["train.py", *args], reply["returncode"], *output)
+        result.cpu_seconds = reply["cpu"]
+        return result
 
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=30)
 
 
-_fork_server: ForkServer | None = None
+_fork_servers: dict[str, ForkServer] = {}
 _fork_server_lock = threading.Lock()
 
 
 def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
-    """`python train.py *args` in `cwd`, its output captured as text: through the fork server unless turned off."""
-    global _fork_server
+    """`python train.py *args` in `cwd`, its output captured as text: through a fork server unless turned off.
+
+    A job on JAX without `threads` is forked from a server where Keras is imported already; others from one where
+    only train.py's top-level imports are done.
+    """
     env = dict(os.environ if env is None else env)
     if os.environ.get("LRSWEEP_TEST_FORKSERVER", "1") == "0":
         return subprocess.run(
             [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
             timeout=timeout,
         )  # fmt: skip
+    backends = [a for a in args if a.startswith("backend=")]
+    on_jax = backends == ["backend=jax"] and not any(a.startswith("threads=") for a in args)
+    flavor = "jax" if on_jax else "plain"
     with _fork_server_lock:
-        if _fork_server is None or _fork_server.process.poll() is not None:
-            _fork_server = ForkServer()
-    return _fork_server.run(args, cwd, env, timeout)
+        server = _fork_servers.get(flavor)
+        if server is None or server.process.poll() is not None:
+            server = _fork_servers[flavor] = ForkServer(flavor)
+    return server.run(args, cwd, env, timeout)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _fork_server is not None:
-        _fork_server.close()
+    for server in _fork_servers.values():
+        server.close()
 
 
 _empty_store: Path | None = None

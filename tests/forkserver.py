@@ -8,8 +8,13 @@ into files, and exits as `python train.py` would (an uncaught exception prints i
 handlers run). What the imports printed here is written at the start of each child's output, as a user would see it.
 
 Protocol (one JSON object per line): a request on stdin {"id", "argv", "cwd", "env", "stdout", "stderr"}; on
-stdout {"id", "pid"} once the child is forked, then {"id", "returncode"} when it has exited (negative: killed by
+stdout {"id", "pid"} once the child is forked, then {"id", "returncode", "cpu"} when it has exited (negative: killed by
 that signal). Nothing is imported here that starts a thread: a forked child keeps only the thread that forked it.
+
+`python -m tests.forkserver jax` goes further, for jobs run with `backend=jax` and no `threads`: it chooses the
+backend as train.py does (`backend.select("jax")`), then does every import train.py does, its lazy ones too (the
+experiment and Keras, without starting JAX's runtime: that happens in each child, at its first computation). A job
+that sets `threads` or another backend needs a process where Keras has not started: the plain server runs it.
 """
 
 from __future__ import annotations
@@ -26,17 +31,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 
 
-def preload() -> tuple[bytes, bytes]:
-    """Runs train.py's top-level import statements here; returns what they printed to stdout and stderr."""
+def preload(flavor: str) -> tuple[tuple[bytes, bytes], dict[str, str]]:
+    """Runs train.py's import statements here (its top-level ones; with "jax", all, after choosing the backend).
+
+    Returns:
+        What the imports printed to stdout and stderr, and the environment variables that choosing the backend set.
+    """
     tree = ast.parse(open(TRAIN).read(), TRAIN)
-    imports = ast.Module([node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)], [])
-    printed = []
+    nodes = list(ast.walk(tree)) if flavor == "jax" else tree.body
+    imports = ast.Module([node for node in nodes if isinstance(node, ast.Import | ast.ImportFrom)], [])
+    printed, namespace, before = [], {"__name__": "__preload__"}, dict(os.environ)
     saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         try:
-            exec(compile(imports, TRAIN, "exec"), {"__name__": "__preload__"})
+            if flavor == "jax":  # train.py chooses the backend before its lazy imports start Keras
+                top = ast.Module([node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)], [])
+                exec(compile(top, TRAIN, "exec"), namespace)
+                namespace["backend"].select("jax")
+            exec(compile(imports, TRAIN, "exec"), namespace)
+            if flavor == "jax":
+                import keras  # noqa: F401  (imported by the experiment already; here in case that changes)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -48,7 +64,12 @@ def preload() -> tuple[bytes, bytes]:
             f.seek(0)
             printed.append(f.read())
     assert threading.active_count() == 1, f"train.py's imports started threads: {threading.enumerate()}"
-    return printed[0], printed[1]
+    if flavor == "jax":
+        from jax._src import xla_bridge
+
+        assert not xla_bridge._backends, "JAX's runtime started before the fork"
+    chosen = {name: value for name, value in os.environ.items() if before.get(name) != value}
+    return (printed[0], printed[1]), chosen
 
 
 def send(message: dict) -> None:
@@ -61,10 +82,11 @@ def serve() -> dict:
     children: dict[int, str] = {}
     while True:
         while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
-            send({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)})
+            cpu = usage.ru_utime + usage.ru_stime  # its CPU seconds and its reaped children's
+            send({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status), "cpu": cpu})
         ready, _, _ = select.select([0], [], [], 0.05)
         if not ready:
             continue
@@ -84,7 +106,7 @@ def serve() -> dict:
             send({"id": request["id"], "pid": pid})
 
 
-def become(request: dict, printed: tuple[bytes, bytes]) -> None:
+def become(request: dict, printed: tuple[bytes, bytes], chosen: dict[str, str]) -> None:
     """In the child: the process `python train.py <argv>` would be, up to running train.py."""
     os.setpgid(0, 0)  # its own group, so a timeout stops it with whatever it started
     stdin = os.open(os.devnull, os.O_RDONLY)
@@ -97,14 +119,19 @@ def become(request: dict, printed: tuple[bytes, bytes]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    for name, value in chosen.items():  # what train.py's backend.select would have set in this process
+        if name == "KERAS_BACKEND":
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
     sys.argv = [TRAIN, *request["argv"]]
     sys.path[0] = ROOT  # as for `python /path/to/train.py`
 
 
 if __name__ == "__main__":
-    early = preload()
+    early, chosen = preload(sys.argv[1] if len(sys.argv) > 1 else "plain")
     job = serve()
-    become(job, early)
+    become(job, early, chosen)
     import runpy
 
     runpy.run_path(TRAIN, run_name="__main__")
