@@ -235,3 +235,25 @@ def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         "training.seed=0,1", "training.epochs=5", "training.verbose=0", "backend=jax", *TINY,
     )  # fmt: skip
     return tmp_path, result
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist's `--dist loadgroup`, the tests that share a fixture made once per session (the sweeps above)
+    or per module (e.g. the bad-input table's processes) go to one worker, so that it is still made once. Whichever
+    of them runs first makes the fixture: each gets 600 s unless it says otherwise."""
+    for item in items:
+        scopes = {
+            (fixturedef.scope, name)
+            for name in item.fixturenames
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ())
+            if fixturedef.baseid  # ours: pytest's own (tmp_path_factory, ...) are made once per worker anyway
+        }
+        sessions = sorted(name for scope, name in scopes if scope == "session")
+        if sessions:
+            item.add_marker(pytest.mark.xdist_group(sessions[0]))
+        elif any(scope in ("module", "package") for scope, _ in scopes):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        else:
+            continue
+        if item.get_closest_marker("timeout") is None:  # the first such test makes the fixture within its time
+            item.add_marker(pytest.mark.timeout(600))

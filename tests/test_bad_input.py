@@ -149,6 +149,7 @@ NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|\[\d{4}
 INPUTS = {"empty", "corrupt", "afile", "garbage", "outputs", "multirun"}
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
     name, _, names = case

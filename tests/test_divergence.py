@@ -154,6 +154,7 @@ def test_a_range_test_keeps_its_own_stop_rule():
 # Real runs, through train.py -----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("overrides", "nan_on"),
     [
@@ -187,6 +188,7 @@ def test_the_same_exploding_config_fails_with_the_same_message_on_tensorflow_and
         assert math.isnan(loss) if name in nan_on else loss > DEFAULT_FACTOR * start
 
 
+@pytest.mark.timeout(600)
 def test_in_a_pack_the_exploding_member_fails_alone_and_the_healthy_one_trains_as_if_alone(tmp_path):
     """Adam at LR 10 next to LR 0.01: its loss stays finite, so the factor stops it and the callback freezes it."""
     sweep = ["training.epochs=2", "training.verbose=0", "backend=tensorflow", *TINY]

@@ -32,6 +32,7 @@ def logged_epochs(client: MlflowClient, run) -> list[int]:
 DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=0.01,1e9,0.02", "training.epochs=2", "backend=jax", *TINY]
 
 
+@pytest.mark.timeout(600)
 def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path):
     result = train(tmp_path, *DIVERGE, check=False)
     assert result.returncode == 1  # the exit status says something failed
@@ -121,6 +122,7 @@ def running_run_with_epochs(tmp_path: Path, epochs: int = 400):
     return store(tmp_path)[0].get_run(row[0]) if row else None
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sweep(tmp_path, signum):
     # Job 0 is short and finishes; job 1 is long and gets the signal; job 2 must never start.
@@ -144,6 +146,7 @@ def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sw
     assert "interrupted" in output
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-all-processes", "sigterm-to-main-only"])
 def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
     """With hydra/launcher=parallel, jobs run in worker processes: they stop at their next step too."""
@@ -169,6 +172,7 @@ def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
     assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "KILLED"
 
 
+@pytest.mark.timeout(600)
 def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
     process = start_train(tmp_path, "training.epochs=400")
     running = wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
@@ -225,6 +229,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.timeout(900)
 def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_error(tmp_path, mlflow_server):
     uri, server = mlflow_server
     result = train(tmp_path, "schedule=linear,constant", "training.epochs=2", "backend=jax", *TINY,
@@ -253,6 +258,7 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
     assert time.monotonic() - started < 120  # not MLflow's minutes of retries (a bound, not a benchmark)
 
 
+@pytest.mark.timeout(1200)
 def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path, mlflow_server):
     uri, server = mlflow_server
     # Two packs (data.test_size splits them), long enough to be caught training.
@@ -297,6 +303,7 @@ def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path,
         restarted.wait(timeout=30)
 
 
+@pytest.mark.timeout(600)
 def test_two_sweeps_claiming_the_same_folder_get_one_each(tmp_path):
     """The default sweep folder is per second (`${lrsweep.claim:multirun/<time>}`): two sweeps started in the same
     second must not share it, its sweep id, report and stop file. Here both name the same folder outright."""

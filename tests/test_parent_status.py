@@ -148,6 +148,7 @@ def started():
 SEEDS = ("hydra/launcher=parallel", "threads=1", "training.epochs=150", "training.seed=0,1,2,3")
 
 
+@pytest.mark.timeout(1200)
 def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_completes_it(tmp_path, started):
     process = start_train(tmp_path, *SEEDS)
     started.append(process)
@@ -198,6 +199,7 @@ def small_disk(tmp_path):
 EPOCHS = ("training.epochs=2,150,3",)  # job #0 finishes, #1 is running when the disk fills, #2 must never start
 
 
+@pytest.mark.timeout(1200)
 def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(tmp_path, small_disk, started):
     db = small_disk / "mlflow.db"
     process = start_train(tmp_path, *EPOCHS)

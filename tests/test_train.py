@@ -162,6 +162,7 @@ def test_a_job_that_dies_mid_run_is_closed_not_left_running(store_uri, error, st
         assert run.data.tags[tracking.TAG_ERROR] == "RuntimeError: diverged"
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_full_data_one_epoch_reaches_80_percent(tmp_path):
     train(tmp_path, "backend=jax", "training.epochs=1", "training.verbose=0", multirun=False)
