@@ -262,7 +262,7 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
 def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path, mlflow_server):
     uri, server = mlflow_server
     # Two packs (data.test_size splits them), long enough to be caught training.
-    sweep = ["training.epochs=150", "training.seed=0,1", "data.test_size=256,200", f"tracking.uri={uri}"]
+    sweep = ["training.epochs=60", "training.seed=0,1", "data.test_size=256,200", f"tracking.uri={uri}"]
     process = start_train(tmp_path, *sweep)
     client = MlflowClient(uri)
 
