@@ -237,10 +237,11 @@ def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return tmp_path, result
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist's `--dist loadgroup`, the tests that share a fixture made once per session (the sweeps above)
-    or per module (e.g. the bad-input table's processes) go to one worker, so that it is still made once. Whichever
-    of them runs first makes the fixture: each gets 600 s unless it says otherwise."""
+    """Marks the tests that share a fixture made once per session (the sweeps above) or per module (e.g. the
+    bad-input table's processes) as an xdist group. Whichever of them runs first makes the fixture: each gets 600 s
+    unless it says otherwise. (Under `--dist loadfile` a file's tests share a worker whatever their group.)"""
     for item in items:
         scopes = {
             (fixturedef.scope, name)
