@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import itertools
+import json
+import locale
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,18 +73,188 @@ def job_runs(client, experiment_id: str, sweep_id: str | None = None) -> dict:
     return {r.info.run_name: r for r in client.search_runs([experiment_id], query)}
 
 
-def train(tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path."""
-    args = [sys.executable, str(ROOT / "train.py")]
-    if multirun:
-        args.append("-m")
+class ForkServer:
+    """Runs `python train.py ...` as a child of tests/forkserver.py, which did train.py's imports once.
+
+    The same process a user starts (its own pid, argv, folder, environment, exit status, stdout and stderr), seconds
+    sooner: most of a short `train.py`'s time is its imports. LRSWEEP_TEST_FORKSERVER=0 starts each one afresh.
+    """
+
+    def __init__(self, flavor: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.forkserver", flavor], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.lock = threading.Lock()
+        self.changed = threading.Condition()
+        self.replies: dict[str, dict] = {}
+        self.ids = itertools.count()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            message = json.loads(line)
+            with self.changed:
+                self.replies.setdefault(message["id"], {}).update(message)
+                self.changed.notify_all()
+        with self.changed:  # the server is gone: nobody waits forever
+            self.replies["gone"] = {}
+            self.changed.notify_all()
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as folder:
+            request = {
+                "id": str(next(self.ids)), "argv": args, "cwd": str(cwd), "env": env,
+                "stdout": f"{folder}/stdout", "stderr": f"{folder}/stderr",
+            }  # fmt: skip
+            with self.lock:
+                self.process.stdin.write((json.dumps(request) + "\n").encode())
+                self.process.stdin.flush()
+            with self.changed:
+                done = self.changed.wait_for(
+                    lambda: "returncode" in self.replies.get(request["id"], {}) or "gone" in self.replies, timeout
+                )
+                reply = self.replies.pop(request["id"], {})
+            if "returncode" not in reply:
+                if "pid" in reply:
+                    os.killpg(reply["pid"], signal.SIGKILL)
+                if not done:
+                    raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+                raise RuntimeError("tests/forkserver.py exited")
+            encoding = locale.getpreferredencoding(False)
+            output = [Path(request[key]).read_text(encoding=encoding, errors="replace") for key in ("stdout", "stderr")]
+        result = subprocess.CompletedProcess(["train.py", *args], reply["returncode"], *output)
+        result.cpu_seconds = reply["cpu"]
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+_fork_servers: dict[str, ForkServer] = {}
+_fork_server_lock = threading.Lock()
+
+
+def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
+    """`python train.py *args` in `cwd`, its output captured as text: through a fork server unless turned off.
+
+    A job on JAX without `threads` is forked from a server where Keras is imported already; others from one where
+    only train.py's top-level imports are done.
+    """
+    env = dict(os.environ if env is None else env)
+    if os.environ.get("LRSWEEP_TEST_FORKSERVER", "1") == "0":
+        return subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+    backends = [a for a in args if a.startswith("backend=")]
+    on_jax = backends == ["backend=jax"] and not any(a.startswith("threads=") for a in args)
+    flavor = "jax" if on_jax else "plain"
+    with _fork_server_lock:
+        server = _fork_servers.get(flavor)
+        if server is None or server.process.poll() is not None:
+            server = _fork_servers[flavor] = ForkServer(flavor)
+    return server.run(args, cwd, env, timeout)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for server in _fork_servers.values():
+        server.close()
+
+
+_empty_store: Path | None = None
+
+
+def seed_store(db: Path) -> Path:
+    """Puts an empty MLflow SQLite store (tables made, no experiment of ours) at `db`, unless one is there.
+
+    Making a store's tables runs all of MLflow's schema migrations, seconds each time: they run once per session,
+    into a template copied here. lrsweep then creates its experiment in it as in any store it finds.
+    """
+    global _empty_store
+    with _fork_server_lock:
+        if _empty_store is None:
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            template = Path(tempfile.mkdtemp(prefix="lrsweep-empty-store-")) / "mlflow.db"
+            SqlAlchemyStore(f"sqlite:///{template}", "mlflow-artifacts:/").engine.dispose()
+            _empty_store = template
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store, db)
+    return db
+
+
+def train(
+    tmp_path: Path, *overrides: str, multirun: bool = True, check: bool = True, fresh_store: bool = False
+) -> subprocess.CompletedProcess:
+    """Runs `python train.py [-m] ...` as a user would, with outputs and the MLflow store in tmp_path.
+
+    The store is made beforehand from a template (`seed_store`) unless `fresh_store`: then train.py makes it, or
+    none when it refuses to start.
+    """
+    if not fresh_store:
+        seed_store(tmp_path / "mlruns" / "mlflow.db")
+    args = ["-m"] if multirun else []
     args += [
         f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         f"hydra.run.dir={tmp_path / 'outputs'}",
         *overrides,
     ]
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = run_train_py(args, cwd=tmp_path)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+# Sweeps that several test files read: each trained once per session into its own folder. Readers only read; a
+# test that changes a store trains its own.
+TUTORIAL_STRATEGIES = ("adam_constant", "adam_linear", "adagrad", "adadelta")
+
+
+@pytest.fixture(scope="session")
+def tutorial_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tutorial's four strategies x 2 seeds, 2 epochs on tiny data (JAX, effective LR logged): 8 runs, 4
+    configurations, 3 optimizers. Read by test_report_html, test_mlflow_view and test_divergence."""
+    tmp_path = tmp_path_factory.mktemp("tutorial")
+    result = train(
+        tmp_path, f"+strategy={','.join(TUTORIAL_STRATEGIES)}", "training.seed=0,1", "training.epochs=2",
+        "training.verbose=0", "backend=jax", *TINY,
+    )  # fmt: skip
+    return tmp_path, result
+
+
+@pytest.fixture(scope="session")
+def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The linear warm-up's `schedule.initial_lr` x `schedule.final_lr` x 2 seeds, 5 epochs (the whole warm-up) on
+    tiny data (JAX): 8 runs, 4 configurations. Read by test_report and test_train."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    result = train(
+        tmp_path, "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02",
+        "training.seed=0,1", "training.epochs=5", "training.verbose=0", "backend=jax", *TINY,
+    )  # fmt: skip
+    return tmp_path, result
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Marks the tests that share a fixture made once per session (the sweeps above) or per module (e.g. the
+    bad-input table's processes) as an xdist group. Whichever of them runs first makes the fixture: each gets 600 s
+    unless it says otherwise. (Under `--dist loadfile` a file's tests share a worker whatever their group.)"""
+    for item in items:
+        scopes = {
+            (fixturedef.scope, name)
+            for name in item.fixturenames
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ())
+            if fixturedef.baseid  # ours: pytest's own (tmp_path_factory, ...) are made once per worker anyway
+        }
+        sessions = sorted(name for scope, name in scopes if scope == "session")
+        if sessions:
+            item.add_marker(pytest.mark.xdist_group(sessions[0]))
+        elif any(scope in ("module", "package") for scope, _ in scopes):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        else:
+            continue
+        if item.get_closest_marker("timeout") is None:  # the first such test makes the fixture within its time
+            item.add_marker(pytest.mark.timeout(600))

@@ -2,7 +2,9 @@
 
 Every case must exit 1 with a short message naming the key (or path, or URI), show no traceback, and leave no
 MLflow store, run or report behind. To add a case, add a row to CASES: (id, arguments, what the message names).
-The cases run as real processes, a few at once (they are mostly start-up time), then each is asserted alone.
+The cases run as real processes, a few at once (they are mostly start-up time), then each is asserted alone. Each is
+forked from a process that did train.py's imports once (tests/forkserver.py): the same process otherwise, seconds
+sooner. test_hydra_full_error_still_shows_the_traceback starts `python train.py` afresh.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_train_py
 
 JAX = ["backend=jax", *TINY]  # JAX starts faster; the checks are the same on both backends
 SWEEP = ["-m", *JAX]  # the default launcher (packed)
@@ -129,10 +131,7 @@ def run_case(root: Path, case: tuple[str, list[str], str]) -> tuple[Path, subpro
     make_inputs(folder)
     args = [a.replace("{tmp}", str(folder)) for a in args]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=folder, capture_output=True, text=True, timeout=300,
-        env=env,
-    )  # fmt: skip
+    result = run_train_py(args, cwd=folder, env=env, timeout=300)  # its own process, forked (tests/forkserver.py)
     (root / f"{folder.name}.stderr").write_text(result.stderr)  # kept beside the case, to read what a user saw
     return folder, result
 
@@ -150,6 +149,7 @@ NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|\[\d{4}
 INPUTS = {"empty", "corrupt", "afile", "garbage", "outputs", "multirun"}
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
     name, _, names = case

@@ -14,7 +14,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from lrsweep import tracking
-from tests.conftest import CONF_DIR, TINY, job_runs, store, train
+from tests.conftest import CONF_DIR, TINY, TUTORIAL_STRATEGIES, job_runs, store, train
 
 EXPLODING = ["optimizer=sgd", "optimizer.learning_rate=1e9", "training.epochs=1", "training.verbose=0", *TINY]
 DEFAULT_FACTOR = yaml.safe_load((CONF_DIR / "training" / "default.yaml").read_text())["divergence_factor"]
@@ -155,6 +155,7 @@ def test_a_range_test_keeps_its_own_stop_rule():
 # Real runs, through train.py -----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("overrides", "nan_on"),
     [
@@ -188,6 +189,7 @@ def test_the_same_exploding_config_fails_with_the_same_message_on_tensorflow_and
         assert math.isnan(loss) if name in nan_on else loss > DEFAULT_FACTOR * start
 
 
+@pytest.mark.timeout(600)
 def test_in_a_pack_the_exploding_member_fails_alone_and_the_healthy_one_trains_as_if_alone(tmp_path):
     """Adam at LR 10 next to LR 0.01: its loss stays finite, so the factor stops it and the callback freezes it."""
     sweep = ["training.epochs=2", "training.verbose=0", "backend=tensorflow", *TINY]
@@ -214,9 +216,10 @@ def test_in_a_pack_the_exploding_member_fails_alone_and_the_healthy_one_trains_a
         )  # one example of 64
 
 
-def test_the_tutorials_four_strategies_are_never_flagged(tmp_path):
-    train(tmp_path, "+experiment=tutorial", "backend=jax", "training.epochs=2", "training.verbose=0", *TINY)
+def test_the_tutorials_four_strategies_are_never_flagged(tutorial_sweep):
+    tmp_path, _ = tutorial_sweep  # conftest's: the four strategies (as +experiment=tutorial sweeps them) x 2 seeds
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id)
-    assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert {r.data.params["choice.strategy"] for r in runs.values()} == set(TUTORIAL_STRATEGIES)
+    assert len(runs) == 8 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert not any("lrsweep.diverged.loss" in r.data.tags for r in runs.values())

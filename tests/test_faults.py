@@ -17,7 +17,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from tests.conftest import ROOT, TINY, job_runs, store, train
+from tests.conftest import ROOT, TINY, job_runs, seed_store, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
@@ -32,6 +32,7 @@ def logged_epochs(client: MlflowClient, run) -> list[int]:
 DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=0.01,1e9,0.02", "training.epochs=2", "backend=jax", *TINY]
 
 
+@pytest.mark.timeout(600)
 def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path):
     result = train(tmp_path, *DIVERGE, check=False)
     assert result.returncode == 1  # the exit status says something failed
@@ -84,6 +85,8 @@ def wait_for(predicate, timeout: float = 120.0, what: str = ""):
 
 
 def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.Popen:
+    if not any(o.startswith("tracking.uri=") for o in overrides):
+        seed_store(tmp_path / "mlruns" / "mlflow.db")  # made from a template, as by `train`
     args = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else [])]
     args += [f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
              f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", "training.verbose=0", *TINY,
@@ -119,6 +122,7 @@ def running_run_with_epochs(tmp_path: Path, epochs: int = 400):
     return store(tmp_path)[0].get_run(row[0]) if row else None
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sweep(tmp_path, signum):
     # Job 0 is short and finishes; job 1 is long and gets the signal; job 2 must never start.
@@ -142,6 +146,7 @@ def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sw
     assert "interrupted" in output
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-all-processes", "sigterm-to-main-only"])
 def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
     """With hydra/launcher=parallel, jobs run in worker processes: they stop at their next step too."""
@@ -167,6 +172,7 @@ def test_parallel_jobs_stop_cleanly_on_an_interrupt(tmp_path, to_group):
     assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "KILLED"
 
 
+@pytest.mark.timeout(600)
 def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
     process = start_train(tmp_path, "training.epochs=400")
     running = wait_for(lambda: running_run_with_epochs(tmp_path), what="a running job")
@@ -191,12 +197,15 @@ def free_port() -> int:
 
 def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` over the store tmp_path/server.db (the same store when started
-    again), in its own session; returns once it answers."""
+    again), in its own session; returns once it answers. The store is made from a template (`seed_store`): the
+    server's own migrations of a new database would take seconds."""
+    seed_store(tmp_path / "server.db")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "art")],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners: 8 processes fewer
     )  # fmt: skip
 
     def healthy():
@@ -220,6 +229,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.timeout(900)
 def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_error(tmp_path, mlflow_server):
     uri, server = mlflow_server
     result = train(tmp_path, "schedule=linear,constant", "training.epochs=2", "backend=jax", *TINY,
@@ -248,10 +258,11 @@ def test_a_sweep_logs_to_a_real_tracking_server_and_a_stopped_one_is_a_clear_err
     assert time.monotonic() - started < 120  # not MLflow's minutes of retries (a bound, not a benchmark)
 
 
+@pytest.mark.timeout(1200)
 def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path, mlflow_server):
     uri, server = mlflow_server
     # Two packs (data.test_size splits them), long enough to be caught training.
-    sweep = ["training.epochs=150", "training.seed=0,1", "data.test_size=256,200", f"tracking.uri={uri}"]
+    sweep = ["training.epochs=60", "training.seed=0,1", "data.test_size=256,200", f"tracking.uri={uri}"]
     process = start_train(tmp_path, *sweep)
     client = MlflowClient(uri)
 
@@ -292,6 +303,7 @@ def test_a_server_that_dies_mid_sweep_stops_it_and_the_rerun_completes(tmp_path,
         restarted.wait(timeout=30)
 
 
+@pytest.mark.timeout(600)
 def test_two_sweeps_claiming_the_same_folder_get_one_each(tmp_path):
     """The default sweep folder is per second (`${lrsweep.claim:multirun/<time>}`): two sweeps started in the same
     second must not share it, its sweep id, report and stop file. Here both name the same folder outright."""

@@ -49,11 +49,13 @@ def check_equivalent(result: dict, optimizer: str) -> None:
     assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT)
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("optimizer", list(equivalence.OPTIMIZERS))
 def test_a_pack_matches_its_members_solo_runs_on_jax(tmp_path, optimizer):
     check_equivalent(equivalence.compare(optimizer, str(tmp_path)), optimizer)
 
 
+@pytest.mark.timeout(1200)
 def test_a_pack_matches_its_members_solo_runs_on_tensorflow():
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     result = subprocess.run(
@@ -70,6 +72,7 @@ def test_a_pack_matches_its_members_solo_runs_on_tensorflow():
             raise AssertionError(f"{optimizer}: {e}") from e
 
 
+@pytest.mark.timeout(600)
 def test_a_sweep_packs_by_default_and_its_runs_read_like_solo_runs(tmp_path):
     overrides = ["schedule=linear", "schedule.initial_lr=0.001,0.005", "training.seed=0,1", "backend=jax",
                  "training.epochs=2", "training.verbose=0", *TINY]  # fmt: skip
@@ -109,6 +112,7 @@ def test_a_sweep_packs_by_default_and_its_runs_read_like_solo_runs(tmp_path):
     assert job_runs(client, experiment_id, "again") == {}
 
 
+@pytest.mark.timeout(600)
 def test_a_diverging_member_fails_alone_and_the_others_match_their_solo_runs(tmp_path):
     overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.learning_rate=0.01,1e30,0.03",
                  "backend=jax", "training.epochs=2", "training.verbose=0", *TINY]  # fmt: skip
@@ -182,6 +186,7 @@ def test_plan_groups_by_everything_but_schedule_lr_and_seed():
     assert [len(p) for p in launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=16, max_seeds=1)] == [1] * 3
 
 
+@pytest.mark.timeout(900)
 def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinished_runs(tmp_path):
     from tests.test_faults import logged_epochs, running_run_with_epochs, start_train, wait_for
 
@@ -215,6 +220,7 @@ def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinishe
             assert killed[0].data.tags[tracking.TAG_PACK] != first_pack
 
 
+@pytest.mark.timeout(900)
 def test_packs_go_to_submitit_as_one_job_each(tmp_path):
     """hydra.launcher.cluster=local: each pack (and lone job) is a submitit job, a process of its own here."""
     sweep = ["schedule=linear,constant", "training.seed=0,1", "optimizer=adam,adagrad"]

@@ -125,6 +125,7 @@ def thread_shares(backend_name: str, threads: str) -> list[float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="reads per-thread CPU time from Linux /proc")
 @pytest.mark.parametrize("backend_name", ["jax", "tensorflow"])
 def test_one_thread_per_job_does_the_compute_on_one_thread(backend_name):
@@ -134,11 +135,12 @@ def test_one_thread_per_job_does_the_compute_on_one_thread(backend_name):
         assert thread_shares(backend_name, "null")[0] < 0.9
 
 
+@pytest.mark.timeout(600)
 def test_a_sweep_of_two_parallel_jobs_lands_whole_in_a_fresh_store(tmp_path):
     assert not (tmp_path / "mlruns").exists()
     result = train(
         tmp_path, "hydra/launcher=parallel", "threads=1", "backend=jax", "training.epochs=2", "training.verbose=0",
-        "training.seed=0,1,2", "schedule=constant,linear", *TINY,
+        "training.seed=0,1,2", "schedule=constant,linear", *TINY, fresh_store=True,
     )  # fmt: skip
     assert "Joblib.Parallel(n_jobs=2," in result.stdout + result.stderr  # the jobs ran in 2 worker processes
 

@@ -173,13 +173,16 @@ def started():
             process.wait()
 
 
-SEEDS = ("hydra/launcher=parallel", "threads=1", "training.epochs=150", "training.seed=0,1,2,3")
+# Long enough to be caught running (an epoch of the tiny data takes a fraction of a second), short enough to rerun.
+LONG = 60
+SEEDS = ("hydra/launcher=parallel", "threads=1", f"training.epochs={LONG}", "training.seed=0,1,2,3")
 
 
+@pytest.mark.timeout(1200)
 def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_completes_it(tmp_path, started):
     process = start_train(tmp_path, *SEEDS)
     started.append(process)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path, 150), what="a running job")
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, LONG), what="a running job")
     killed_at = time.monotonic()
     os.kill(int(running.data.tags[tracking.TAG_PROCESS].partition(":")[0]), signal.SIGKILL)  # the joblib worker
     output, _ = process.communicate(timeout=300)
@@ -223,14 +226,15 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-EPOCHS = ("training.epochs=2,150,3",)  # job #0 finishes, #1 is running when the disk fills, #2 must never start
+EPOCHS = (f"training.epochs=2,{LONG},3",)  # job #0 finishes, #1 is running when the disk fills, #2 never starts
 
 
+@pytest.mark.timeout(1200)
 def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(tmp_path, small_disk, started):
     db = small_disk / "mlflow.db"
     process = start_train(tmp_path, *EPOCHS)
     started.append(process)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path, 150), what="the long job running")
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, LONG), what="the long job running")
     filler = small_disk / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)  # until no space is left
     filled_at = time.monotonic()
@@ -281,5 +285,5 @@ def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(
     jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
     assert "RUNNING" not in {run.info.status for run in client.search_runs([experiment_id])}
     finished = Counter(run.data.params["training.epochs"] for run in jobs if run.info.status == "FINISHED")
-    assert finished == {"2": 1, "150": 1, "3": 1}
+    assert finished == {"2": 1, str(LONG): 1, "3": 1}
     assert client.get_run(runs["0"].info.run_id).info.status == "FINISHED"  # untouched by all of it

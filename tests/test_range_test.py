@@ -174,6 +174,7 @@ def test_analysis_groups_seeds_bands_them_and_suggests_the_median_with_its_sprea
 # Real runs -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_path):
     result = train(tmp_path, "+experiment=lr_range", *SMALL, "schedule.max_lr=100", multirun=False)
     client, experiment_id = store(tmp_path)
@@ -220,6 +221,7 @@ def test_a_real_range_test_stops_when_the_loss_explodes_and_suggests_bounds(tmp_
     )
 
 
+@pytest.mark.timeout(900)
 def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
     packed, solo = tmp_path / "packed", tmp_path / "solo"
     packed.mkdir(), solo.mkdir()

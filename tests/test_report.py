@@ -16,13 +16,9 @@ from tests.conftest import ROOT, TINY, train
 
 
 @pytest.fixture(scope="module")
-def grid_sweep(tmp_path_factory):
-    """`schedule.initial_lr` x `schedule.final_lr` x 2 seeds: 8 jobs, 4 configurations."""
-    tmp_path = tmp_path_factory.mktemp("grid")
-    result = train(
-        tmp_path, "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02",
-        "training.seed=0,1", "training.epochs=2", "training.verbose=0", "backend=jax", *TINY,
-    )  # fmt: skip
+def grid_sweep(grid_sweep):
+    """`schedule.initial_lr` x `schedule.final_lr` x 2 seeds: 8 jobs, 4 configurations (conftest's, shared)."""
+    tmp_path, result = grid_sweep
     client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
     return tmp_path, result, client, experiment_id
 
@@ -85,10 +81,10 @@ def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sw
     assert len(lr_axes.get_lines()) == 4
     assert {t.get_text() for t in lr_axes.get_legend().get_texts()} == labels
     assert lr_axes.get_xlabel().startswith("epoch") and lr_axes.get_ylabel() == "learning rate"
-    # Each line holds the schedule's per-epoch LR: initial_lr at epoch 0, then the first increment.
+    # Each line holds the schedule's per-epoch LR: initial_lr at epoch 0, then an increment per epoch.
     line = next(ln for ln in lr_axes.get_lines() if ln.get_label() == "initial_lr=0.001, final_lr=0.02")
-    assert list(line.get_xdata()) == [0, 1]
-    assert list(line.get_ydata()) == pytest.approx([0.001, 0.001 + 0.019 / 4], rel=1e-6)
+    assert list(line.get_xdata()) == [0, 1, 2, 3, 4]
+    assert list(line.get_ydata()) == pytest.approx([0.001 + k * 0.019 / 4 for k in range(5)], rel=1e-6)
 
     curves = figures.plot_curves(built)
     assert len(curves.axes) == 8  # each metric whole, then zoomed on the leading configurations

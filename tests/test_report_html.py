@@ -12,19 +12,15 @@ import pytest
 
 from lrsweep import tracking
 from lrsweep.analysis import figures, files, report
-from tests.conftest import TINY, job_runs, train
-
-STRATEGIES = ("adam_constant", "adam_linear", "adagrad", "adadelta")
+from tests.conftest import TUTORIAL_STRATEGIES as STRATEGIES
+from tests.conftest import job_runs
 
 
 @pytest.fixture(scope="module")
-def tutorial_sweep(tmp_path_factory):
-    """`+strategy=adam_constant,adam_linear,adagrad,adadelta` x 2 seeds: 8 jobs, 4 configurations, 3 optimizers."""
-    tmp_path = tmp_path_factory.mktemp("tutorial")
-    train(
-        tmp_path, f"+strategy={','.join(STRATEGIES)}", "training.seed=0,1", "training.epochs=2",
-        "training.verbose=0", "backend=jax", *TINY,
-    )  # fmt: skip
+def tutorial_sweep(tutorial_sweep):
+    """`+strategy=adam_constant,adam_linear,adagrad,adadelta` x 2 seeds: 8 jobs, 4 configurations, 3 optimizers
+    (conftest's, shared)."""
+    tmp_path, _ = tutorial_sweep
     client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
     built = report.build(tracking.load_sweep(client, experiment_id, "multirun"))
     return tmp_path, client, experiment_id, built

@@ -445,7 +445,7 @@ def test_config_hashes_are_those_of_runs_made_before_the_schema(overrides):
 
 
 def test_train_py_refuses_a_wrong_type_before_anything_and_takes_an_int_momentum(tmp_path: Path):
-    refused = train(tmp_path, "resume=maybe", "backend=jax", multirun=False, check=False)
+    refused = train(tmp_path, "resume=maybe", "backend=jax", multirun=False, check=False, fresh_store=True)
     output = refused.stdout + refused.stderr
     assert refused.returncode == 1
     assert "Error merging override resume=maybe\nValue 'maybe' is not a valid bool (type str)\n" in output

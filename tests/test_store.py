@@ -239,6 +239,7 @@ print("experiment", experiment_id)
 """
 
 
+@pytest.mark.timeout(600)
 def test_processes_racing_to_create_a_fresh_store_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     start = time.time() + 15  # the imports of 4 processes on 2 busy cores
@@ -263,6 +264,7 @@ def sweep(tmp_path: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.timeout(1200)
 def test_two_sweeps_started_together_on_a_fresh_store_both_complete_with_their_own_parent(tmp_path):
     processes = {name: sweep(tmp_path, name) for name in ("one", "two")}
     outputs = {name: p.communicate(timeout=900)[0] for name, p in processes.items()}
@@ -329,6 +331,7 @@ def single_run(tmp_path: Path, uri: str, epochs: int) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.timeout(1200)
 def test_a_server_killed_mid_job_ends_the_job_in_bounded_time_and_a_rerun_leaves_nothing_running(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

@@ -65,19 +65,17 @@ def test_multirun_over_schedules_logs_one_run_per_job(tmp_path):
     assert re.search(r"^[12]\s+constant\s+0\.\d{4}", result.stdout, re.M)
 
 
-def test_grid_over_initial_and_final_lr_follows_the_formula(tmp_path):
-    train(
-        tmp_path, "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02",
-        "backend=jax", "training.epochs=5", "training.verbose=0", *TINY,
-    )  # fmt: skip
-    client, runs = finished_runs(tmp_path, 4)
+def test_grid_over_initial_and_final_lr_follows_the_formula(grid_sweep):
+    tmp_path, _ = grid_sweep  # conftest's: this grid x 2 seeds, 5 epochs
+    client, runs = finished_runs(tmp_path, 8)
     for initial_lr in (0.001, 0.005):
         for final_lr in (0.01, 0.02):
-            run = runs[f"s0 · initial_lr={initial_lr} final_lr={final_lr} · adam-linear"]
-            expected = initial_lr + np.arange(5) * (final_lr - initial_lr) / 4
-            history = lr_history(client, run)
-            assert [step for step, _ in history] == [0, 1, 2, 3, 4]
-            np.testing.assert_allclose([lr for _, lr in history], expected, rtol=1e-6)
+            for seed in (0, 1):
+                run = runs[f"s{seed} · initial_lr={initial_lr} final_lr={final_lr} · adam-linear"]
+                expected = initial_lr + np.arange(5) * (final_lr - initial_lr) / 4
+                history = lr_history(client, run)
+                assert [step for step, _ in history] == [0, 1, 2, 3, 4]
+                np.testing.assert_allclose([lr for _, lr in history], expected, rtol=1e-6)
 
 
 def test_tensorflow_backend_single_run(tmp_path):
@@ -166,6 +164,7 @@ def test_a_job_that_dies_mid_run_is_closed_not_left_running(store_uri, error, st
         assert run.data.tags[tracking.TAG_ERROR] == "RuntimeError: diverged"
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_full_data_one_epoch_reaches_80_percent(tmp_path):
     train(tmp_path, "backend=jax", "training.epochs=1", "training.verbose=0", multirun=False)

@@ -120,6 +120,7 @@ def test_a_run_validated_on_held_out_data_scores_the_test_set_once(tmp_path):
     assert "512 train / 64 validation (held-out 64 of train) / 256 test examples" in result.stdout + result.stderr
 
 
+@pytest.mark.timeout(600)
 def test_a_pack_logs_each_finished_members_test_scores_as_its_solo_run_does(tmp_path):
     sweep = ["optimizer=sgd", "training.seed=0,1", "backend=jax", "training.epochs=2", "training.verbose=0", *TINY]
     packed = train(tmp_path, *sweep, "optimizer.learning_rate=0.05,1e30", check=False)
