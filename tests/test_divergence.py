@@ -138,12 +138,12 @@ def test_without_a_factor_only_a_non_finite_loss_counts(pack):
 
 def test_a_range_test_keeps_its_own_stop_rule():
     """Its loss rises on purpose: only NaN/inf is flagged (and taken back by the range test's recorder)."""
-    from lrsweep.run import experiment
+    from lrsweep.run import job, watching
     from lrsweep.run.callbacks import StopOnDivergence
 
     def factor(*overrides: str) -> float | None:
         cfg = compose_cfg(*overrides)
-        (watch,) = [c for c in experiment.callbacks(None, cfg, [], experiment.instantiate(cfg.data))
+        (watch,) = [c for c in watching.callbacks(None, cfg, [], job.instantiate(cfg.data))
                     if isinstance(c, StopOnDivergence)]  # fmt: skip
         return watch.factor
 
