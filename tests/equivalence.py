@@ -1,6 +1,6 @@
 """Packed vs solo, measured: the same configs trained alone and as one pack, compared number by number.
 
-Imported by tests/test_packing.py (JAX, in process), and run as a script for another backend, whose Keras cannot
+Imported by tests/run/test_packing.py (JAX, in process), and run as a script for another backend, whose Keras cannot
 share a process with JAX's: `KERAS_BACKEND=tensorflow python -m tests.equivalence adam sgd` prints JSON.
 """
 

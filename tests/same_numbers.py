@@ -1,4 +1,4 @@
-"""A run's numbers, as MLflow holds them after `python train.py`: what tests/test_same_numbers.py pins, bit for bit.
+"""A run's numbers, as MLflow holds them after `python train.py`: what tests/run/test_same_numbers.py pins, bit for bit.
 
 Run as a script against any checkout to measure them: `python -m tests.same_numbers /path/to/checkout` prints JSON.
 """

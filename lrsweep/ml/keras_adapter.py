@@ -1,4 +1,4 @@
-"""Every private attribute of Keras that lrsweep relies on, in one place; tests/test_keras_adapter.py pins each.
+"""Every private attribute of Keras that lrsweep relies on, in one place; tests/ml/test_keras_adapter.py pins each.
 
 Keras 3 has no public API for these (checked against Keras 3.15: `Optimizer.learning_rate` evaluates the schedule
 rather than returning it, `get_config()` only serializes it; `Optimizer.variables` holds the slot variables but
@@ -34,7 +34,7 @@ def set_global_seed(seed: int) -> None:
 
     Keras' own function seeds Python, NumPy and Keras' global seed generator, and also TensorFlow whenever it is
     installed, which imports it (seconds of start-up, and hundreds of MB) on the JAX backend too. Initial weights
-    depend only on Keras' seed, so both give the same weights (tests/test_keras_adapter.py compares them).
+    depend only on Keras' seed, so both give the same weights (tests/ml/test_keras_adapter.py compares them).
     """
     if keras.backend.backend() == "tensorflow":
         keras.utils.set_random_seed(seed)

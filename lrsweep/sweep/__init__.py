@@ -5,7 +5,7 @@ parent         Sweep (the parent run: opened, closed with its report) and open_p
 outcome        how the jobs ended: the parent's status (`judge`), its summary, unique run names
 composition    the jobs composed as a launcher composes them, to count and check them before any starts
 console        what a closing sweep prints
-hydra_adapter  the Hydra internals relied on, pinned by tests/test_hydra_adapter.py
+hydra_adapter  the Hydra internals relied on, pinned by tests/sweep/test_hydra_adapter.py
 """
 
 from lrsweep.sweep.callback import SweepCallback

@@ -1,4 +1,4 @@
-"""The few Hydra internals lrsweep relies on, in one place; `tests/test_hydra_adapter.py` pins each of them.
+"""The few Hydra internals lrsweep relies on, in one place; `tests/sweep/test_hydra_adapter.py` pins each of them.
 
 Hydra 1.3 has no public way to do these: list the jobs the basic sweeper will launch before it launches them (its
 expansion is `BasicSweeper.split_arguments`, in `hydra._internal`), or read the exception of a failed job without

@@ -7,7 +7,7 @@
     readback        searching runs, a sweep read back (`load_sweep`), metric histories in bulk
     stale           runs left RUNNING by a process that is gone: found and ended KILLED
     disk_full       a full disk under the store or the sweep's files, in one line
-    mlflow_adapter  the MLflow internals relied on, pinned by tests/test_mlflow_adapter.py
+    mlflow_adapter  the MLflow internals relied on, pinned by tests/tracking/test_mlflow_adapter.py
 
 The names below are the layer's interface: `from lrsweep import tracking; tracking.connect(...)`.
 """

@@ -1,4 +1,4 @@
-"""The few MLflow internals lrsweep relies on, in one place; `tests/test_mlflow_adapter.py` pins each of them.
+"""The few MLflow internals lrsweep relies on, in one place; `tests/tracking/test_mlflow_adapter.py` pins each of them.
 
 MLflow 3 has no public way to do these: read a metric's history for many runs at once (`MlflowClient` asks per run),
 know which schema revisions a store may have, or shorten the engine retries of a SQLite store that was just checked.

@@ -19,7 +19,7 @@ from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
 # The plugin each launcher option builds on; CI installs joblib and submitit (`.[test]`), Ray is an extra.
 LAUNCHER_PLUGINS = {
-    "packed": "lrsweep_launcher",  # lrsweep's own, the default for -m (tests/test_packing.py)
+    "packed": "lrsweep_launcher",  # lrsweep's own, the default for -m (tests/run/test_packing.py)
     "parallel": "hydra_joblib_launcher",
     "slurm": "hydra_submitit_launcher",
     "ray_local": "hydra_ray_launcher",

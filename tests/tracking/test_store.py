@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from lrsweep import tracking
 from lrsweep.tracking import mlflow_adapter, store
 from tests.conftest import ROOT, TINY
-from tests.test_faults import free_port, start_server, wait_for
+from tests.sweep.test_faults import free_port, start_server, wait_for
 
 # What train.py does with a StoreError (one line, exit 1), around nothing but `tracking.connect`.
 CONNECT = """

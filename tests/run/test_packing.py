@@ -188,7 +188,7 @@ def test_plan_groups_by_everything_but_schedule_lr_and_seed():
 
 @pytest.mark.timeout(900)
 def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinished_runs(tmp_path):
-    from tests.test_faults import logged_epochs, running_run_with_epochs, start_train, wait_for
+    from tests.sweep.test_faults import logged_epochs, running_run_with_epochs, start_train, wait_for
 
     sweep = ["training.epochs=2,400", "training.seed=0,1"]  # two packs: the short one finishes first
     for attempt in ("multirun", "again"):

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from lrsweep.tracking import mlflow_adapter
-from tests.test_faults import mlflow_server  # noqa: F401  (a fixture: a real `mlflow server`)
+from tests.sweep.test_faults import mlflow_server  # noqa: F401  (a fixture: a real `mlflow server`)
 
 
 def logged_sweep(client: MlflowClient, experiment_id: str, runs: int = 3) -> list[str]:

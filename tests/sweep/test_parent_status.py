@@ -19,7 +19,7 @@ from mlflow.entities import Metric
 from lrsweep import tracking
 from lrsweep.sweep import Sweep, settle_running, store_failure_message
 from tests.conftest import ROOT, job_runs, store
-from tests.test_faults import running_run_with_epochs, start_train, wait_for
+from tests.sweep.test_faults import running_run_with_epochs, start_train, wait_for
 
 
 def dead_process_token() -> str:

@@ -208,7 +208,7 @@ def test_in_a_pack_the_exploding_member_fails_alone_and_the_healthy_one_trains_a
           f"hydra.sweep.dir={tmp_path / 'solo'}")  # fmt: skip
     (alone,) = job_runs(client, experiment_id, "solo").values()
     ours = runs[healthy].info.run_id
-    for key in ("loss", "val_loss", "test_loss"):  # tolerances as tests/test_packing.py's
+    for key in ("loss", "val_loss", "test_loss"):  # tolerances as tests/run/test_packing.py's
         np.testing.assert_allclose(values(client, ours, key), values(client, alone.info.run_id, key), rtol=1e-5)
     for key in ("accuracy", "val_accuracy", "test_accuracy"):
         np.testing.assert_allclose(
