@@ -74,7 +74,7 @@ def test_thread_env_names_each_runtime():
 def test_a_process_keeps_the_threads_of_its_first_job():
     """A joblib worker runs several jobs: the same `threads` passes, another one is refused, not ignored."""
     script = (
-        "from lrsweep import backend\n"
+        "from lrsweep.core import backend\n"
         "backend.select('jax', 1)\n"
         "import keras\n"
         "backend.select('jax', 1)\n"
