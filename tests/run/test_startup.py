@@ -3,6 +3,7 @@ and each job of a packed sweep composed once."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -60,7 +61,12 @@ def test_a_packed_sweep_composes_each_job_once_and_on_jax_never_imports_tensorfl
             "training.verbose=0", *TINY, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-c", COUNT_COMPOSITIONS, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", COUNT_COMPOSITIONS, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # `python -c` puts no script folder on sys.path: hydra_plugins
     )
     assert "exit status" not in result.stdout, result.stderr[-3000:]
     assert "Sweep multirun: 2 runs" in result.stdout
