@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from lrsweep.core import interrupts
+
 T = TypeVar("T")
 
 
@@ -68,7 +70,8 @@ def keep_traceback() -> bool:
 def reported() -> Iterator[None]:
     """Turns a user error into `SystemExit("lrsweep: <message>")`: one line on stderr, exit status 1.
 
-    A Ctrl-C or SIGTERM that stopped the job (KeyboardInterrupt) likewise: `lrsweep: stopped: ...`, exit status 130.
+    A Ctrl-C or SIGTERM that stopped the job (KeyboardInterrupt) likewise: `lrsweep: stopped: ...`, exit status
+    128 + the signal's number, as a shell reports a process the signal ended (130 for SIGINT, 143 for SIGTERM).
     Left as they are with HYDRA_FULL_ERROR=1 (the traceback), and in a launcher's worker process, where SystemExit
     would take the worker down instead of failing the job.
     """
@@ -82,4 +85,4 @@ def reported() -> Iterator[None]:
         if keep_traceback():
             raise
         print(f"lrsweep: stopped: {e}", file=sys.stderr)
-        raise SystemExit(130) from e
+        raise SystemExit(interrupts.exit_status()) from e

@@ -76,6 +76,12 @@ def requested() -> str | None:
     return _requested
 
 
+def exit_status() -> int:
+    """The shell's status for a process a signal stopped: 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
+    name = requested()
+    return 128 + signal.Signals[name].value if name in signal.Signals.__members__ else 130
+
+
 def check() -> None:
     """Raises if a stop was requested: call it where stopping leaves nothing half-written.
 
