@@ -29,7 +29,7 @@ class PackedLauncher(Launcher):
 
     Args:
         max_members: the most runs in one pack (bigger groups are split).
-        max_seeds: the most distinct seeds (data orders) in one pack; each is one more copy of the epoch's data.
+        max_seeds: the most distinct seeds (data orders) in one pack; each is one more data group.
         cluster: None trains the packs here, one after another; "local" or "slurm" submits each pack (or lone job)
             as one submitit job, all at once, and waits for them.
         submitit_folder: where submitit keeps its job scripts and logs.
@@ -65,12 +65,25 @@ class PackedLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
+    def check_settings(self) -> None:
+        """Raises ValueError naming the first launcher setting that cannot work."""
+        from lrsweep.core import checks
+
+        checks.check_count("hydra.launcher.max_members", self.max_members, 1)
+        checks.check_count("hydra.launcher.max_seeds", self.max_seeds, 1)
+        checks.check_choice("hydra.launcher.cluster", self.cluster, [None, "local", "slurm"])
+        if self.cluster and not isinstance(self.submitit, dict):
+            raise ValueError(f"`hydra.launcher.submitit` must be a mapping. Received: {self.submitit!r}")
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        from lrsweep.core import errors
+
+        with errors.reported():  # before anything is composed, created or opened
+            errors.as_config_error(self.check_settings)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        from lrsweep.core.errors import StoreError
         from lrsweep.sweep import job_configs, open_parent, task_config
 
         loader = self.hydra_context.config_loader
@@ -83,6 +96,13 @@ class PackedLauncher(Launcher):
         prepared = launching.check_jobs([(task, c.hydra) for task, c in zip(tasks, sweep_configs, strict=True)])
         open_parent(self.config)  # every job is valid: now the store and the sweep's parent run
         plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds)
+        with errors.reported():  # Ctrl-C / SIGTERM in a pack: its runs end KILLED, then one line, no traceback
+            return self._launch_plan(plan, sweep_configs, initial_job_idx, len(job_overrides))
+
+    def _launch_plan(self, plan: Any, sweep_configs: list[DictConfig], initial_job_idx: int, jobs: int):
+        from lrsweep.core.errors import StoreError
+        from lrsweep.run import launching
+
         returns: dict[int, JobReturn] = {}
         for num, value in plan.reused.items():
             returns[num] = self._run(sweep_configs[num - initial_job_idx], outcome(value))
@@ -107,7 +127,7 @@ class PackedLauncher(Launcher):
             for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
                 task = alone(job) if outcomes is None else outcome(outcomes[i])
                 returns[job.context.job_num] = self._run(config, task)
-        return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
+        return [returns[num] for num in range(initial_job_idx, initial_job_idx + jobs)]
 
     def _run(self, sweep_config: DictConfig, task: TaskFunction) -> JobReturn:
         """One job through Hydra's own machinery: its output folder, logging, callbacks and JobReturn."""
@@ -165,7 +185,11 @@ def jobs_list(nums: Sequence[int]) -> str:
 def outcome(value: Any) -> Callable[[DictConfig], Any]:
     """A task function that returns what a pack already computed for the job, or raises the job's error."""
 
+    from lrsweep.sweep.hydra_adapter import job_failed
+
     def task(_: DictConfig) -> Any:
+        if isinstance(value, Exception):  # a member's own error (divergence): one line, no traceback
+            raise job_failed(value)
         if isinstance(value, BaseException):
             raise value
         return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # `hydra.sweeper._target_` by default
 
@@ -27,7 +28,20 @@ def basic_sweeper_jobs(overrides: Sequence[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parser.parse_overrides(list(overrides)), None)[0]
 
 
+class JobFailed(CompactHydraException):
+    """A job's error that lrsweep says in one line (divergence): Hydra prints a `CompactHydraException` as its
+    message alone where it would print a traceback for any other error, when the sweeper re-raises it."""
+
+
+def job_failed(error: Exception) -> JobFailed:
+    failed = JobFailed(f"lrsweep: {error}")
+    failed.__cause__ = error
+    return failed
+
+
 def job_error(job_return: JobReturn) -> BaseException | None:
     """The exception a failed job raised, read from the private field `_return_value` (`return_value` re-raises)."""
     error = job_return._return_value
+    if isinstance(error, JobFailed):
+        return error.__cause__
     return error if isinstance(error, BaseException) else None
