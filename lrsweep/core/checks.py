@@ -10,6 +10,13 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)  # smaller positive values round to 0
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# An optimizer counts its steps in an int32 on some backends: a schedule's lengths in steps must stay below this.
+MAX_STEPS = 2**31 - 1
+
 
 def check_lr(name: str, value: Any, zero_ok: bool = False) -> float:
     """Returns `value` as a Python float if it is a finite learning rate > 0 (>= 0 if `zero_ok`), else raises.
@@ -22,6 +29,12 @@ def check_lr(name: str, value: Any, zero_ok: bool = False) -> float:
     real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not real or value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"`{name}` must be a finite learning rate {bound}. Received: {name}={value!r}")
+    as_float32 = float(np.float32(value))  # what a Keras optimizer keeps
+    if (value > 0 and as_float32 == 0) or not math.isfinite(as_float32):
+        raise ValueError(
+            f"`{name}` must be a learning rate float32 can hold, {FLOAT32_TINY:g} to {FLOAT32_MAX:.4g} "
+            f"(Keras keeps it as float32). Received: {name}={value!r}"
+        )
     return float(value)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from lrsweep.core.checks import check_choice, check_count, check_lr, check_number
+from lrsweep.core.checks import MAX_STEPS, check_choice, check_count, check_lr, check_number
 
 StepFn = Callable[[Any], Any]
 PUBLIC_MODULE = "lrsweep.schedules"  # the name configs use in `_target_`, and `get_config()` records
@@ -188,6 +188,11 @@ def warmup_steps_of(length: Any, length_unit: Any, steps_per_epoch: int, total_s
     high = 1.0 if length_unit == "fraction" else None
     length = check_number("warmup.length", length, 0.0, high)
     steps = length * {"step": 1, "epoch": steps_per_epoch, "fraction": total_steps}[length_unit]
+    if steps > MAX_STEPS:
+        raise ValueError(
+            f"`warmup.length` is {steps:.3g} steps, more than an optimizer's step counter holds ({MAX_STEPS}): "
+            f"choose a shorter warm-up. Received: warmup.length={length!r}, warmup.length_unit={length_unit!r}"
+        )
     return max(round(steps), 1) if steps > 0 else 0
 
 

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lrsweep import tracking
 from lrsweep.core import errors, identity
-from lrsweep.core.checks import check_lr
+from lrsweep.core.checks import MAX_STEPS, check_lr
 from lrsweep.ml import keras_adapter
 from lrsweep.ml.data import Dataset
 from lrsweep.ml.schedules import Schedule
@@ -109,8 +109,14 @@ def steps_per_epoch(cfg: DictConfig, dataset: Dataset) -> int:
 def build_schedule(cfg: DictConfig, dataset: Dataset) -> Schedule:
     """The job's LR schedule, given the run-time quantities it needs."""
     per_epoch = steps_per_epoch(cfg, dataset)
+    total_steps = cfg.training.epochs * per_epoch
+    if total_steps > MAX_STEPS:
+        raise ValueError(
+            f"`training.epochs` x {per_epoch} steps per epoch is {total_steps} steps, more than an optimizer's step "
+            f"counter holds ({MAX_STEPS}): train fewer epochs. Received: training.epochs={cfg.training.epochs}"
+        )
     make_schedule = instantiate(cfg.schedule)  # a partial: run-time quantities are passed here
-    return make_schedule(steps_per_epoch=per_epoch, total_steps=cfg.training.epochs * per_epoch)
+    return make_schedule(steps_per_epoch=per_epoch, total_steps=total_steps)
 
 
 def build_model(cfg: DictConfig) -> keras.Model:
