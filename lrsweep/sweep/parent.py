@@ -98,6 +98,13 @@ class Sweep:
         unchanged = runs if not settled.stale else None  # runs marked stale are read again, with their new status
         loaded = tracking.load_sweep(self.client, self.experiment_id, self.sweep_id, runs=unchanged, parent=parent)
         built = report.build(loaded)
+        if loaded.superseded:  # a rerun in the same folder: its runs replace the earlier attempt's
+            print(
+                f"{len(loaded.superseded)} run(s) of an earlier attempt in this sweep folder were run again and are "
+                "left out of this report (kept in MLflow): "
+                + ", ".join(f"{r.info.run_name} ({r.info.status})" for r in loaded.superseded[:10])
+                + (f" and {len(loaded.superseded) - 10} more" if len(loaded.superseded) > 10 else "")
+            )
         outcome = judge(built, parent.data.tags, settled, self.expected_jobs, interrupts.requested())
         line = console.headline(built, outcome, interrupts.requested())
         store_errors = list(settled.store_errors)

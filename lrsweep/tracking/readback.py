@@ -14,6 +14,7 @@ from lrsweep.tracking.tags import (
     HISTORY_METRICS,
     TAG_CONFIG_HASH,
     TAG_JOB_NUM,
+    TAG_PARENT,
     TAG_REUSED_PREFIX,
     TAG_ROLE,
     TAG_SWEEP_ID,
@@ -118,6 +119,22 @@ class SweepRuns:
     runs: list[Run]
     reused: list[tuple[Run, dict[str, str]]] = field(default_factory=list)  # with the overrides of the job that did
     histories: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # run id -> key -> points
+    # Runs of an earlier attempt at the same sweep folder whose configuration this attempt ran again: not reported.
+    superseded: list[Run] = field(default_factory=list)
+
+
+def split_superseded(runs: list[Run], parent: Run | None) -> tuple[list[Run], list[Run]]:
+    """(this attempt's runs, superseded runs): a sweep rerun in its folder (after a crash or Ctrl-C) has a new parent
+    run, and a run under an earlier parent is superseded when a run under this parent has its configuration."""
+    if parent is None:
+        return runs, []
+    parent_id = parent.info.run_id
+    rerun = {r.data.tags.get(TAG_CONFIG_HASH) for r in runs if r.data.tags.get(TAG_PARENT) == parent_id}
+    kept, superseded = [], []
+    for run in runs:
+        earlier = run.data.tags.get(TAG_PARENT) != parent_id
+        (superseded if earlier and run.data.tags.get(TAG_CONFIG_HASH) in rerun else kept).append(run)
+    return kept, superseded
 
 
 def load_sweep(
@@ -135,6 +152,8 @@ def load_sweep(
         parent: the sweep's parent run, likewise.
     """
     runs = sweep_runs(client, experiment_id, sweep_id) if runs is None else runs
+    parent = parent or find_sweep_run(client, experiment_id, sweep_id)
+    runs, superseded = split_superseded(runs, parent)
     reused = reused_runs(client, experiment_id, sweep_id, parent)
     run_ids = list(dict.fromkeys([r.info.run_id for r in runs] + [r.info.run_id for r, _ in reused]))
-    return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys))
+    return SweepRuns(sweep_id, runs, reused, metric_histories(client, run_ids, history_keys), superseded)
