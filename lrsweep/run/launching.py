@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
 MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
+MAX_LISTED = 10  # a refused sweep lists this many of its bad jobs, then how many more there are
 
 
 @dataclass
@@ -62,9 +63,12 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[Job]:
     if len(jobs) == 1 and errors_:
         raise SystemExit(f"lrsweep: {errors_[0][1]}")
     if errors_:
+        shown = errors_[:MAX_LISTED]
+        more = f"\n  and {len(errors_) - len(shown)} more" if len(errors_) > len(shown) else ""
         raise SystemExit(
             f"lrsweep: {len(errors_)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "
-            + "\n  ".join(f"{label}: {message}" for label, message in errors_)
+            + "\n  ".join(f"{label}: {message}" for label, message in shown)
+            + more
         )
     return prepared
 
