@@ -31,6 +31,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("lr nan", [*JAX, "optimizer.learning_rate=nan"], "optimizer.learning_rate"),
     ("lr inf", [*JAX, "optimizer.learning_rate=inf"], "optimizer.learning_rate"),
     ("lr text", [*JAX, "optimizer.learning_rate=fast"], "optimizer.learning_rate"),
+    ("lr 0 in float32", [*JAX, "optimizer.learning_rate=1e-300"], "optimizer.learning_rate"),
+    ("lr inf in float32", [*JAX, "optimizer.learning_rate=1e300"], "optimizer.learning_rate"),
+    ("epochs beyond the step counter", [*JAX, "training.epochs=2000000000"], "training.epochs"),
     ("epochs 0", [*JAX, "training.epochs=0"], "training.epochs"),
     ("epochs text", [*JAX, "training.epochs=abc"], "training.epochs"),
     ("batch 0", [*JAX, "training.batch_size=0"], "training.batch_size"),
@@ -72,6 +75,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("linear final_lr null", [*JAX, "schedule=linear", "schedule.final_lr=null"], "schedule.final_lr"),
     ("warmup shape quadratic", [*JAX, "schedule=warmup", "schedule.warmup.shape=quadratic"], "shape"),
     ("warmup length -1", [*JAX, "schedule=warmup", "schedule.warmup.length=-1"], "length"),
+    ("warmup length 1e9 epochs", [*JAX, "schedule=warmup", "schedule.warmup.length=1e9"], "warmup.length"),
     ("untuned with sgd", [*JAX, "optimizer=sgd", "schedule=untuned"], "beta_2"),
     (
         "cosine min_lr negative",
@@ -105,6 +109,15 @@ CASES: list[tuple[str, list[str], str]] = [
         [*SWEEP, "hydra/launcher=parallel", "threads=1", "schedule=linear", "schedule.warmup_epochs=1,2"],
         "warmup_epochs",
     ),  # fmt: skip
+    (
+        "sweep 12 bad lrs",
+        [*SWEEP, "optimizer.learning_rate=" + ",".join(f"-{k}" for k in range(1, 13))],
+        "learning_rate=-10",
+    ),
+    ("sweep max_members 0", [*SWEEP, "hydra.launcher.max_members=0", "training.seed=0,1"], "max_members"),
+    ("sweep max_members -3", [*SWEEP, "hydra.launcher.max_members=-3", "training.seed=0,1"], "max_members"),
+    ("sweep max_seeds 0", [*SWEEP, "hydra.launcher.max_seeds=0", "training.seed=0,1"], "max_seeds"),
+    ("sweep cluster typo", [*SWEEP, "hydra.launcher.cluster=slrum", "training.seed=0,1"], "hydra.launcher.cluster"),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
 ]
 
@@ -166,6 +179,12 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
     assert set(os.listdir(folder)) <= INPUTS  # no mlruns/: no store, so no run
     assert not list(folder.glob("multirun/**/report")), "a report was written"
     assert not (folder / "garbage" / "mlflow.db").read_bytes().startswith(b"SQLite"), "the file was overwritten"
+
+
+def test_a_refusal_lists_ten_bad_jobs_then_how_many_more(results):
+    _, result = results["sweep 12 bad lrs"]
+    assert "lrsweep: 12 of 12 jobs of this sweep cannot run, so none was started:" in result.stderr
+    assert result.stderr.count("  job #") == 10 and "\n  and 2 more" in result.stderr, result.stderr[-3000:]
 
 
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):

@@ -36,6 +36,8 @@ DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=0.01,1e9,0.02", "training.e
 def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path):
     result = train(tmp_path, *DIVERGE, check=False)
     assert result.returncode == 1  # the exit status says something failed
+    assert "Traceback" not in result.stdout + result.stderr  # one line from lrsweep, no frames from Hydra
+    assert "lrsweep: training diverged in epoch 0" in result.stderr, result.stderr[-2000:]
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id)
     statuses = {name: run.info.status for name, run in runs.items()}
@@ -144,6 +146,56 @@ def test_an_interrupt_kills_the_running_job_keeps_finished_ones_and_stops_the_sw
     parent = tracking.find_sweep_run(client, experiment_id, "multirun")
     assert parent.info.status == "KILLED"
     assert "interrupted" in output
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_stops_a_pack_in_one_line_with_the_signals_exit_status(tmp_path, signum):
+    """The default launcher trains both jobs as one pack: the signal ends both runs KILLED, and the sweep says so in
+    one line with the status a shell gives a process that signal ended (130, 143), as a single run does."""
+    process = start_train(tmp_path, "training.epochs=400", "optimizer.learning_rate=0.001,0.002")
+    wait_for(lambda: running_run_with_epochs(tmp_path), what="the pack running")
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, output[-3000:]
+    assert "Traceback" not in output and f"lrsweep: stopped: received {name}" in output, output[-3000:]
+    client, experiment_id = store(tmp_path)
+    runs = [r for r in client.search_runs([experiment_id]) if r.data.tags[tracking.TAG_ROLE] == "job"]
+    assert len(runs) == 2 and {r.data.tags[tracking.TAG_PACK] for r in runs} == {"multirun/pack1"}
+    for run in runs:
+        assert run.info.status == "KILLED"
+        epochs = logged_epochs(client, run)
+        assert epochs == list(range(len(epochs))) and 1 <= len(epochs) < 400
+    assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "KILLED"
+
+
+@pytest.mark.timeout(600)
+def test_a_rerun_after_a_crash_reports_the_rerun_not_the_crash(tmp_path):
+    """SIGKILL while the second pack trains, then the same command in the same sweep folder: the rerun reuses the
+    finished pack, trains the other again, and its parent run, summary and runs.csv tell of that, FINISHED."""
+    overrides = ["training.epochs=2,150", "optimizer.learning_rate=0.001,0.002"]
+    process = start_train(tmp_path, *overrides)
+    killed = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the second pack running")
+    process.kill()
+    process.wait(timeout=30)
+    client, experiment_id = store(tmp_path)
+    first_parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+
+    rerun = train(tmp_path, "backend=jax", "training.verbose=0", *TINY, *overrides,
+                  "hydra.sweep.dir=" + str(tmp_path / "multirun"), check=False)  # fmt: skip
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert "2 run(s) of an earlier attempt in this sweep folder were run again" in output, output[-3000:]
+    parent = tracking.find_sweep_run(client, experiment_id, "multirun")
+    assert parent.info.run_id != first_parent.info.run_id and parent.info.status == "FINISHED"
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"  # kept in MLflow, marked stale
+    with open(tmp_path / "multirun" / "report" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {(row["n"], row["failed"]) for row in rows} == {("1", "0")}
+    with open(tmp_path / "multirun" / "report" / "runs.csv") as f:
+        listed = list(csv.DictReader(f))
+    assert len(listed) == 4 and killed.info.run_id not in {row.get("run_id") for row in listed}
 
 
 @pytest.mark.timeout(600)
