@@ -147,21 +147,25 @@ class PackedLauncher(Launcher):
 
 class ComposedOnce:
     """A Hydra config loader that keeps the sweep configs it composes (for the sweeper's validation of a batch)
-    until the launcher takes them (`take`): each job of a batch is composed once."""
+    until the launcher takes them (`take`): each job of a batch is composed once, and the defaults tree once per
+    distinct set of config-group choices (`lrsweep.sweep.hydra_adapter.SweepComposer`)."""
 
     def __init__(self, loader: Any) -> None:
+        from lrsweep.sweep.hydra_adapter import SweepComposer
+
         self.loader = loader
+        self.composer = SweepComposer(loader)
         self.composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        config = self.composer.compose(master_config, sweep_overrides)
         self.composed[(id(master_config), tuple(sweep_overrides))] = config  # validated and discarded: unchanged
         return config
 
     def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         """The job's sweep config the sweeper composed, or one composed now (a sweeper that did not validate)."""
         kept = self.composed.pop((id(master_config), tuple(sweep_overrides)), None)
-        return kept if kept is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+        return kept if kept is not None else self.composer.compose(master_config, sweep_overrides)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)

@@ -7,10 +7,13 @@ expansion is `BasicSweeper.split_arguments`, in `hydra._internal`), or read the 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # `hydra.sweeper._target_` by default
 
@@ -45,3 +48,46 @@ def job_error(job_return: JobReturn) -> BaseException | None:
     if isinstance(error, JobFailed):
         return error.__cause__
     return error if isinstance(error, BaseException) else None
+
+
+class SweepComposer:
+    """Composes a sweep's jobs as Hydra's config loader does (`load_sweep_config`), but the defaults tree once per
+    distinct set of config-group choices instead of once per job: Hydra composes all of it again for each job
+    (0.26 s a job here: 52 s of a 200-job sweep). A job's value overrides (`optimizer.learning_rate=0.1`) are then
+    applied to a copy of its group's composition with Hydra's own `_apply_overrides_to_config` (private), and its
+    `hydra.overrides.task` and `hydra.job.override_dirname` set as Hydra sets them. Jobs with overrides of another
+    kind (of `hydra.*`, deletions, packages) are composed by Hydra itself. `tests/sweep/test_hydra_adapter.py`
+    compares the two compositions.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.bases: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+        self.parsed: dict[str, Any] = {}  # each distinct override line parsed once (Hydra's parser: ~5 ms a line)
+
+    def compose(self, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        repository = getattr(self.loader, "repository", None)
+        new = [line for line in dict.fromkeys(sweep_overrides) if line not in self.parsed]
+        if new:
+            self.parsed.update(zip(new, OverridesParser.create().parse_overrides(new), strict=True))
+        parsed = [self.parsed[line] for line in sweep_overrides]
+        if repository is None or any(o.is_hydra_override() or o.is_delete() or o.package is not None for o in parsed):
+            return self.loader.load_sweep_config(master_config, list(sweep_overrides))
+        groups = [o for o in parsed if repository.group_exists(o.key_or_group)]
+        values = [o for o in parsed if not repository.group_exists(o.key_or_group)]
+        key = (id(master_config), tuple(o.input_line for o in groups))
+        if key not in self.bases:
+            self.bases[key] = self.loader.load_sweep_config(master_config, [o.input_line for o in groups])
+        config = pickle.loads(pickle.dumps(self.bases[key]))  # a deep copy, in 60% of `copy.deepcopy`'s time
+        ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        naming = config.hydra.job.config.override_dirname
+        with open_dict(config.hydra):
+            config.hydra.overrides.task = [o.input_line for o in parsed]
+            config.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys
+            )
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)
+        return config

@@ -70,3 +70,42 @@ def _no_callbacks():
     from hydra._internal.callbacks import Callbacks
 
     return Callbacks()
+
+
+SWEEP_JOBS = [
+    ["optimizer.learning_rate=0.001", "training.seed=0"],
+    ["optimizer.learning_rate=0.002", "training.seed=1"],  # same groups as the first: composed from its base
+    ["schedule=linear", "schedule.initial_lr=0.001", "schedule.warmup_epochs=3", "training.seed=2"],
+    ["+experiment=tutorial", "+strategy=adam_linear", "training.seed=1"],
+    ["+experiment=tutorial", "+strategy=adadelta", "training.seed=2"],
+    ["optimizer=sgd", "optimizer.momentum=0.5", "+training.extra=1"],
+    ["schedule=warmup", "schedule/decay=cosine", "schedule.decay.min_lr=0.0001"],
+]
+
+
+def test_the_sweep_composer_composes_every_job_as_hydras_loader_does(hydra_config):
+    """Each job's config, from a base per set of group choices plus its value overrides, equals Hydra's own."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", overrides=["hydra.sweep.dir=sweep"], run_mode=RunMode.MULTIRUN)
+    composer = hydra_adapter.SweepComposer(loader)
+    for overrides in SWEEP_JOBS:
+        fast, hydra = composer.compose(master, overrides), loader.load_sweep_config(master, overrides)
+        assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(hydra), overrides
+        assert OmegaConf.is_struct(fast) and fast.hydra.job.override_dirname == hydra.hydra.job.override_dirname
+    assert len(composer.bases) == 6  # the first two jobs share one composition of the defaults tree
+
+
+@pytest.mark.parametrize("overrides", [["optimizer.learning_rat=0.1"], ["training.seed=abc"]])
+def test_the_sweep_composer_fails_on_a_bad_override_as_hydra_does(hydra_config, overrides):
+    from hydra.types import RunMode
+
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", overrides=[], run_mode=RunMode.MULTIRUN)
+    with pytest.raises(Exception) as hydras:
+        loader.load_sweep_config(master, overrides)
+    with pytest.raises(type(hydras.value)) as ours:
+        hydra_adapter.SweepComposer(loader).compose(master, overrides)
+    assert str(ours.value) == str(hydras.value)
