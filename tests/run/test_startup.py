@@ -50,14 +50,17 @@ try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 except SystemExit as e:
     print("exit status", e.code)
-print("compositions:", len(composed), "of", len(set(composed)), "jobs")
+print("compositions:", len(composed), "of", len(set(composed)), "distinct")
 print("tensorflow imported:", "tensorflow" in sys.modules)
 """
 
 
-def test_a_packed_sweep_composes_each_job_once_and_on_jax_never_imports_tensorflow(tmp_path):
-    """Hydra's sweeper composes each job to validate it; the packed launcher takes those instead of composing again."""
-    args = [str(ROOT / "train.py"), "-m", "backend=jax", "training.seed=0,1", "training.epochs=1",
+def test_a_packed_sweep_composes_the_defaults_once_per_group_choice_and_on_jax_never_imports_tensorflow(tmp_path):
+    """Hydra's sweeper composes each job to validate it; the packed launcher takes those instead of composing again,
+    and Hydra's loader composes the defaults tree once per distinct set of config-group choices (`SweepComposer`):
+    here 2 (schedule=constant, schedule=linear) for 4 jobs."""
+    args = [str(ROOT / "train.py"), "-m", "backend=jax", "training.seed=0,1", "schedule=constant,linear",
+            "training.epochs=1",
             "training.verbose=0", *TINY, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
     result = subprocess.run(
@@ -69,8 +72,8 @@ def test_a_packed_sweep_composes_each_job_once_and_on_jax_never_imports_tensorfl
         env={**os.environ, "PYTHONPATH": str(ROOT)},  # `python -c` puts no script folder on sys.path: hydra_plugins
     )
     assert "exit status" not in result.stdout, result.stderr[-3000:]
-    assert "Sweep multirun: 2 runs" in result.stdout
-    assert "compositions: 2 of 2 jobs" in result.stdout, result.stdout[-2000:]
+    assert "Sweep multirun: 4 runs" in result.stdout
+    assert "compositions: 2 of 2 distinct" in result.stdout, result.stdout[-2000:]
     assert "tensorflow imported: False" in result.stdout
 
 
