@@ -189,10 +189,11 @@ def jobs_list(nums: Sequence[int]) -> str:
 def outcome(value: Any) -> Callable[[DictConfig], Any]:
     """A task function that returns what a pack already computed for the job, or raises the job's error."""
 
+    from lrsweep.core.errors import TrainingFailed
     from lrsweep.sweep.hydra_adapter import job_failed
 
     def task(_: DictConfig) -> Any:
-        if isinstance(value, Exception):  # a member's own error (divergence): one line, no traceback
+        if isinstance(value, TrainingFailed):  # a member's own error (divergence): one line, no traceback
             raise job_failed(value)
         if isinstance(value, BaseException):
             raise value

@@ -30,6 +30,11 @@ class StoreError(ConnectionError):
     """
 
 
+class TrainingFailed(RuntimeError):
+    """A run failed in training for a reason its message says whole (e.g. divergence): the run ends FAILED with it,
+    and it is shown as that one line, never as a traceback."""
+
+
 USER_ERRORS = (ConfigError, StoreError)
 
 

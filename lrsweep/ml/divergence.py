@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lrsweep.core import errors
 from lrsweep.ml.data import Dataset
 from lrsweep.ml.training import Member
 
@@ -15,7 +16,7 @@ from lrsweep.ml.training import Member
 REFERENCE_EXAMPLES = 256
 
 
-class DivergedError(RuntimeError):
+class DivergedError(errors.TrainingFailed):
     """Training diverged: the loss became NaN or infinite, or rose above `training.divergence_factor` x its start."""
 
 

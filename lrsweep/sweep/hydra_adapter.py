@@ -37,6 +37,7 @@ class JobFailed(CompactHydraException):
 
 
 def job_failed(error: Exception) -> JobFailed:
+    """`error` as a `JobFailed` Hydra prints in one line (`lrsweep: <message>`); `job_error` gives `error` back."""
     failed = JobFailed(f"lrsweep: {error}")
     failed.__cause__ = error
     return failed

@@ -173,7 +173,11 @@ def test_the_same_exploding_config_fails_with_the_same_message_on_tensorflow_and
         folder = tmp_path / name
         folder.mkdir()
         result = train(folder, *overrides, f"backend={name}", multirun=False, check=False)
-        assert result.returncode != 0, result.stderr[-3000:]
+        assert result.returncode == 1, result.stderr[-3000:]
+        # One line, the run's own message, no traceback (a `CompactHydraException`, as Hydra prints those).
+        assert "Traceback" not in result.stderr and "lrsweep: " + MESSAGE.removeprefix("DivergedError: ") in (
+            result.stderr
+        ), result.stderr[-3000:]
         client, experiment_id = store(folder)
         (run,) = job_runs(client, experiment_id).values()
         assert run.info.status == "FAILED"
