@@ -16,12 +16,10 @@ def main(cfg: DictConfig) -> float:
         errors.as_config_error(schema.check, cfg)  # the declared ranges, before Keras even starts
         backend.select(cfg.backend, cfg.threads)  # before Keras is imported
         from lrsweep.run import experiment
-        from lrsweep.sweep.hydra_adapter import job_failed
+        from lrsweep.sweep.hydra_adapter import failures_in_one_line
 
-        try:
+        with failures_in_one_line():  # a divergence: one line from Hydra, no traceback
             value = experiment.run(cfg)
-        except errors.TrainingFailed as e:  # the run ended FAILED with it: one line from Hydra, no traceback
-            raise job_failed(e) from e
     if is_range_test(cfg):  # a range test run alone (no -m): its suggested LR bounds
         from lrsweep.analysis.range_test import print_single_run  # its analysis (scipy.stats) only when needed
 

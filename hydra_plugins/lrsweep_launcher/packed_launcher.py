@@ -206,9 +206,10 @@ def alone(job: Any) -> Callable[[DictConfig], Any]:
     """A task function that trains a checked job alone (`launching.train_alone`), failing as `train.py` would."""
     from lrsweep.core import errors
     from lrsweep.run import launching
+    from lrsweep.sweep.hydra_adapter import failures_in_one_line
 
     def task(_: DictConfig) -> Any:
-        with errors.reported():  # a bad store or Ctrl-C: one line and the exit status, as for `train.py`
-            return launching.train_alone(job)
+        with errors.reported(), failures_in_one_line():  # each one line, as for `train.py`: a bad store, Ctrl-C,
+            return launching.train_alone(job)  # a divergence
 
     return task

@@ -7,13 +7,16 @@ expansion is `BasicSweeper.split_arguments`, in `hydra._internal`), or read the 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lrsweep.core.errors import TrainingFailed
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # `hydra.sweeper._target_` by default
 
@@ -41,6 +44,15 @@ def job_failed(error: Exception) -> JobFailed:
     failed = JobFailed(f"lrsweep: {error}")
     failed.__cause__ = error
     return failed
+
+
+@contextlib.contextmanager
+def failures_in_one_line() -> Iterator[None]:
+    """Around a job's training: a `TrainingFailed` (its run already ended FAILED with it) leaves as `job_failed`."""
+    try:
+        yield
+    except TrainingFailed as e:
+        raise job_failed(e) from e
 
 
 def job_error(job_return: JobReturn) -> BaseException | None:
@@ -77,8 +89,9 @@ class SweepComposer:
         parsed = [self.parsed[line] for line in sweep_overrides]
         if repository is None or any(o.is_hydra_override() or o.is_delete() or o.package is not None for o in parsed):
             return self.loader.load_sweep_config(master_config, list(sweep_overrides))
-        groups = [o for o in parsed if repository.group_exists(o.key_or_group)]
-        values = [o for o in parsed if not repository.group_exists(o.key_or_group)]
+        groups, values = [], []
+        for override in parsed:  # a config-group choice shapes the defaults tree; a value is set on it afterwards
+            (groups if repository.group_exists(override.key_or_group) else values).append(override)
         key = (id(master_config), tuple(o.input_line for o in groups))
         if key not in self.bases:
             self.bases[key] = self.loader.load_sweep_config(master_config, [o.input_line for o in groups])

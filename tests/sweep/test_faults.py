@@ -76,6 +76,20 @@ def test_a_diverging_job_fails_alone_and_the_rerun_skips_finished_work(tmp_path)
     assert len(job_runs(client, experiment_id, "forced")) == 3
 
 
+@pytest.mark.timeout(600)
+def test_a_job_trained_alone_in_a_packed_sweep_that_diverges_is_one_line_too(tmp_path):
+    """Different optimizers never share a pack: each job trains alone, inside its Hydra job, and fails as one line."""
+    result = train(tmp_path, "optimizer=sgd,adam", "optimizer.learning_rate=1e9", "training.epochs=1",
+                   "training.verbose=0", "backend=jax", *TINY, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "lrsweep: training diverged in epoch 0" in result.stderr, result.stderr[-3000:]
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id)
+    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FAILED"}
+    assert not any(tracking.TAG_PACK in r.data.tags for r in runs.values())  # trained alone
+
+
 def wait_for(predicate, timeout: float = 120.0, what: str = ""):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
