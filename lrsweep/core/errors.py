@@ -11,7 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from lrsweep.core import interrupts
@@ -55,6 +55,12 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else type(error).__name__
     return line if len(line) <= limit else line[:limit] + "..."
+
+
+def listed(items: Sequence[str], separator: str, limit: int = 10) -> str:
+    """The first `limit` items joined by `separator`, then "and N more" if there are more: a message stays short."""
+    shown = separator.join(items[:limit])
+    return shown + (f"{separator}and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def as_config_error(check: Callable[..., T], *args: Any) -> T:

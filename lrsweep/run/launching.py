@@ -63,12 +63,9 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[Job]:
     if len(jobs) == 1 and errors_:
         raise SystemExit(f"lrsweep: {errors_[0][1]}")
     if errors_:
-        shown = errors_[:MAX_LISTED]
-        more = f"\n  and {len(errors_) - len(shown)} more" if len(errors_) > len(shown) else ""
         raise SystemExit(
             f"lrsweep: {len(errors_)} of {len(jobs)} jobs of this sweep cannot run, so none was started:\n  "
-            + "\n  ".join(f"{label}: {message}" for label, message in shown)
-            + more
+            + errors.listed([f"{label}: {message}" for label, message in errors_], "\n  ", MAX_LISTED)
         )
     return prepared
 

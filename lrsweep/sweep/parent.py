@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from lrsweep import tracking
 from lrsweep.analysis import figures, files, range_test, report
 from lrsweep.core import identity, interrupts
+from lrsweep.core.errors import listed
 from lrsweep.sweep import console
 from lrsweep.sweep.outcome import Outcome, judge, rename_duplicates, summary
 
@@ -102,8 +103,7 @@ class Sweep:
             print(
                 f"{len(loaded.superseded)} run(s) of an earlier attempt in this sweep folder were run again and are "
                 "left out of this report (kept in MLflow): "
-                + ", ".join(f"{r.info.run_name} ({r.info.status})" for r in loaded.superseded[:10])
-                + (f" and {len(loaded.superseded) - 10} more" if len(loaded.superseded) > 10 else "")
+                + listed([f"{r.info.run_name} ({r.info.status})" for r in loaded.superseded], ", ")
             )
         outcome = judge(built, parent.data.tags, settled, self.expected_jobs, interrupts.requested())
         line = console.headline(built, outcome, interrupts.requested())
