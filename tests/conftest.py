@@ -157,6 +157,25 @@ def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, 
     return server.run(args, cwd, env, timeout)
 
 
+TIME_TO_ERROR = "time_to_error"  # a bad-input case's (name, exit status, seconds, first line): printed as a table
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The bad-input table's cases (tests/sweep/test_bad_input.py) with each one's time to its error."""
+    rows = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for key, value in getattr(report, "user_properties", [])
+        if key == TIME_TO_ERROR
+    ]
+    if rows:
+        terminalreporter.section(f"bad input: {len(rows)} cases, each one `python train.py` to its error")
+        for name, status, seconds, line in sorted(rows, key=lambda row: -row[2]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  exit {status}  {name:<36}  {line[:110]}")
+
+
 def pytest_sessionfinish(session, exitstatus):
     for server in _fork_servers.values():
         server.close()

@@ -84,35 +84,36 @@ class PackedLauncher(Launcher):
         with errors.reported():  # before anything is composed, created or opened
             errors.as_config_error(self.check_settings)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        from lrsweep.sweep import job_configs, open_parent, task_config
+        from lrsweep.sweep import job_tasks, open_parent
 
         loader = self.hydra_context.config_loader
-        taking = SimpleNamespace(load_sweep_config=loader.take) if isinstance(loader, ComposedOnce) else loader
-        sweep_configs = job_configs(taking, self.config, job_overrides, initial_job_idx)
-        tasks = [task_config(c) for c in sweep_configs]
-        choose_backend(tasks[0])
+        assert isinstance(loader, ComposedOnce)  # `setup` made it so
+        tasks = job_tasks(loader.take, self.config, job_overrides, initial_job_idx)
+        choose_backend(tasks[0][0])
         from lrsweep.run import launching  # imports Keras: only once the backend is chosen
 
-        prepared = launching.check_jobs([(task, c.hydra) for task, c in zip(tasks, sweep_configs, strict=True)])
+        prepared = launching.check_jobs(tasks)
         open_parent(self.config)  # every job is valid: now the store and the sweep's parent run
         plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds)
         with errors.reported():  # Ctrl-C / SIGTERM in a pack: its runs end KILLED, then one line, no traceback
-            return self._launch_plan(plan, sweep_configs, initial_job_idx, len(job_overrides))
+            return self._launch_plan(plan, job_overrides, initial_job_idx)
 
-    def _launch_plan(self, plan: Any, sweep_configs: list[DictConfig], initial_job_idx: int, jobs: int):
+    def _launch_plan(self, plan: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from lrsweep.core.errors import StoreError
         from lrsweep.run import launching
 
+        def overrides(num: int) -> Sequence[str]:
+            return job_overrides[num - initial_job_idx]
+
         returns: dict[int, JobReturn] = {}
         for num, value in plan.reused.items():
-            returns[num] = self._run(sweep_configs[num - initial_job_idx], outcome(value))
+            returns[num] = self._run(num, overrides(num), outcome(value))
         if self.cluster:
             from lrsweep.run import remote
 
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
             results = remote.submit(plan.packs, self.cluster, folder, self.submitit) if plan.packs else []
         for k, pack in enumerate(plan.packs):
-            configs = [sweep_configs[job.context.job_num - initial_job_idx] for job in pack]
             if self.cluster:
                 outcomes = results[k]
             elif len(pack) > 1:
@@ -124,16 +125,22 @@ class PackedLauncher(Launcher):
                     raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
             else:
                 outcomes = None  # each trains alone, inside its Hydra job (its output folder and log)
-            for i, (job, config) in enumerate(zip(pack, configs, strict=True)):
+            for i, job in enumerate(pack):
                 task = alone(job) if outcomes is None else outcome(outcomes[i])
-                returns[job.context.job_num] = self._run(config, task)
-        return [returns[num] for num in range(initial_job_idx, initial_job_idx + jobs)]
+                returns[job.context.job_num] = self._run(job.context.job_num, overrides(job.context.job_num), task)
+        return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
-    def _run(self, sweep_config: DictConfig, task: TaskFunction) -> JobReturn:
-        """One job through Hydra's own machinery: its output folder, logging, callbacks and JobReturn."""
+    def _run(self, num: int, overrides: Sequence[str], task: TaskFunction) -> JobReturn:
+        """Job `num` through Hydra's own machinery: its output folder, logging, callbacks and JobReturn.
+
+        Its whole sweep config is composed here, when it is needed: checking the sweep needed its task config only.
+        """
         assert self.config is not None and self.hydra_context is not None
-        overrides = " ".join(filter_overrides(sweep_config.hydra.overrides.task))
-        log.info("\t#%s : %s", sweep_config.hydra.job.num, overrides)
+        from lrsweep.sweep import job_config
+
+        composing = SimpleNamespace(load_sweep_config=self.hydra_context.config_loader.composer.compose)
+        sweep_config = job_config(composing, self.config, overrides, num)
+        log.info("\t#%s : %s", num, " ".join(filter_overrides(sweep_config.hydra.overrides.task)))
         ret = run_job(
             hydra_context=self.hydra_context,
             task_function=task,
@@ -146,26 +153,33 @@ class PackedLauncher(Launcher):
 
 
 class ComposedOnce:
-    """A Hydra config loader that keeps the sweep configs it composes (for the sweeper's validation of a batch)
-    until the launcher takes them (`take`): each job of a batch is composed once, and the defaults tree once per
-    distinct set of config-group choices (`lrsweep.sweep.hydra_adapter.SweepComposer`)."""
+    """A Hydra config loader that keeps the jobs it composes for the sweeper's validation of a batch until the
+    launcher takes them (`take`): each job of a batch is composed once, as its task config, and the defaults tree once
+    per distinct set of config-group choices (`lrsweep.sweep.hydra_adapter.SweepComposer`)."""
 
     def __init__(self, loader: Any) -> None:
         from lrsweep.sweep.hydra_adapter import SweepComposer
 
         self.loader = loader
         self.composer = SweepComposer(loader)
-        self.composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+        self.composed: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig]] = {}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self.composer.compose(master_config, sweep_overrides)
-        self.composed[(id(master_config), tuple(sweep_overrides))] = config  # validated and discarded: unchanged
-        return config
+        """Composes the job as the sweeper's `validate_batch_is_legal` asks (a bad override raises as Hydra's own
+        composition would), keeps it for `take`, and returns its task config: the job's config without `hydra`.
 
-    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        """The job's sweep config the sweeper composed, or one composed now (a sweeper that did not validate)."""
+        Within a packed sweep the validation, which discards what it gets, is the only caller; the launcher composes
+        a job's whole sweep config (`hydra` node included: a tenth of the cost is the task config) when it runs it.
+        """
+        composed = self.composer.compose_task(master_config, sweep_overrides)
+        self.composed[(id(master_config), tuple(sweep_overrides))] = composed
+        return composed[0]
+
+    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+        """The job's task config and `hydra` node (`SweepComposer.compose_task`) the sweeper composed, or composed
+        now (a sweeper that did not validate)."""
         kept = self.composed.pop((id(master_config), tuple(sweep_overrides)), None)
-        return kept if kept is not None else self.composer.compose(master_config, sweep_overrides)
+        return kept if kept is not None else self.composer.compose_task(master_config, sweep_overrides)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)

@@ -21,9 +21,10 @@ schedules' own checks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -368,6 +369,7 @@ def _optional(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
+@functools.cache
 def _ranges(schema: type) -> dict[str, tuple[Range, bool]]:
     """{field: (its range, whether null is allowed)} of a schema dataclass."""
     hints = typing.get_type_hints(schema)
@@ -376,11 +378,11 @@ def _ranges(schema: type) -> dict[str, tuple[Range, bool]]:
     }
 
 
-def check(cfg: DictConfig, prefix: str = "") -> None:
+def check(cfg: DictConfig, prefix: str = "", skip: Container[str] = ()) -> None:
     """Checks every value of a composed config that has a declared range, first error first.
 
     Values are read resolved (`${optimizer.learning_rate}` as the number it points to). Nodes without a schema
-    (an option file that names none) are walked but not checked.
+    (an option file that names none) are walked but not checked, and keys in `skip` (checked before) neither.
 
     Raises:
         ValueError: one line naming the key, the allowed values and the value received, e.g.
@@ -388,7 +390,7 @@ def check(cfg: DictConfig, prefix: str = "") -> None:
     """
     schema = OmegaConf.get_type(cfg)
     ranges = _ranges(schema) if dataclasses.is_dataclass(schema) else {}
-    for key in cfg:
+    for key in (k for k in cfg if k not in skip):
         name = f"{prefix}{key}"
         if OmegaConf.is_missing(cfg, key):
             raise ValueError(f"`{name}` must be set. Received: {name}=???")

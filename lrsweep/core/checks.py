@@ -29,7 +29,8 @@ def check_lr(name: str, value: Any, zero_ok: bool = False) -> float:
     real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not real or value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"`{name}` must be a finite learning rate {bound}. Received: {name}={value!r}")
-    as_float32 = float(np.float32(value))  # what a Keras optimizer keeps
+    with np.errstate(over="ignore"):  # an LR beyond float32 becomes inf: said below, not as NumPy's warning
+        as_float32 = float(np.float32(value))  # what a Keras optimizer keeps
     if (value > 0 and as_float32 == 0) or not math.isfinite(as_float32):
         raise ValueError(
             f"`{name}` must be a learning rate float32 can hold, {FLOAT32_TINY:g} to {FLOAT32_MAX:.4g} "

@@ -67,13 +67,14 @@ class JobContext:
     def from_config(cls, hydra_cfg: Any) -> JobContext:
         """From a job's `hydra` config node (what HydraConfig holds while the job runs)."""
         from hydra.types import RunMode
+        from omegaconf import OmegaConf
 
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         return cls(
             choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},
             overrides=tuple(hydra_cfg.overrides.task),
             sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None,
-            job_num=hydra_cfg.job.num if multirun else None,
+            job_num=OmegaConf.select(hydra_cfg, "job.num") if multirun else None,  # unset while composing
         )
 
 

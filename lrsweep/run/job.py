@@ -6,9 +6,11 @@ same pieces either way.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import yaml
@@ -19,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrsweep import tracking
+from lrsweep.config import schema
 from lrsweep.core import errors, identity
 from lrsweep.core.checks import MAX_STEPS, check_lr
 from lrsweep.ml import keras_adapter
@@ -26,6 +29,7 @@ from lrsweep.ml.data import Dataset
 from lrsweep.ml.schedules import Schedule
 
 CONFIG_ERRORS = (ValueError, OmegaConfBaseException, InstantiationException)
+T = TypeVar("T")
 
 
 def instantiate(node: DictConfig, **kwargs):
@@ -69,19 +73,70 @@ class Job:
         self.__dict__.update(state, dataset=None)
 
 
-def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
+class Checks:
+    """The outcome of each distinct check a sweep's jobs ask for, so each is done once: a sweep of 100 LRs x 10
+    seeds builds 100 optimizers, one schedule and one dataset, not 1,000 of each. A check is keyed by the resolved
+    values it reads, so equal keys give equal outcomes; a failure is kept and raised again for every job that
+    shares it."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[Any, tuple[bool, Any]] = {}
+
+    def once(self, key: Any, check: Callable[[], T]) -> T:
+        if key not in self.outcomes:
+            try:
+                self.outcomes[key] = (True, check())
+            except (errors.ConfigError, *CONFIG_ERRORS) as e:
+                self.outcomes[key] = (False, e)
+        passed, value = self.outcomes[key]
+        if not passed:
+            raise value
+        return value
+
+    def schema(self, cfg: DictConfig) -> dict[str, Any]:
+        """`schema.check` of a job's config, skipping the sections (`data`, `optimizer`, ...) that passed before
+        with the same values and schema (the first error is still the one a whole check raises first); returns the
+        config resolved."""
+        try:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            errors.as_config_error(schema.check, cfg)  # the error a whole check meets first, else this one
+            raise errors.ConfigError(str(e)) from e
+        keys = {
+            name: (name, OmegaConf.get_type(cfg, name), _key(value))
+            for name, value in resolved.items()
+            if isinstance(value, dict)
+        }
+        passed = [name for name, key in keys.items() if self.outcomes.get(key) == (True, None)]
+        errors.as_config_error(schema.check, cfg, "", passed)
+        self.outcomes.update({key: (True, None) for key in keys.values()})
+        return resolved
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def prepare(
+    cfg: DictConfig, context: identity.JobContext, checks: Checks | None = None, resolved: dict[str, Any] | None = None
+) -> Job:
     """Turns a job's config into values, checking on the way what its schema cannot (it was checked: `schema.check`).
 
-    Loads the job's data and builds its schedule and optimizer, without training or touching MLflow.
+    Loads the job's data and builds its schedule and optimizer, without training or touching MLflow; with `checks`,
+    each of them once per distinct value among the jobs that share `checks`. `resolved`: the config resolved, if
+    the caller has it.
 
     Raises:
         ValueError: naming the key, the value and the fix.
     """
+    checks = checks or Checks()
     learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)  # also of schema-less options
-    dataset = instantiate(cfg.data)  # missing or corrupt files, bad subset sizes
-    build_schedule(cfg, dataset)  # the schedule's own arguments
-    build_optimizer(cfg, learning_rate)  # the optimizer's own arguments
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved if resolved is not None else OmegaConf.to_container(cfg, resolve=True)
+    sections = {name: _key(resolved.get(name)) for name in ("data", "schedule", "optimizer")}
+    dataset = checks.once(("data", sections["data"]), lambda: instantiate(cfg.data))  # missing files, bad sizes
+    training = (cfg.training.epochs, cfg.training.batch_size, len(dataset.x_train))
+    checks.once(("schedule", sections["schedule"], training), lambda: build_schedule(cfg, dataset))  # its arguments
+    checks.once(("optimizer", sections["optimizer"]), lambda: build_optimizer(cfg, learning_rate))  # its arguments
     return Job(
         cfg=cfg,
         context=context,
@@ -92,10 +147,12 @@ def prepare(cfg: DictConfig, context: identity.JobContext) -> Job:
     )
 
 
-def checked(cfg: DictConfig, context: identity.JobContext) -> Job:
+def checked(
+    cfg: DictConfig, context: identity.JobContext, checks: Checks | None = None, resolved: dict[str, Any] | None = None
+) -> Job:
     """`prepare`, with whatever it finds wrong raised as a `ConfigError` (a user error: one line, no traceback)."""
     try:
-        return prepare(cfg, context)
+        return prepare(cfg, context, checks, resolved)
     except errors.ConfigError:
         raise
     except CONFIG_ERRORS as e:

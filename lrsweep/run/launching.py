@@ -11,16 +11,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import DictConfig
 
 from lrsweep import tracking
-from lrsweep.config import schema
 from lrsweep.core import backend, errors, identity, interrupts
 from lrsweep.ml.packing import NotPackable
 from lrsweep.run import experiment, pack
-from lrsweep.run.job import Job, checked
+from lrsweep.run.job import Checks, Job, checked
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +35,23 @@ class SweepPlan:
     packs: list[list[Job]] = field(default_factory=list)
 
 
-def check_jobs(jobs: Sequence[tuple[DictConfig, Any]]) -> list[Job]:
-    """Checks every job's config of a sweep before any of them starts, once: its schema, then `job.checked`.
+def check_jobs(jobs: Sequence[tuple[DictConfig, identity.JobContext]]) -> list[Job]:
+    """Checks every job's config of a sweep before any of them starts, once: its schema, then `job.checked`, each
+    distinct part of the configs once (`job.Checks`).
 
     Args:
-        jobs: (task config, `hydra` config node) of each job.
+        jobs: (task config, `JobContext`) of each job.
 
     Raises:
         SystemExit: after printing one line per job that cannot run, before any store or run is touched.
     """
     prepared, errors_ = [], []
-    contexts = [identity.JobContext.from_config(hydra_cfg) for _, hydra_cfg in jobs]
-    common = set.intersection(*(set(c.overrides) for c in contexts)) if len(contexts) > 1 else set()
-    for (cfg, _), context in zip(jobs, contexts, strict=True):
+    checks = Checks()
+    common = set.intersection(*(set(c.overrides) for _, c in jobs)) if len(jobs) > 1 else set()
+    for cfg, context in jobs:
         try:
             backend.select(cfg.backend, cfg.threads)
-            errors.as_config_error(schema.check, cfg)  # the declared ranges
-            prepared.append(checked(cfg, context))
+            prepared.append(checked(cfg, context, checks, checks.schema(cfg)))  # the schema, then the rest
         except errors.ConfigError as e:
             if errors.keep_traceback():
                 raise  # the traceback, as Hydra shows it

@@ -9,13 +9,13 @@ hydra_adapter  the Hydra internals relied on, pinned by tests/sweep/test_hydra_a
 """
 
 from lrsweep.sweep.callback import SweepCallback
-from lrsweep.sweep.composition import check_planned_jobs, job_configs, planned_jobs, task_config
+from lrsweep.sweep.composition import check_planned_jobs, job_config, job_tasks, planned_jobs, task_config
 from lrsweep.sweep.outcome import Outcome, judge, rename_duplicates, summary
 from lrsweep.sweep.parent import Sweep, open_parent
 from lrsweep.tracking import Settled, settle_running, store_failure_message  # where they live now: tracking
 
 __all__ = [
     "Outcome", "Settled", "Sweep", "SweepCallback",
-    "check_planned_jobs", "job_configs", "judge", "open_parent", "planned_jobs", "rename_duplicates",
+    "check_planned_jobs", "job_config", "job_tasks", "judge", "open_parent", "planned_jobs", "rename_duplicates",
     "settle_running", "store_failure_message", "summary", "task_config",
 ]  # fmt: skip

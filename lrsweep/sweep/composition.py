@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
 
-from lrsweep.core import errors
+from lrsweep.core import errors, identity
 from lrsweep.sweep import hydra_adapter
+from lrsweep.sweep.hydra_adapter import task_config
+
+__all__ = ["check_planned_jobs", "job_config", "job_tasks", "planned_jobs", "task_config"]
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -23,28 +26,35 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     return hydra_adapter.basic_sweeper_jobs([*params, *config.hydra.overrides.task])
 
 
-def job_configs(loader: Any, config: DictConfig, jobs: Sequence[Sequence[str]], first_num: int = 0) -> list[DictConfig]:
-    """Each job's sweep config, as a launcher composes it (Hydra's `load_sweep_config`), numbered from `first_num`."""
+def job_config(loader: Any, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
+    """Job `num`'s sweep config, as a launcher composes it: what Hydra's `run_job` takes."""
     from omegaconf import open_dict
 
-    configs = []
+    sweep_config = loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = num
+        sweep_config.hydra.job.num = num
+    return sweep_config
+
+
+def job_tasks(
+    compose_task: Callable[[DictConfig, list[str]], hydra_adapter.ComposedTask],
+    config: DictConfig,
+    jobs: Sequence[Sequence[str]],
+    first_num: int = 0,
+) -> list[tuple[DictConfig, identity.JobContext]]:
+    """Each job's task config (what its task function gets) and its `JobContext`, numbered from `first_num`, without
+    composing its whole sweep config (`SweepComposer.compose_task`): what checking a sweep's jobs needs."""
+    contexts: dict[int, identity.JobContext] = {}  # one per shared `hydra` node (one per set of group choices)
+    tasks = []
     for num, overrides in enumerate(jobs, start=first_num):
-        sweep_config = loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = num
-            sweep_config.hydra.job.num = num
-        configs.append(sweep_config)
-    return configs
-
-
-def task_config(sweep_config: DictConfig) -> DictConfig:
-    """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
-    from omegaconf import open_dict, read_write
-
-    task = pickle.loads(pickle.dumps(sweep_config))  # a deep copy, in 60% of `copy.deepcopy`'s time
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
+        composed = compose_task(config, list(overrides))
+        if id(composed.hydra) not in contexts:
+            contexts[id(composed.hydra)] = identity.JobContext.from_config(composed.hydra)
+        context = contexts[id(composed.hydra)]
+        context = dataclasses.replace(context, overrides=composed.overrides, job_num=num if context.sweep_dir else None)
+        tasks.append((composed.task, context))
+    return tasks
 
 
 def check_planned_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
@@ -59,12 +69,12 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
 
     from lrsweep.core import backend
 
-    sweep_configs = job_configs(GlobalHydra.instance().config_loader(), config, jobs)
-    pairs = [(task_config(c), c.hydra) for c in sweep_configs]
+    composer = hydra_adapter.SweepComposer(GlobalHydra.instance().config_loader())
+    tasks = job_tasks(composer.compose_task, config, jobs)
     try:
-        backend.select(pairs[0][0].backend, pairs[0][0].threads)
+        backend.select(tasks[0][0].backend, tasks[0][0].threads)
     except errors.ConfigError as e:
         raise SystemExit(f"lrsweep: job #0: {e}") from e
     from lrsweep.run import launching
 
-    launching.check_jobs(pairs)
+    launching.check_jobs(tasks)

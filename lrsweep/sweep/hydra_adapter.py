@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.utils import JobReturn
 from hydra.errors import CompactHydraException
@@ -63,6 +63,14 @@ def job_error(job_return: JobReturn) -> BaseException | None:
     return error if isinstance(error, BaseException) else None
 
 
+class ComposedTask(NamedTuple):
+    """A job's task config, the `hydra` node it was composed with (possibly shared: read only), its task overrides."""
+
+    task: DictConfig
+    hydra: DictConfig
+    overrides: tuple[str, ...]
+
+
 class SweepComposer:
     """Composes a sweep's jobs as Hydra's config loader does (`load_sweep_config`), but the defaults tree once per
     distinct set of config-group choices instead of once per job: Hydra composes all of it again for each job
@@ -76,27 +84,19 @@ class SweepComposer:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.bases: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+        self.task_bases: dict[tuple[int, tuple[str, ...]], DictConfig] = {}  # the bases without their `hydra` node
         self.parsed: dict[str, Any] = {}  # each distinct override line parsed once (Hydra's parser: ~5 ms a line)
 
     def compose(self, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+        """The job's sweep config, equal to `loader.load_sweep_config(master_config, sweep_overrides)`."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
 
-        repository = getattr(self.loader, "repository", None)
-        new = [line for line in dict.fromkeys(sweep_overrides) if line not in self.parsed]
-        if new:
-            self.parsed.update(zip(new, OverridesParser.create().parse_overrides(new), strict=True))
-        parsed = [self.parsed[line] for line in sweep_overrides]
-        if repository is None or any(o.is_hydra_override() or o.is_delete() or o.package is not None for o in parsed):
+        split = self._split(sweep_overrides)
+        if split is None:
             return self.loader.load_sweep_config(master_config, list(sweep_overrides))
-        groups, values = [], []
-        for override in parsed:  # a config-group choice shapes the defaults tree; a value is set on it afterwards
-            (groups if repository.group_exists(override.key_or_group) else values).append(override)
-        key = (id(master_config), tuple(o.input_line for o in groups))
-        if key not in self.bases:
-            self.bases[key] = self.loader.load_sweep_config(master_config, [o.input_line for o in groups])
-        config = pickle.loads(pickle.dumps(self.bases[key]))  # a deep copy, in 60% of `copy.deepcopy`'s time
-        ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        groups, values = split
+        config = self._with_values(self._base(master_config, groups), values)
+        parsed = [self.parsed[line] for line in sweep_overrides]
         naming = config.hydra.job.config.override_dirname
         with open_dict(config.hydra):
             config.hydra.overrides.task = [o.input_line for o in parsed]
@@ -105,3 +105,64 @@ class SweepComposer:
             )
         OmegaConf.copy_cache(from_config=master_config, to_config=config)
         return config
+
+    def compose_task(self, master_config: DictConfig, sweep_overrides: Sequence[str]) -> ComposedTask:
+        """The job's task config (its sweep config without `hydra`, as Hydra's `run_job` hands it to the task
+        function), without composing the whole sweep config.
+
+        The `hydra` node returned is shared by the jobs of one set of group choices (read it, do not change it): its
+        `overrides.task` and `job.num` are not this job's. A task config is a tenth of a sweep config (its copy
+        takes 0.3 ms, the sweep config's 3 ms), so a 1,000-job sweep is composed in a few seconds.
+        """
+        split = self._split(sweep_overrides)
+        if split is None:
+            config = self.loader.load_sweep_config(master_config, list(sweep_overrides))
+            return ComposedTask(task_config(config), config.hydra, tuple(config.hydra.overrides.task))
+        groups, values = split
+        base = self._base(master_config, groups)
+        key = (id(master_config), groups)
+        if key not in self.task_bases:
+            self.task_bases[key] = task_config(base)
+        task = self._with_values(self.task_bases[key], values)
+        OmegaConf.copy_cache(from_config=master_config, to_config=task)
+        return ComposedTask(task, base.hydra, tuple(sweep_overrides))
+
+    def _split(self, sweep_overrides: Sequence[str]) -> tuple[tuple[str, ...], list[Any]] | None:
+        """(the config-group choices, the parsed value overrides) of a job, or None if Hydra must compose it."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        repository = getattr(self.loader, "repository", None)
+        new = [line for line in dict.fromkeys(sweep_overrides) if line not in self.parsed]
+        if new:
+            self.parsed.update(zip(new, OverridesParser.create().parse_overrides(new), strict=True))
+        parsed = [self.parsed[line] for line in sweep_overrides]
+        if repository is None or any(o.is_hydra_override() or o.is_delete() or o.package is not None for o in parsed):
+            return None
+        groups, values = [], []
+        for override in parsed:  # a config-group choice shapes the defaults tree; a value is set on it afterwards
+            (groups if repository.group_exists(override.key_or_group) else values).append(override)
+        return tuple(o.input_line for o in groups), values
+
+    def _base(self, master_config: DictConfig, groups: tuple[str, ...]) -> DictConfig:
+        key = (id(master_config), groups)
+        if key not in self.bases:
+            self.bases[key] = self.loader.load_sweep_config(master_config, list(groups))
+        return self.bases[key]
+
+    @staticmethod
+    def _with_values(base: DictConfig, values: list[Any]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        config = pickle.loads(pickle.dumps(base))  # a deep copy, in 60% of `copy.deepcopy`'s time
+        ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        return config
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
+    from omegaconf import read_write
+
+    task = pickle.loads(pickle.dumps(sweep_config))  # a deep copy, in 60% of `copy.deepcopy`'s time
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task

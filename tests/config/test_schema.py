@@ -469,3 +469,35 @@ def test_a_sweep_with_one_value_out_of_range_starts_no_job(tmp_path: Path):
     if (tmp_path / "mlruns" / "mlflow.db").exists():  # whether a store is made before the checks is not the schema's
         client, experiment_id = store(tmp_path)
         assert job_runs(client, experiment_id) == {}
+
+
+def test_a_sweeps_checks_run_once_per_distinct_value_and_fail_every_job_that_shares_it():
+    """`job.Checks`, shared by a sweep's jobs: 3 LRs x 4 seeds build one dataset and, for the 2 LRs whose jobs pass
+    their schema, 2 optimizers and 2 schedules; each job gets the outcome its own full check gives."""
+    from lrsweep.core import backend, errors
+
+    backend.select("jax")
+    from lrsweep.run.job import Checks, checked
+
+    jobs = [
+        compose_config(*TINY, f"optimizer.learning_rate={lr}", f"training.seed={seed}", f"optimizer.beta_1={beta}")
+        for lr, beta in [(0.001, 0.9), (0.002, 0.9), (0.003, 1.5)]
+        for seed in range(4)
+    ]
+
+    def outcome(check) -> str:
+        try:
+            return check().config_hash
+        except (errors.ConfigError, ValueError) as e:
+            return str(e)
+
+    checks = Checks()
+    shared = [outcome(lambda cfg=cfg: checked(cfg, identity.JobContext(), checks, checks.schema(cfg))) for cfg in jobs]
+    alone = [outcome(lambda cfg=cfg: (schema.check(cfg), checked(cfg, identity.JobContext()))[1]) for cfg in jobs]
+    assert shared == alone
+    assert shared[8:] == ["`optimizer.beta_1` must be a number in [0, 1). Received: optimizer.beta_1=1.5"] * 4
+    assert len(set(shared[:8])) == 8  # each job its own config hash (seed, LR)
+    built = [key[0] for key, (passed, _) in checks.outcomes.items() if passed and isinstance(key[1], str)]
+    # The schedule reads the optimizer's LR (`${optimizer.learning_rate}`): one per LR, as the optimizers. The third
+    # LR's jobs failed their schema first.
+    assert sorted(built) == ["data", "optimizer", "optimizer", "schedule", "schedule"]

@@ -14,12 +14,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, run_train_py
+from tests.conftest import ROOT, TIME_TO_ERROR, TINY, run_train_py
 
 JAX = ["backend=jax", *TINY]  # JAX starts faster; the checks are the same on both backends
 SWEEP = ["-m", *JAX]  # the default launcher (packed)
@@ -114,6 +115,15 @@ CASES: list[tuple[str, list[str], str]] = [
         [*SWEEP, "optimizer.learning_rate=" + ",".join(f"-{k}" for k in range(1, 13))],
         "learning_rate=-10",
     ),
+    (
+        "sweep 1000 jobs 10 bad",
+        [
+            *SWEEP,
+            "optimizer.learning_rate=-1," + ",".join(f"{k / 10000:g}" for k in range(1, 100)),
+            "training.seed=" + ",".join(map(str, range(10))),
+        ],
+        "10 of 1000 jobs",
+    ),  # fmt: skip
     ("sweep max_members 0", [*SWEEP, "hydra.launcher.max_members=0", "training.seed=0,1"], "max_members"),
     ("sweep max_members -3", [*SWEEP, "hydra.launcher.max_members=-3", "training.seed=0,1"], "max_members"),
     ("sweep max_seeds 0", [*SWEEP, "hydra.launcher.max_seeds=0", "training.seed=0,1"], "max_seeds"),
@@ -137,20 +147,22 @@ def make_inputs(tmp: Path) -> None:
     (tmp / "garbage" / "mlflow.db").write_bytes(b"this is not a SQLite database" * 100)
 
 
-def run_case(root: Path, case: tuple[str, list[str], str]) -> tuple[Path, subprocess.CompletedProcess]:
+def run_case(root: Path, case: tuple[str, list[str], str]) -> tuple[Path, subprocess.CompletedProcess, float]:
     name, args, _ = case
     folder = root / name.replace(" ", "_").replace(">", "gt")
     folder.mkdir()
     make_inputs(folder)
     args = [a.replace("{tmp}", str(folder)) for a in args]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    start = time.monotonic()
     result = run_train_py(args, cwd=folder, env=env, timeout=300)  # its own process, forked (tests/forkserver.py)
+    seconds = time.monotonic() - start
     (root / f"{folder.name}.stderr").write_text(result.stderr)  # kept beside the case, to read what a user saw
-    return folder, result
+    return folder, result, seconds
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess, float]]:
     root = tmp_path_factory.mktemp("bad_input")
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = list(pool.map(lambda case: run_case(root, case), CASES))
@@ -158,15 +170,22 @@ def results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProce
 
 
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|\[\d{4}-\d\d-\d\d [\d:,]+\]\[)")
+
+
+def first_line(stderr: str) -> str:
+    return next((line for line in stderr.splitlines() if line.strip() and not NOISE.match(line)), "")
+
+
 # What may be left in the folder: Hydra's own output folders (no report in them) and our inputs.
 INPUTS = {"empty", "corrupt", "afile", "garbage", "outputs", "multirun"}
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
+def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case, record_property):
     name, _, names = case
-    folder, result = results[name]
+    folder, result, seconds = results[name]
+    record_property(TIME_TO_ERROR, (name, result.returncode, round(seconds, 1), first_line(result.stderr)))
     output = result.stdout + result.stderr
     # The message, without the backends' start-up chatter (absl's "I0000 ..." lines, which TensorFlow prints as it
     # loads even with the JAX backend): one line of ours, or Hydra's short block (a wrong type, an unknown option
@@ -175,6 +194,7 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert 1 <= len(message) <= 20, "\n".join(message)
+    assert message[0].startswith(("lrsweep: ", "Error ", "In '", "Could not")), message[0]  # ours or Hydra's first
     assert names.replace("{tmp}", str(folder)) in result.stderr, result.stderr[-3000:]
     assert set(os.listdir(folder)) <= INPUTS  # no mlruns/: no store, so no run
     assert not list(folder.glob("multirun/**/report")), "a report was written"
@@ -182,7 +202,7 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case):
 
 
 def test_a_refusal_lists_ten_bad_jobs_then_how_many_more(results):
-    _, result = results["sweep 12 bad lrs"]
+    _, result, _ = results["sweep 12 bad lrs"]
     assert "lrsweep: 12 of 12 jobs of this sweep cannot run, so none was started:" in result.stderr
     assert result.stderr.count("  job #") == 10 and "\n  and 2 more" in result.stderr, result.stderr[-3000:]
 

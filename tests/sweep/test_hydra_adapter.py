@@ -98,6 +98,32 @@ def test_the_sweep_composer_composes_every_job_as_hydras_loader_does(hydra_confi
     assert len(composer.bases) == 6  # the first two jobs share one composition of the defaults tree
 
 
+def test_a_jobs_task_config_is_its_sweep_config_without_hydra_and_its_context_hydras(hydra_config):
+    """What checking a sweep needs, composed without the whole sweep config (`compose_task`, `job_tasks`), equals
+    what Hydra's composition gives: the task config, and the JobContext the job reads from Hydra when it runs."""
+    import dataclasses
+
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from lrsweep.core import identity
+    from lrsweep.sweep import job_tasks, task_config
+
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", overrides=["hydra.sweep.dir=sweep"], run_mode=RunMode.MULTIRUN)
+    jobs = [*SWEEP_JOBS, ["hydra.job.name=other", "training.seed=3"]]  # the last one: composed by Hydra itself
+    composer = hydra_adapter.SweepComposer(loader)
+    composed = job_tasks(composer.compose_task, master, jobs, 5)
+    for num, ((task, context), overrides) in enumerate(zip(composed, jobs, strict=True)):
+        hydras = loader.load_sweep_config(master, overrides)
+        with open_dict(hydras):
+            hydras.hydra.job.num = num + 5
+        assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml(task_config(hydras)), overrides
+        assert OmegaConf.is_struct(task) and "hydra" not in task
+        assert dataclasses.asdict(context) == dataclasses.asdict(identity.JobContext.from_config(hydras.hydra))
+    assert len(composer.task_bases) == 6
+
+
 @pytest.mark.parametrize("overrides", [["optimizer.learning_rat=0.1"], ["training.seed=abc"]])
 def test_the_sweep_composer_fails_on_a_bad_override_as_hydra_does(hydra_config, overrides):
     from hydra.types import RunMode
