@@ -86,6 +86,7 @@ class SweepComposer:
         self.bases: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
         self.task_bases: dict[tuple[int, tuple[str, ...]], DictConfig] = {}  # the bases without their `hydra` node
         self.parsed: dict[str, Any] = {}  # each distinct override line parsed once (Hydra's parser: ~5 ms a line)
+        self.groups: dict[str, bool] = {}  # whether a key is a config group, asked of the repository once per key
 
     def compose(self, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
         """The job's sweep config, equal to `loader.load_sweep_config(master_config, sweep_overrides)`."""
@@ -140,7 +141,10 @@ class SweepComposer:
             return None
         groups, values = [], []
         for override in parsed:  # a config-group choice shapes the defaults tree; a value is set on it afterwards
-            (groups if repository.group_exists(override.key_or_group) else values).append(override)
+            key = override.key_or_group
+            if key not in self.groups:
+                self.groups[key] = repository.group_exists(key)
+            (groups if self.groups[key] else values).append(override)
         return tuple(o.input_line for o in groups), values
 
     def _base(self, master_config: DictConfig, groups: tuple[str, ...]) -> DictConfig:
