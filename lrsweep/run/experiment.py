@@ -73,7 +73,7 @@ def claimed(
             marked.append(tracking.mark_stale(client, experiment_id))
         return value
 
-    then = "then reusing the results" if jobs[0].cfg.resume else "then training them again (resume=false)"
+    then = "then reusing the results" if jobs[0].cfg.resume else "then training again (resume=false)"
     return tracking.claims.held([claim(job) for job in jobs], finished, then)
 
 

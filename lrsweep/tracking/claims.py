@@ -62,7 +62,7 @@ class Claim:
         if path is not None:
             return path.resolve().parent / FILE_NAME
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "lrsweep" / "claims" / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        return cache / "lrsweep" / "claims" / hashlib.sha256(self.uri.rstrip("/").encode()).hexdigest()[:16]
 
     @property
     def offset(self) -> int:
