@@ -1,14 +1,15 @@
 """One experiment trained alone: config -> data + model + optimizer + schedule -> fit -> one MLflow run.
 
-`run` is what `train.py` calls for a single run (its config already checked against the schema); `train_solo`
-trains a prepared job, for `run` and for a sweep's job that trains alone (`lrsweep.run.launching.train_alone`).
+`run` is what `train.py` calls for a single run (its config already checked against the schema); `train_claimed`
+trains a prepared job while it holds its configuration's claim (`claimed`: no other live process trains it at the
+same time), for `run` and for a sweep's job that trains alone (`lrsweep.run.launching.train_alone`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import keras
 from mlflow.tracking import MlflowClient
@@ -33,7 +34,10 @@ from lrsweep.run.job import (
 )
 
 # `instantiate` and `prepare` too: scripts and tests written against this module name them here.
-__all__ = ["Job", "instantiate", "prepare", "reuse", "run", "store_failures", "train_solo"]
+__all__ = [
+    "Job", "claim", "claimed", "instantiate", "prepare", "reuse", "run", "store_failures", "train_claimed",
+    "train_solo",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,36 @@ def reuse(client: MlflowClient, experiment_id: str, job: Job) -> float | None:
         done.info.run_name, done.info.run_id, done.data.metrics.get("val_accuracy"),
     )  # fmt: skip
     return float(done.data.metrics.get("val_accuracy", float("nan")))
+
+
+def claim(job: Job) -> tracking.Claim:
+    """The claim on a job's configuration in its store and experiment (`lrsweep.tracking.claims`)."""
+    return tracking.Claim(job.cfg.tracking.uri, job.cfg.tracking.experiment_name, job.config_hash)
+
+
+def claimed(
+    jobs: Sequence[Job], client: MlflowClient, experiment_id: str
+) -> contextlib.AbstractContextManager[dict[int, float]]:
+    """Holds the claims of the jobs' configurations while the block trains them (`tracking.claims.held`), waiting
+    for those another live process trains; yields, by index, the results of the ones it FINISHED meanwhile (reused:
+    not to train). One whose holder ended without finishing it (it died, or its run failed) is trained here."""
+    marked = []
+
+    def finished(k: int, waited: bool) -> float | None:
+        value = reuse(client, experiment_id, jobs[k])
+        if value is None and waited and not marked:  # a holder that died left its runs RUNNING: end them now
+            marked.append(tracking.mark_stale(client, experiment_id))
+        return value
+
+    then = "then reusing the results" if jobs[0].cfg.resume else "then training again (resume=false)"
+    return tracking.claims.held([claim(job) for job in jobs], finished, then)
+
+
+def train_claimed(job: Job, client: MlflowClient, experiment_id: str) -> float:
+    """Trains a job alone (`train_solo`) while holding its configuration's claim, unless another live process held
+    it and FINISHED it meanwhile: then its result (`claimed`)."""
+    with claimed([job], client, experiment_id) as reused:
+        return reused[0] if reused else train_solo(job, client, experiment_id)
 
 
 def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
@@ -72,9 +106,7 @@ def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
         client, experiment_id = tracking.connect_config(cfg.tracking)
         if context.sweep_dir is None:
             tracking.mark_stale(client, experiment_id)  # a sweep does this once, before its jobs
-        if (reused := reuse(client, experiment_id, job)) is not None:
-            return reused
-        return train_solo(job, client, experiment_id)
+        return train_claimed(job, client, experiment_id)  # or the result of a FINISHED run of its configuration
 
 
 @contextlib.contextmanager

@@ -71,21 +71,31 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, identity.JobContext]]) -> list[J
 def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> SweepPlan:
     """Reuses FINISHED configurations among a sweep's checked jobs (`check_jobs`) and plans packs for the rest.
 
+    Each job to train is claimed first (`lrsweep.tracking.claims`): those another live process is training are
+    planned last, so this sweep trains all it could claim before it waits for them.
+
     Args:
         prepared: every job of the sweep, checked.
         max_members: the most runs in one pack.
         max_seeds: the most distinct seeds in one pack.
     """
     plan = SweepPlan()
-    remaining = []
-    for job in prepared:
+    # Every claim first (microseconds), then the store (milliseconds a job): two sweeps started together rarely
+    # split a pack between them.
+    taken = [tracking.claims.take(experiment.claim(job)) for job in prepared]
+    claimed, deferred = [], []
+    for job, mine in zip(prepared, taken, strict=True):
+        if not mine:
+            deferred.append(job)  # another live process trains it: waited for last (`experiment.claimed`)
+            continue
         client, experiment_id = tracking.connect_config(job.cfg.tracking)
-        value = experiment.reuse(client, experiment_id, job)
+        value = experiment.reuse(client, experiment_id, job)  # after the claim: none can finish it meanwhile
         if value is None:
-            remaining.append(job)
+            claimed.append(job)  # held until its pack is trained
         else:
+            tracking.claims.release(experiment.claim(job))
             plan.reused[job.context.job_num] = value
-    plan.packs = plan_packs(remaining, max_members, max_seeds)
+    plan.packs = plan_packs(claimed, max_members, max_seeds) + plan_packs(deferred, max_members, max_seeds)
     return plan
 
 
@@ -115,22 +125,30 @@ def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[li
 
 
 def train_pack(jobs: Sequence[Job], name: str) -> list[float | Exception] | None:
-    """Trains a pack; None if its model or optimizer cannot be packed (its jobs then train one at a time)."""
+    """Trains a pack while holding its configurations' claims; None if its model or optimizer cannot be packed (its
+    jobs then train one at a time).
+
+    Per job, its final val_accuracy or its error, or the result of the run another live process FINISHED while
+    this one waited for its claim (`experiment.claimed`).
+    """
     interrupts.check()  # stopped: start no new pack
     cfg = jobs[0].cfg
     client, experiment_id = tracking.connect_config(cfg.tracking)
     pack_id = f"{jobs[0].context.sweep_id}/{name}" if jobs[0].context.sweep_id else name
     try:
-        with experiment.store_failures(cfg.tracking.uri):
-            return pack.train_pack(jobs, client, experiment_id, pack_id)
+        with experiment.store_failures(cfg.tracking.uri), experiment.claimed(jobs, client, experiment_id) as reused:
+            todo = [job for k, job in enumerate(jobs) if k not in reused]  # not FINISHED meanwhile by another
+            trained = iter(pack.train_pack(todo, client, experiment_id, pack_id) if todo else [])
+            return [reused[k] if k in reused else next(trained) for k in range(len(jobs))]
     except NotPackable as e:
         log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))
         return None
 
 
 def train_alone(job: Job) -> float:
-    """Trains a checked job of a sweep (not reused: `plan_sweep`) alone, in this process: its own MLflow run."""
+    """Trains a checked job of a sweep (not reused: `plan_sweep`) alone, in this process: its own MLflow run, or
+    the result of the run another live process FINISHED while this one waited for its claim."""
     interrupts.check()  # stopped between two jobs of a sweep: start no new one
     with experiment.store_failures(job.cfg.tracking.uri):
         client, experiment_id = tracking.connect_config(job.cfg.tracking)
-        return experiment.train_solo(job, client, experiment_id)
+        return experiment.train_claimed(job, client, experiment_id)

@@ -59,11 +59,14 @@ def submit(
     """
     import submitit
 
+    from lrsweep import tracking
+
     if cluster not in CLUSTERS:
         raise ValueError(f"`hydra.launcher.cluster` must be one of null, {', '.join(CLUSTERS)}. Received: {cluster!r}")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**dict(parameters))
     work = [[job.__getstate__() for job in pack] for pack in packs]  # fields, not Jobs: see `train_jobs`
+    tracking.claims.release_all()  # each submitit job takes its own jobs' claims: this process must not hold them
     submitted = [executor.submit(train_jobs, jobs, f"pack{k + 1}") for k, jobs in enumerate(work)]
     log.info("Submitted %d pack(s) to submitit (%s): %s", len(packs), cluster, ", ".join(j.job_id for j in submitted))
     results = []

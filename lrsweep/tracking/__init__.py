@@ -6,13 +6,15 @@
     runs            a job's run: opened, its metrics logged, closed with a status; a sweep's summary
     readback        searching runs, a sweep read back (`load_sweep`), metric histories in bulk
     stale           runs left RUNNING by a process that is gone: found and ended KILLED
+    claims          one live process at a time trains a configuration: a lock per config hash, dropped on exit
     disk_full       a full disk under the store or the sweep's files, in one line
     mlflow_adapter  the MLflow internals relied on, pinned by tests/tracking/test_mlflow_adapter.py
 
 The names below are the layer's interface: `from lrsweep import tracking; tracking.connect(...)`.
 """
 
-from lrsweep.tracking import store
+from lrsweep.tracking import claims, store
+from lrsweep.tracking.claims import Claim
 from lrsweep.tracking.connection import check_server, connect, connect_config, normalize_uri
 from lrsweep.tracking.disk_full import disk_full, store_failure_message
 from lrsweep.tracking.readback import (
@@ -85,8 +87,9 @@ __all__ = [
     "TAG_NOTE", "TAG_OPTIMIZER", "TAG_OVERRIDES", "TAG_PACK", "TAG_PACK_MEMBER", "TAG_PACK_SIZE", "TAG_PARENT",
     "TAG_PROCESS", "TAG_REUSED_PREFIX", "TAG_ROLE", "TAG_SCHEDULE", "TAG_STALE", "TAG_SWEEP_DIR", "TAG_SWEEP_ID",
     "TAG_VALIDATION",
-    "RunRecord", "Settled", "SweepRuns",
-    "as_store_error", "check_server", "close_run", "close_run_after", "connect", "connect_config", "disk_full",
+    "Claim", "RunRecord", "Settled", "SweepRuns",
+    "as_store_error", "check_server", "claims", "close_run", "close_run_after", "connect", "connect_config",
+    "disk_full",
     "end_stale", "find_finished", "find_job_run", "find_sweep_run", "float32_value", "job_run", "job_tags",
     "latest_run", "latest_sweep_id", "load_sweep", "log_metrics", "log_summary", "mark_stale", "metric_histories",
     "normalize_uri", "open_run", "owner_tags", "process_gone", "process_token", "record_reuse", "reused_runs",

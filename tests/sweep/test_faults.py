@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -390,3 +393,92 @@ def test_two_sweeps_claiming_the_same_folder_get_one_each(tmp_path):
         (run,) = job_runs(client, experiment_id, sweep_id).values()
         seeds[sweep_id] = run.data.params["training.seed"]
     assert sorted(seeds.values()) == ["0", "1"]  # each sweep's report holds its own job only
+
+
+WAITING = re.compile(r"(\d+) configurations? (?:is|are) being trained by another live process \(pid (\d+)\)")
+
+
+def summary_row(sweep_dir: Path) -> dict[str, str]:
+    with open(sweep_dir / "report" / "summary.csv") as f:
+        (row,) = csv.DictReader(f)
+    return row
+
+
+def all_job_runs(client: MlflowClient, experiment_id: str) -> list:
+    """Every job run of every sweep (`job_runs` keys them by name, which two sweeps of the same jobs share)."""
+    return client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+
+
+@pytest.mark.timeout(600)
+def test_two_identical_sweeps_at_once_train_each_configuration_once(tmp_path):
+    """Started at the same instant on one fresh store: each configuration is trained by one of them while the other
+    waits for it (one line naming the pid training it) and reuses its run; both end with the whole sweep."""
+    args = ["backend=jax", "training.epochs=1", "training.verbose=0", *TINY, "training.seed=0,1"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(train, tmp_path, *args, f"hydra.sweep.dir={tmp_path / name}", check=False,
+                               fresh_store=True) for name in ("a", "b")]  # fmt: skip
+        results = [future.result() for future in started]
+    outputs = [result.stdout + result.stderr for result in results]
+    assert [result.returncode for result in results] == [0, 0], [output[-3000:] for output in outputs]
+    client, experiment_id = store(tmp_path)
+    runs = all_job_runs(client, experiment_id)
+    seeds = sorted((r.data.params["training.seed"], r.info.status) for r in runs)
+    assert seeds == [("0", "FINISHED"), ("1", "FINISHED")]
+    assert len({r.data.tags[tracking.TAG_CONFIG_HASH] for r in runs}) == 2
+    waits = [match for output in outputs for match in WAITING.findall(output)]
+    assert sum(int(count) for count, _ in waits) == 2, outputs  # each configuration waited for by the other sweep
+    trainers = {r.data.tags[tracking.TAG_PROCESS].partition(":")[0] for r in runs}
+    assert {pid for _, pid in waits} <= trainers
+    for name, output in zip(("a", "b"), outputs, strict=True):
+        assert f"Sweep {name}: 2 runs in 1 configurations" in output, output[-3000:]
+        assert tracking.find_sweep_run(client, experiment_id, name).info.status == "FINISHED"
+        with open(tmp_path / name / "report" / "runs.csv") as f:
+            assert {row["run_id"] for row in csv.DictReader(f)} == {r.info.run_id for r in runs}
+    rows = [summary_row(tmp_path / name) for name in ("a", "b")]
+    assert [(row["n"], row["failed"]) for row in rows] == [("2", "0"), ("2", "0")]
+    assert sum(int(row["reused"]) for row in rows) == 2  # each run trained by one sweep, reused by the other
+
+
+@pytest.mark.timeout(600)
+def test_a_configuration_whose_trainer_is_sigkilled_is_trained_by_the_sweep_waiting_for_it(tmp_path):
+    """Two identical sweeps at once; the one training is SIGKILLed while the other waits for it: the kernel drops
+    its claims, and the waiting sweep ends its runs KILLED (stale), trains both configurations itself, exit 0."""
+    overrides = ["training.epochs=30", "training.seed=0,1"]
+    sweeps = {name: start_train(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / name}") for name in ("a", "b")}
+    lines: dict[str, list[str]] = {name: [] for name in sweeps}
+    readers = [threading.Thread(target=lambda n=name: lines[n].extend(sweeps[n].stdout)) for name in sweeps]
+    for reader in readers:
+        reader.start()
+
+    def waiting() -> tuple[str, int] | None:
+        for name, got in lines.items():
+            for line in list(got):
+                if match := WAITING.search(line):
+                    return name, int(match.group(2))
+        return None
+
+    waiter, pid = wait_for(waiting, what="a sweep waiting for the other")
+    (holder,) = set(sweeps) - {waiter}
+    assert pid == sweeps[holder].pid
+    wait_for(lambda: running_run_with_epochs(tmp_path, epochs=30), what="the other sweep training")
+    sweeps[holder].kill()  # SIGKILL: its runs stay RUNNING, the kernel drops its claims
+    assert sweeps[holder].wait(timeout=30) == -signal.SIGKILL
+    assert sweeps[waiter].wait(timeout=300) == 0
+    for reader in readers:
+        reader.join(timeout=30)
+    output = "".join(lines[waiter])
+    client, experiment_id = store(tmp_path)
+    runs = all_job_runs(client, experiment_id)
+    assert sorted((r.data.tags[tracking.TAG_SWEEP_ID], r.data.params["training.seed"], r.info.status) for r in runs) \
+        == sorted([(holder, "0", "KILLED"), (holder, "1", "KILLED"), (waiter, "0", "FINISHED"),
+                   (waiter, "1", "FINISHED")]), output[-3000:]  # fmt: skip
+    for run in runs:
+        if run.info.status == "KILLED":
+            assert run.data.tags[tracking.TAG_STALE] == "true"
+        else:
+            assert logged_epochs(client, run) == list(range(30))
+    assert output.count("was left RUNNING by a process that is gone: marked KILLED (stale)") == 3  # 2 jobs, parent
+    assert tracking.find_sweep_run(client, experiment_id, holder).info.status == "KILLED"
+    assert tracking.find_sweep_run(client, experiment_id, waiter).info.status == "FINISHED"
+    row = summary_row(tmp_path / waiter)
+    assert (row["n"], row["failed"], row["reused"]) == ("2", "0", "0")
