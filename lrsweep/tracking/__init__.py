@@ -1,5 +1,6 @@
 """Everything MLflow: the store (checked before MLflow touches it), runs and their tags, reading sweeps back.
 
+    location        where a SQLite store lives, and whether a database can be there at all (`/proc` cannot)
     store           is a store usable? the checks, the creation lock, HTTP settings, `as_store_error`
     connection      `connect`: a client and the experiment id, or a `StoreError` within seconds
     tags            every tag and metric name lrsweep writes

@@ -104,13 +104,14 @@ def connect(
     """
     store.http_settings(http_timeout, http_max_retries)
     quiet_mlflow_disk_full()
-    uri = normalize_uri(uri)
+    given, uri = uri, normalize_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri, http_timeout)
     path = store.sqlite_path(uri)
     lock = contextlib.nullcontext(True)
     if path is not None:
-        lock = store.prepare_sqlite(uri, path, create)
+        # Checked as the user wrote it (`/proc/self/...`, not `/proc/1234/...`), the messages naming that value.
+        lock = store.prepare_sqlite(given, store.sqlite_path(given) or path, create)
         if lock is None:
             return None
     try:
