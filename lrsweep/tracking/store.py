@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lrsweep.core.errors import StoreError, error_chain, first_line
 from lrsweep.tracking import mlflow_adapter
+from lrsweep.tracking.disk_full import disk_full, store_failure_message
 from lrsweep.tracking.location import SQLITE as SQLITE  # `store.SQLITE`, `store.sqlite_path`: where callers look
 from lrsweep.tracking.location import check_location, make_folder, sqlite_path
 
@@ -242,9 +243,7 @@ def one_try(timeout: int = 5) -> Iterator[None]:
                 os.environ[key] = value
 
 
-SQLITE_FULL = "database or disk is full"  # SQLite's words, passed on by SQLAlchemy, MLflow and a tracking server
 _SQLITE_FAULTS = (
-    (SQLITE_FULL, "the disk holding {path} is full. Free some space and rerun"),
     ("disk i/o error", "reading or writing {path} failed (disk I/O error). Check the disk and rerun"),
     ("readonly database", "{path} became read-only. Make it writable again and rerun"),
     (
@@ -278,6 +277,8 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
     for link in chain:
         if isinstance(link, StoreError):
             return link
+    if disk_full(error):  # one wording wherever it is met: the path, the free space, the fix
+        return StoreError(store_failure_message(error, uri))
     if uri.startswith(("http://", "https://")):
         for link in chain:
             server_fault = isinstance(link, (requests.RequestException, urllib3.exceptions.HTTPError)) or (
