@@ -144,7 +144,8 @@ def plot_lr(report: SweepReport):
     _log_if_spans_decades(ax, seen)
     ax.set(title="Learning rate set by the schedule" + note, ylabel="learning rate")
     _epoch_axis(ax)
-    ax.legend(fontsize="small")
+    if seen:  # no run logged an LR (none got far, e.g. a full disk): an empty panel, without matplotlib's warning
+        ax.legend(fontsize="small")
     for ax, (name, members) in zip(axes.flat[1:], families.items(), strict=False):
         many = len(members) > LEGEND_LINES  # then no bands (they would hide each other), no legend but the left one
         for i, config in members:

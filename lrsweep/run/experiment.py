@@ -111,11 +111,19 @@ def run(cfg: DictConfig, context: identity.JobContext | None = None) -> float:
 
 @contextlib.contextmanager
 def store_failures(uri: str) -> Iterator[None]:
-    """Raises the MLflow store failing (a server gone, a full disk) as a `StoreError` naming it and the fix."""
+    """Raises the MLflow store failing (a server gone, a full disk) as a `StoreError` naming it and the fix.
+
+    Whoever stops on it prints it (`errors.reported`, the packed launcher); a full disk is noted as said
+    (`tracking.note_full_disk_said`), so that the sweep, closing, does not say it a second time.
+    """
     try:
         yield
     except Exception as e:
-        if (store_error := tracking.as_store_error(e, uri)) is None or store_error is e:
+        if (store_error := tracking.as_store_error(e, uri)) is None:
+            raise
+        if tracking.store_full(e, uri):
+            tracking.note_full_disk_said(uri)
+        if store_error is e:
             raise
         raise store_error from e
 

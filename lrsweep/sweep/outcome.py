@@ -6,11 +6,10 @@ import collections
 import math
 from dataclasses import dataclass
 
-from mlflow.tracking import MlflowClient
-
 from lrsweep import tracking
 from lrsweep.analysis import report
 from lrsweep.core import identity
+from lrsweep.core.errors import listed
 from lrsweep.tracking import Settled
 
 SUMMARY_PREFIX = "sweep/"  # the parent's metrics: their own section in MLflow's chart view, apart from the jobs'
@@ -68,11 +67,15 @@ def summary(built: report.SweepReport, failed_jobs: int = 0) -> tuple[dict[str, 
     return params, {f"{SUMMARY_PREFIX}{k}": float(v) for k, v in metrics.items()}
 
 
-def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
+def rename_duplicates(built: report.SweepReport) -> dict[str, str]:
     """Keeps run names unique within a sweep: a name its jobs share (a swept key the name does not show, e.g.
-    `data.train_size`) gets the swept values it lacks after its seed, `s0 · train_size=512 · adam-constant`."""
+    `data.train_size`) gets the swept values it lacks after its seed, `s0 · train_size=512 · adam-constant`.
+
+    Renames the report's runs; returns the new names by run id, for MLflow (`Sweep.record`).
+    """
     own = [run for run in built.runs if not run.reused]
     names = collections.Counter(run.name for run in own)
+    renamed = {}
     for run in own:
         if names[run.name] > 1:
             missing = [
@@ -81,8 +84,25 @@ def rename_duplicates(client: MlflowClient, built: report.SweepReport) -> None:
                 if k in run.overrides and f"={run.overrides[k]}" not in run.name
             ]
             if missing:
-                run.name = identity.with_values(run.name, " ".join(missing))
-                client.update_run(run.run_id, name=run.name)
+                run.name = renamed[run.run_id] = identity.with_values(run.name, " ".join(missing))
+    return renamed
+
+
+def left_running(own: list[report.JobRun], settled: Settled) -> list[str]:
+    """The sweep's runs left RUNNING, in words: those of one reason together (`jobs #1 (s0 · ...), #3 (...) left
+    RUNNING by a process that died: marked stale, rerun them ...`), so that a reason is said once."""
+    by_reason: dict[tuple[str, bool], list[str]] = {}
+    for run in own:
+        stale = run.run_id in settled.stale
+        if stale or run.run_id in settled.running:
+            reason = (settled.stale if stale else settled.running)[run.run_id]
+            by_reason.setdefault((reason, stale), []).append(f"#{run.tags.get(tracking.TAG_JOB_NUM, '?')} ({run.name})")
+    problems = []
+    for (reason, stale), jobs in by_reason.items():
+        one = len(jobs) == 1
+        rerun = f": marked stale, rerun {'it' if one else 'them'} with the same command" if stale else ""
+        problems.append(f"job{'' if one else 's'} {listed(jobs, ', ')} left RUNNING {reason}{rerun}")
+    return problems
 
 
 @dataclass
@@ -114,15 +134,9 @@ def judge(
     }
     prefix = tracking.TAG_REUSED_PREFIX
     reused = {k.removeprefix(prefix) for k in parent_tags if k.startswith(prefix)}
-    problems = []
+    problems = left_running(own, settled)
     for run in own:
-        job = f"job #{run.tags.get(tracking.TAG_JOB_NUM, '?')} ({run.name})"
-        if run.run_id in settled.stale:
-            rerun = "marked stale, rerun it with the same command"
-            problems.append(f"{job} left RUNNING {settled.stale[run.run_id]}: {rerun}")
-        elif run.run_id in settled.running:
-            problems.append(f"{job} left RUNNING {settled.running[run.run_id]}")
-        elif run.status != "FINISHED":
+        if run.run_id not in settled.stale and run.run_id not in settled.running and run.status != "FINISHED":
             problems.append(f"{run.name} ({run.status})")
     for num, error in sorted(failed_jobs.items(), key=lambda item: int(item[0]) if item[0].isdigit() else -1):
         problems.append(f"job #{num} before opening a run ({error})")

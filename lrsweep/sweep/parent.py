@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 from lrsweep import tracking
 from lrsweep.analysis import figures, files, range_test, report
-from lrsweep.core import identity, interrupts
-from lrsweep.core.errors import listed
+from lrsweep.core import held_back, identity, interrupts
+from lrsweep.core.errors import first_line, listed
 from lrsweep.sweep import console
 from lrsweep.sweep.outcome import Outcome, judge, rename_duplicates, summary
 
@@ -33,6 +33,7 @@ class Sweep:
         self.sweep_id = identity.sweep_id(sweep_dir)
         self.run_id = run_id
         self.expected_jobs: int | None = None  # how many jobs the sweeper launched, if known: the rest never started
+        held_back.keep_in(self.sweep_dir)  # what the console leaves out while no Hydra job log is open (a pack)
 
     @classmethod
     def open(cls, config: DictConfig) -> Sweep:
@@ -90,8 +91,11 @@ class Sweep:
         Job runs still RUNNING whose process is gone are marked stale first (`settle_running`); the parent then
         ends as `judge` says: KILLED on an interrupt, FAILED if any job did not finish (failed, left RUNNING,
         stale, failed before opening a run, never started), else FINISHED. What did not finish goes into the
-        printed summary and the parent's tags (`lrsweep.error`, `lrsweep.never_started`). A store that cannot
-        take writes (a full disk) is said in one line naming its path; the summary is printed all the same.
+        printed summary and the parent's tags (`lrsweep.error`, `lrsweep.never_started`).
+
+        A full disk does not stop the report: its files are written first, into the sweep folder (usually on
+        another disk than the store), then what the store takes is recorded; what could not be written is said
+        once, after the report (`console.Failures`), and not at all if the job that met the full store said it.
         """
         runs = tracking.sweep_runs(self.client, self.experiment_id, self.sweep_id)
         settled = tracking.settle_running(self.client, runs)
@@ -107,36 +111,75 @@ class Sweep:
             )
         outcome = judge(built, parent.data.tags, settled, self.expected_jobs, interrupts.requested())
         line = console.headline(built, outcome, interrupts.requested())
-        store_errors = list(settled.store_errors)
+        failures = console.Failures(self.client.tracking_uri)
+        for run_id, error in settled.store_errors.items():
+            if not failures.add(error):
+                failures.note(f"Could not mark run {run_id} stale: {type(error).__name__}: {first_line(error)}")
         try:
-            self.write_report(built, outcome, line)
-        except Exception as e:
-            message = tracking.store_failure_message(e, self.client.tracking_uri)
-            if message is None:
-                raise  # not the store's fault: SweepCallback.close says so, the parent still ends (below)
-            store_errors.append(message)
-            console.print_table(line, built)
-        finally:
-            store_errors += self.end(outcome)
-            console.print_store_errors(store_errors)
+            self.write_report(built, outcome, line, failures)
+        finally:  # an error that is not a full disk goes on (SweepCallback.close says it), once the parent ended
+            self.end(outcome, failures)
+            failures.print()
         return built
 
-    def write_report(self, built: report.SweepReport, outcome: Outcome, line: str) -> None:
-        """The summary on the parent run, the report's files in `<sweep dir>/report` attached to it, then printed.
+    def write_report(self, built: report.SweepReport, outcome: Outcome, line: str, failures: console.Failures) -> None:
+        """The report's files in `<sweep dir>/report`, then the summary on the parent run and the files attached to it
+        (`record`), then printed. A full disk where either goes is noted in `failures`, and the rest still done.
 
         The range test's files are written first, so that report.html, written last, embeds its figure.
         """
-        rename_duplicates(self.client, built)
-        params, metrics = summary(built, len(outcome.failed_jobs) + len(outcome.never_started))
-        tracking.log_summary(self.client, self.run_id, params, metrics, built.table(markdown=True))
+        renamed = rename_duplicates(built)  # the names the files show, and MLflow gets (`record`)
         out_dir = self.sweep_dir / "report"
-        suggestion, range_paths = range_test.report_jobs(self.client, built.runs, out_dir)
-        paths = files.write(built, out_dir) + range_paths
-        self.client.log_artifacts(self.run_id, str(out_dir), "report")
-        console.print_report(line, built, suggestion, out_dir, paths, self.run_id)
+        suggestion, paths = "", []
+        try:
+            suggestion, range_paths = range_test.report_jobs(self.client, built.runs, out_dir)
+            paths = files.write(built, out_dir) + range_paths
+        except Exception as e:
+            if not tracking.disk_full(e):
+                raise
+            failures.note(self.report_not_written(out_dir))
+            paths = []
+        attached = self.record(built, outcome, renamed, out_dir if paths else None, failures)
+        console.print_report(line, built, suggestion, out_dir, paths, self.run_id, attached)
 
-    def end(self, outcome: Outcome) -> list[str]:
-        """Ends the parent run with the outcome's status and tags; returns why it could not, if it could not."""
+    def report_not_written(self, out_dir: Path) -> str:
+        """Where the report could not be written (a full disk), and the command that writes it once there is room."""
+        uri = self.client.tracking_uri
+        command = f"python -m lrsweep.report --tracking-uri {uri} --sweep {self.sweep_id} --out {out_dir}"
+        name = self.client.get_experiment(self.experiment_id).name
+        if name != "lrsweep":
+            command += f" --experiment {name}"
+        return (
+            f"The disk is full at {out_dir}{tracking.free_space(out_dir)}: the sweep's report could not be written "
+            f"there. Free space, then `{command}` writes it."
+        )
+
+    def record(
+        self,
+        built: report.SweepReport,
+        outcome: Outcome,
+        renamed: dict[str, str],
+        out_dir: Path | None,
+        failures: console.Failures,
+    ) -> bool:
+        """What the store takes of the report: runs' new names, the summary, the files in `out_dir` (None: no files)
+        attached. Returns whether all of it was recorded; a full disk is noted in `failures`."""
+        try:
+            for run_id, name in renamed.items():
+                self.client.update_run(run_id, name=name)
+            params, metrics = summary(built, len(outcome.failed_jobs) + len(outcome.never_started))
+            tracking.log_summary(self.client, self.run_id, params, metrics, built.table(markdown=True))
+            if out_dir is not None:
+                self.client.log_artifacts(self.run_id, str(out_dir), "report")
+        except Exception as e:
+            if not failures.add(e):
+                raise
+            return False
+        return True
+
+    def end(self, outcome: Outcome, failures: console.Failures) -> None:
+        """Ends the parent run with the outcome's status and tags; notes in `failures` why it could not, if it could
+        not (a full disk: said once, the parent's fate in the log file; the next sweep marks it stale)."""
         tags = {}
         if outcome.problems:
             tags[tracking.TAG_ERROR] = f"not finished: {'; '.join(outcome.problems)}"[:5000]
@@ -147,16 +190,16 @@ class Sweep:
                 self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, outcome.status)
         except Exception as e:
-            reason = (
-                tracking.store_failure_message(e, self.client.tracking_uri) or f"{type(e).__name__}: {str(e)[:300]}"
-            )
             log.debug("Ending the parent run failed", exc_info=True)
-            return [  # the reason apart, so that a full disk said already is not said again
-                reason,
+            stays = (
                 f"The parent run {self.run_id} of sweep {self.sweep_id} stays RUNNING instead of "
-                f"{outcome.status}: the next sweep on this store marks it stale (KILLED).",
-            ]
-        return []
+                f"{outcome.status}: the next sweep on this store marks it stale (KILLED)."
+            )
+            if failures.add(e):  # the full disk's line says to rerun, which is all there is to do
+                held_back.log(log, logging.WARNING, stays)
+            else:
+                failures.note(f"{type(e).__name__}: {str(e)[:300]}")
+                failures.note(stays)
 
 
 def open_parent(config: DictConfig) -> Sweep:

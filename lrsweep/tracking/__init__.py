@@ -1,5 +1,6 @@
 """Everything MLflow: the store (checked before MLflow touches it), runs and their tags, reading sweeps back.
 
+    location        where a SQLite store lives, and whether a database can be there at all (`/proc` cannot)
     store           is a store usable? the checks, the creation lock, HTTP settings, `as_store_error`
     connection      `connect`: a client and the experiment id, or a `StoreError` within seconds
     tags            every tag and metric name lrsweep writes
@@ -7,7 +8,7 @@
     readback        searching runs, a sweep read back (`load_sweep`), metric histories in bulk
     stale           runs left RUNNING by a process that is gone: found and ended KILLED
     claims          one live process at a time trains a configuration: a lock per config hash, dropped on exit
-    disk_full       a full disk under the store or the sweep's files, in one line
+    disk_full       a full disk under the store or the sweep's files, in one line, once; MLflow's log of it held back
     mlflow_adapter  the MLflow internals relied on, pinned by tests/tracking/test_mlflow_adapter.py
 
 The names below are the layer's interface: `from lrsweep import tracking; tracking.connect(...)`.
@@ -16,7 +17,14 @@ The names below are the layer's interface: `from lrsweep import tracking; tracki
 from lrsweep.tracking import claims, store
 from lrsweep.tracking.claims import Claim
 from lrsweep.tracking.connection import check_server, connect, connect_config, normalize_uri
-from lrsweep.tracking.disk_full import disk_full, store_failure_message
+from lrsweep.tracking.disk_full import (
+    disk_full,
+    free_space,
+    full_disk_said,
+    note_full_disk_said,
+    store_failure_message,
+    store_full,
+)
 from lrsweep.tracking.readback import (
     SweepRuns,
     find_finished,
@@ -90,8 +98,11 @@ __all__ = [
     "Claim", "RunRecord", "Settled", "SweepRuns",
     "as_store_error", "check_server", "claims", "close_run", "close_run_after", "connect", "connect_config",
     "disk_full",
-    "end_stale", "find_finished", "find_job_run", "find_sweep_run", "float32_value", "job_run", "job_tags",
+    "end_stale", "find_finished", "find_job_run", "find_sweep_run", "float32_value", "free_space", "full_disk_said",
+    "job_run", "job_tags",
     "latest_run", "latest_sweep_id", "load_sweep", "log_metrics", "log_summary", "mark_stale", "metric_histories",
-    "normalize_uri", "open_run", "owner_tags", "process_gone", "process_token", "record_reuse", "reused_runs",
-    "search_all", "settle_running", "store", "store_failure_message", "sweep_runs", "sweep_tags",
+    "normalize_uri", "note_full_disk_said", "open_run", "owner_tags", "process_gone", "process_token",
+    "record_reuse", "reused_runs",
+    "search_all", "settle_running", "store", "store_failure_message", "store_full",
+    "sweep_runs", "sweep_tags",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep.core.errors import StoreError, first_line
 from lrsweep.tracking import mlflow_adapter, store
-from lrsweep.tracking.disk_full import quiet_mlflow_disk_full
+from lrsweep.tracking.disk_full import hold_back_mlflow_noise
 
 
 def normalize_uri(uri: str) -> str:
@@ -88,7 +88,8 @@ def connect(
     or is damaged, a schema of an older or newer MLflow (`lrsweep.tracking.store`). A fresh SQLite store is created
     under a lock on its folder, so processes starting together on it do not collide. MLflow's HTTP client is set to
     give up on a server within `store.http_call_bound(http_timeout, http_max_retries)` seconds per call (33 s by
-    default), and MLflow's own log of a write a full disk refused is silenced (`disk_full.quiet_mlflow_disk_full`).
+    default), and MLflow's own log of a write a full disk refused, and of its engine retries, goes to the log file
+    instead of the console (`disk_full.hold_back_mlflow_noise`).
 
     Args:
         uri: `tracking.uri`; a relative SQLite path is taken from the working directory.
@@ -103,14 +104,15 @@ def connect(
         ValueError: the experiment is deleted, or an HTTP setting is out of range.
     """
     store.http_settings(http_timeout, http_max_retries)
-    quiet_mlflow_disk_full()
-    uri = normalize_uri(uri)
+    hold_back_mlflow_noise()
+    given, uri = uri, normalize_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri, http_timeout)
     path = store.sqlite_path(uri)
     lock = contextlib.nullcontext(True)
     if path is not None:
-        lock = store.prepare_sqlite(uri, path, create)
+        # Checked as the user wrote it (`/proc/self/...`, not `/proc/1234/...`), the messages naming that value.
+        lock = store.prepare_sqlite(given, store.sqlite_path(given) or path, create)
         if lock is None:
             return None
     try:

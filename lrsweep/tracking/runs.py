@@ -14,7 +14,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from lrsweep.core import interrupts
+from lrsweep.core import held_back, interrupts
 from lrsweep.core.identity import JobContext, overrides_dict, sweep_id
 from lrsweep.tracking import store
 from lrsweep.tracking.readback import find_sweep_run
@@ -126,16 +126,25 @@ def close_run_after(client: MlflowClient, run_id: str, name: str, error: BaseExc
     """`close_run` for a run that ended with `error`, which a failure to record it must not replace.
 
     When the store itself failed, closing fails too: the run stays RUNNING until the next sweep on the store marks
-    it stale (its process is gone), and the caller raises `error`, which says what happened.
+    it stale (its process is gone), and the caller raises `error`, which says what happened (and the sweep's summary
+    names the run): then the failure to close it goes to the log file only (`held_back`), not once per run to the
+    console.
     """
+    store_failed = store.as_store_error(error, client.tracking_uri) is not None
     try:
-        if store.as_store_error(error, client.tracking_uri) is None and not isinstance(error, KeyboardInterrupt):
+        if not store_failed and not isinstance(error, KeyboardInterrupt):
             close_run(client, run_id, name, error)
         else:  # the store just failed, or the user is waiting: one quick attempt, not another round of retries
             with store.one_try():
                 close_run(client, run_id, name, error)
     except Exception as e:
-        log.error("Could not mark run %s (%s) ended: %s", name, run_id, " ".join(str(e).split())[:300])
+        # The store failed again: the error raised says so and the summary names the run, so the details of each
+        # run that stays RUNNING go to the log file.
+        args = ("Could not mark run %s (%s) ended: %s", name, run_id, " ".join(str(e).split())[:300])
+        if store_failed and store.as_store_error(e, client.tracking_uri) is not None:
+            held_back.log(log, logging.ERROR, *args)
+        else:
+            log.error(*args)
 
 
 def float32_value(value: float) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
-from lrsweep.tracking.disk_full import store_failure_message
+from lrsweep.core import held_back
 from lrsweep.tracking.tags import TAG_HOST, TAG_PROCESS, TAG_STALE
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Settled:
 
     stale: dict[str, str] = field(default_factory=dict)  # marked stale (KILLED) -> by whom it was left RUNNING
     running: dict[str, str] = field(default_factory=dict)  # still RUNNING -> why
-    store_errors: list[str] = field(default_factory=list)  # writes the store refused, in words
+    store_errors: dict[str, Exception] = field(default_factory=dict)  # run id -> why the store refused its end
 
 
 def settle_running(client: MlflowClient, runs: list[Run], grace: float = STALE_GRACE) -> Settled:
@@ -128,11 +128,14 @@ def settle_running(client: MlflowClient, runs: list[Run], grace: float = STALE_G
         try:
             end_stale(client, run_id)
         except Exception as e:
-            message = store_failure_message(e, client.tracking_uri)
-            settled.store_errors.append(message or f"Could not mark run {run_id} stale: {type(e).__name__}: {e}")
-            settled.running[run_id] = "(the store could not record its end; the next sweep on it marks it stale)"
+            settled.store_errors[run_id] = e
+            settled.running[run_id] = (
+                "(the store could not record the end; the next sweep on this store marks such runs stale)"
+            )
             continue
-        died = "by this process, which could not record its end" if token == me else "by a process that died"
+        died = "by this process (the store could not record the end)" if token == me else "by a process that died"
         settled.stale[run_id] = died
-        log.warning("Run %s (%s) was left RUNNING %s: marked KILLED (stale)", run.info.run_name, run_id, died)
+        # The sweep's summary names each run this marked, and why: the line per run is for the log file.
+        held_back.log(log, logging.WARNING, "Run %s (%s) was left RUNNING %s: marked KILLED (stale)",
+                      run.info.run_name, run_id, died)  # fmt: skip
     return settled

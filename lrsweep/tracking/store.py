@@ -24,8 +24,10 @@ from pathlib import Path
 
 from lrsweep.core.errors import StoreError, error_chain, first_line
 from lrsweep.tracking import mlflow_adapter
+from lrsweep.tracking.disk_full import disk_full, store_failure_message
+from lrsweep.tracking.location import SQLITE as SQLITE  # `store.SQLITE`, `store.sqlite_path`: where callers look
+from lrsweep.tracking.location import check_location, make_folder, sqlite_path
 
-SQLITE = "sqlite:///"
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 LOCK_TIMEOUT = 300.0  # seconds to wait for another process creating the store (measured: 2-6 s per creation here)
 
@@ -37,55 +39,6 @@ HTTP_BACKOFF_FACTOR = 1  # urllib3 waits 0, then 2, 4, ... x this between tries 
 HTTP_BACKOFF_JITTER = 1.0  # plus up to this many seconds at random, so that parallel jobs do not retry in step
 
 _verified: set[Path] = set()  # databases checked by this process: a store's schema does not change under a sweep
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI (absolute, `~` expanded, any `?query` dropped), else None."""
-    if not uri.startswith(SQLITE):
-        return None
-    path = uri[len(SQLITE) :].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path).expanduser().absolute()
-
-
-def check_location(uri: str, path: Path) -> bool:
-    """Checks, creating nothing, that the database file can be read and written or its folder created.
-
-    Returns:
-        Whether the database file exists with some content (False: a fresh store, to be created).
-
-    Raises:
-        StoreError: naming the path that is in the way and the fix.
-    """
-    folder = path.parent
-    if path.exists():
-        if not path.is_file():
-            raise StoreError(
-                f"The MLflow store tracking.uri={uri} is not a database file: {path} is a folder. "
-                "Point `tracking.uri` at a file inside it, e.g. sqlite:///" + str(path / "mlflow.db") + "."
-            )
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise StoreError(
-                f"The MLflow store tracking.uri={uri} is not writable: no read/write permission on {path}. "
-                f"Make it writable (`chmod u+rw {path}`) or choose another `tracking.uri`."
-            )
-    ancestor = folder
-    while not ancestor.exists():  # the nearest existing folder: the one the missing folders are created in
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise StoreError(
-            f"Cannot create the MLflow store tracking.uri={uri}: {ancestor} is a file, not a folder. "
-            "Choose another `tracking.uri`, or move that file away."
-        )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        what = "write to the folder" if ancestor == folder else f"create the folder {folder} in"
-        raise StoreError(
-            f"Cannot write the MLflow store tracking.uri={uri}: no permission to {what} {ancestor} (SQLite also "
-            f"writes a journal beside the database). Make it writable (`chmod u+w {ancestor}`) or choose another "
-            "`tracking.uri`."
-        )
-    return path.is_file() and path.stat().st_size > 0
 
 
 def check_database(uri: str, path: Path) -> bool:
@@ -215,13 +168,7 @@ def prepare_sqlite(uri: str, path: Path, create: bool) -> contextlib.AbstractCon
     exists = check_location(uri, path)
     if not exists and not create:
         return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # os.access can say yes where the filesystem says no (ACLs, root squash, read-only mount)
-        raise StoreError(
-            f"Cannot create the folder of the MLflow store tracking.uri={uri}: {first_line(e)}. "
-            "Create it yourself or choose another `tracking.uri`."
-        ) from e
+    make_folder(uri, path)  # os.access can say yes where the filesystem says no (ACLs, root squash, FUSE)
     return _checked_under_lock(uri, path, create)
 
 
@@ -296,12 +243,14 @@ def one_try(timeout: int = 5) -> Iterator[None]:
                 os.environ[key] = value
 
 
-SQLITE_FULL = "database or disk is full"  # SQLite's words, passed on by SQLAlchemy, MLflow and a tracking server
 _SQLITE_FAULTS = (
-    (SQLITE_FULL, "the disk holding {path} is full. Free some space and rerun"),
     ("disk i/o error", "reading or writing {path} failed (disk I/O error). Check the disk and rerun"),
     ("readonly database", "{path} became read-only. Make it writable again and rerun"),
-    ("unable to open database file", "{path} cannot be opened (moved, deleted or no permission). Restore it"),
+    (
+        "unable to open database file",
+        "SQLite cannot open or create {path} or its journal beside it ({why}). Check that path, or set "
+        "`tracking.uri` to a writable path, and rerun",
+    ),
     ("malformed", "{path} is damaged ('database disk image is malformed'). Restore it from a backup"),
     ("not a database", "{path} is not a SQLite database any more. Restore it from a backup"),
     ("database is locked", "{path} stayed locked by another process. Rerun when it is done"),
@@ -328,6 +277,8 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
     for link in chain:
         if isinstance(link, StoreError):
             return link
+    if disk_full(error):  # one wording wherever it is met: the path, the free space, the fix
+        return StoreError(store_failure_message(error, uri))
     if uri.startswith(("http://", "https://")):
         for link in chain:
             server_fault = isinstance(link, (requests.RequestException, urllib3.exceptions.HTTPError)) or (
@@ -349,7 +300,8 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
         if isinstance(link, (sqlite3.Error, sqlalchemy.exc.DBAPIError, MlflowException)):
             for needle, what in _SQLITE_FAULTS:
                 if needle in text:
-                    return StoreError(f"The MLflow store tracking.uri={uri} failed: {what.format(path=path)}.")
+                    why = _why_unopenable(path) if isinstance(path, Path) else "?"
+                    return StoreError(f"The MLflow store tracking.uri={uri} failed: {what.format(path=path, why=why)}.")
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
             return StoreError(
                 f"The MLflow store tracking.uri={uri} failed: {first_line(link)} (writing at or beside {path}). "
@@ -358,3 +310,12 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
         if isinstance(link, sqlalchemy.exc.OperationalError):
             return StoreError(f"The MLflow store tracking.uri={uri} failed: {first_line(link)}.")
     return None
+
+
+def _why_unopenable(path: Path) -> str:
+    """Why SQLite may have said "unable to open database file" for `path`, as far as the filesystem tells."""
+    if path.exists():
+        return "the file is there: no permission, or its folder refuses the journal"
+    if not path.parent.is_dir():
+        return f"its folder {path.parent} is not there"
+    return "the file is not there (moved or deleted?) and cannot be created"

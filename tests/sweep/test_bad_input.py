@@ -93,6 +93,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("no server answers", [*JAX, "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
     ("store under a file", [*JAX, "tracking.uri=sqlite:///{tmp}/afile/mlflow.db"], "{tmp}/afile"),
     ("store not a database", [*JAX, "tracking.uri=sqlite:///{tmp}/garbage/mlflow.db"], "{tmp}/garbage/mlflow.db"),
+    # A store where no file can ever be: the kernel's filesystems (root's os.access says "writable" there).
+    ("store under /proc", [*JAX, "tracking.uri=sqlite:////proc/nonexistent/mlflow.db"], "/proc/nonexistent"),
+    ("store in /proc", [*JAX, "tracking.uri=sqlite:////proc/x.db"], "tracking.uri=sqlite:////proc/x.db`"),
+    (
+        "store in /proc/self",
+        [*JAX, "tracking.uri=sqlite:////proc/self/x.db"],
+        "tracking.uri=sqlite:////proc/self/x.db`",
+    ),
+    ("store in /sys", [*JAX, "tracking.uri=sqlite:////sys/x.db"], "tracking.uri=sqlite:////sys/x.db`"),
     # Sweeps: every job is checked before the first starts, whichever launcher runs them.
     ("sweep lr", [*SWEEP, "optimizer.learning_rate=0.01,-1"], "optimizer.learning_rate"),
     ("sweep epochs basic launcher", [*SWEEP, "hydra/launcher=basic", "training.epochs=1,0"], "training.epochs"),
@@ -129,7 +138,14 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep max_seeds 0", [*SWEEP, "hydra.launcher.max_seeds=0", "training.seed=0,1"], "max_seeds"),
     ("sweep cluster typo", [*SWEEP, "hydra.launcher.cluster=slrum", "training.seed=0,1"], "hydra.launcher.cluster"),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
+    ("sweep store in /proc", [*SWEEP, "training.seed=0,1", "tracking.uri=sqlite:////proc/x.db"], "/proc/x.db`"),
+    (
+        "sweep store under /proc basic launcher",
+        [*SWEEP, "hydra/launcher=basic", "training.seed=0,1", "tracking.uri=sqlite:////proc/nonexistent/mlflow.db"],
+        "/proc/nonexistent",
+    ),  # fmt: skip
 ]
+CANNOT_EXIST = [case[0] for case in CASES if "/proc" in case[0] or "/sys" in case[0]]
 
 
 def make_inputs(tmp: Path) -> None:
@@ -149,20 +165,22 @@ def make_inputs(tmp: Path) -> None:
 
 def run_case(root: Path, case: tuple[str, list[str], str]) -> tuple[Path, subprocess.CompletedProcess, float]:
     name, args, _ = case
-    folder = root / name.replace(" ", "_").replace(">", "gt")
+    folder = root / name.replace(" ", "_").replace(">", "gt").replace("/", "_")
     folder.mkdir()
     make_inputs(folder)
     args = [a.replace("{tmp}", str(folder)) for a in args]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    start = time.monotonic()
+    started = time.monotonic()
     result = run_train_py(args, cwd=folder, env=env, timeout=300)  # its own process, forked (tests/forkserver.py)
-    seconds = time.monotonic() - start
+    seconds = time.monotonic() - started  # to the error: the process ends on it
     (root / f"{folder.name}.stderr").write_text(result.stderr)  # kept beside the case, to read what a user saw
     return folder, result, seconds
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess, float]]:
+    """Every case's folder, process and seconds to the error (3 cases run at once on 2 cores: the seconds are a
+    bound, not a benchmark). Each case's test records its row; the session's summary prints them as a table."""
     root = tmp_path_factory.mktemp("bad_input")
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = list(pool.map(lambda case: run_case(root, case), CASES))
@@ -199,6 +217,17 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case, record_pr
     assert set(os.listdir(folder)) <= INPUTS  # no mlruns/: no store, so no run
     assert not list(folder.glob("multirun/**/report")), "a report was written"
     assert not (folder / "garbage" / "mlflow.db").read_bytes().startswith(b"SQLite"), "the file was overwritten"
+
+
+@pytest.mark.parametrize("name", CANNOT_EXIST)
+def test_a_store_that_cannot_exist_is_one_line_at_once_and_no_retries(results, name):
+    _, result, seconds = results[name]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not NOISE.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("lrsweep: `tracking.uri=sqlite:///"), result.stderr[-3000:]
+    assert lines[0].endswith("Set `tracking.uri` to a writable path, e.g. tracking.uri=sqlite:///mlruns/mlflow.db.")
+    assert "Restore" not in result.stderr and "retried" not in result.stderr + result.stdout
+    assert "Pack " not in result.stdout + result.stderr  # before any work: no job, no pack started
+    print(f"{name}: exit {result.returncode} in {seconds:.1f} s: {lines[0]}")
 
 
 def test_a_refusal_lists_ten_bad_jobs_then_how_many_more(results):

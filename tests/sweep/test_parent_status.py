@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -135,31 +136,44 @@ def test_store_failure_message_names_the_path_only_for_a_full_disk():
     assert store_failure_message(OSError(13, "Permission denied"), "sqlite:////data/mlflow.db") is None
 
 
-QUIET = """
+HELD = """
 import logging, sys
 from lrsweep import sweep, tracking
-from lrsweep.tracking.disk_full import MLFLOW_DB_LOGGER, QuietDiskFull
-logger = logging.getLogger(MLFLOW_DB_LOGGER)
-print(len(logger.filters))
+from lrsweep.tracking.disk_full import ENGINE_RETRY, MLFLOW_ASYNC_LOGGER, MLFLOW_DB_LOGGER
+from lrsweep.core.held_back import HeldBack
+loggers = [logging.getLogger(name) for name in (MLFLOW_DB_LOGGER, MLFLOW_ASYNC_LOGGER)]
+print(sum(len(logger.filters) for logger in loggers))
 for _ in range(2):
     tracking.connect(sys.argv[1], "lrsweep")
-print(sum(isinstance(f, QuietDiskFull) for f in logger.filters))
-full = logging.LogRecord(MLFLOW_DB_LOGGER, logging.ERROR, "", 0, "failed", None, None)
-try:
-    raise OSError(28, "No space left on device")
-except OSError:
-    full.exc_info = sys.exc_info()
-other = logging.LogRecord(MLFLOW_DB_LOGGER, logging.ERROR, "", 0, "failed", None, None)
-print(logger.filter(full), logger.filter(other))
+print(*(sum(isinstance(f, HeldBack) for f in logger.filters) for logger in loggers))
+logging.getLogger().addHandler(logging.FileHandler(sys.argv[2]))  # as Hydra's job log
+db, background = loggers
+def record(logger, level, message, error=None):
+    made = logging.LogRecord(logger.name, level, "", 0, message, None, None)
+    if error is not None:
+        try:
+            raise error
+        except OSError:
+            made.exc_info = sys.exc_info()
+    return made
+print(db.filter(record(db, logging.ERROR, "held: full", OSError(28, "No space left on device"))),
+      db.filter(record(db, logging.WARNING, ENGINE_RETRY + ". held: retry")),
+      background.filter(record(background, logging.ERROR, "Run Id x: held: database or disk is full")),
+      db.filter(record(db, logging.ERROR, "shown")), background.filter(record(background, logging.ERROR, "shown")))
 """
 
 
-def test_mlflows_disk_full_log_is_silenced_by_connecting_not_by_importing(store_uri):
+def test_mlflows_disk_full_and_retry_logs_go_to_the_log_file_once_connected(store_uri, tmp_path):
+    log_file = tmp_path / "train.log"
     result = subprocess.run(
-        [sys.executable, "-c", QUIET, store_uri], capture_output=True, text=True, timeout=120, check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-c", HELD, store_uri, str(log_file)], capture_output=True, text=True, timeout=120,
+        check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    assert result.stdout.split() == ["0", "1", "False", "True"]  # none on import; one, however often connected
+    # None on import; one per logger, however often connected; the held records are dropped from the console...
+    assert result.stdout.split() == ["0", "1", "1", "False", "False", "False", "True", "True"]
+    assert "held" not in result.stderr
+    # ... and kept in the log file, the others left to MLflow's handlers
+    assert log_file.read_text().count("held: ") == 3 and "shown" not in log_file.read_text()
 
 
 @pytest.fixture
@@ -196,7 +210,9 @@ def test_a_sigkilled_parallel_worker_fails_the_sweep_and_the_same_command_comple
     killed = client.get_run(running.info.run_id)
     assert killed.info.status == "KILLED" and killed.data.tags[tracking.TAG_STALE] == "true"
     num = killed.data.tags[tracking.TAG_JOB_NUM]
-    assert f"job #{num} ({killed.info.run_name}) left RUNNING by a process that died: marked stale, rerun it" in output
+    job = re.escape(f"#{num} ({killed.info.run_name})")  # with the others of the same reason, if any: said once
+    said = rf"jobs? [^;]*{job}[^;]* left RUNNING by a process that died: marked stale, rerun (it|them) with the same"
+    assert re.search(said, output)
     never = [n for n in range(4) if str(n) not in {r.data.tags[tracking.TAG_JOB_NUM] for r in runs.values()}]
     assert never  # two workers: at most two of the four jobs had started
     assert parent.data.tags[tracking.TAG_NEVER_STARTED] == ",".join(map(str, never))
@@ -226,53 +242,70 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-EPOCHS = (f"training.epochs=2,{LONG},3",)  # job #0 finishes, #1 is running when the disk fills, #2 never starts
+# Packs of two seeds: jobs #0, #1 finish; #2, #3 are training when the disk fills; #4, #5 never start.
+EPOCHS = (f"training.epochs=2,{LONG},3", "training.seed=0,1")
+MLFLOW_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (ERROR|WARNING) mlflow", re.M)  # MLflow's own format
 
 
 @pytest.mark.timeout(1200)
-def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(tmp_path, small_disk, started):
+def test_a_full_disk_stops_the_sweep_with_one_message_writes_the_report_and_the_rerun_resumes(
+    tmp_path, small_disk, started
+):
     db = small_disk / "mlflow.db"
     process = start_train(tmp_path, *EPOCHS)
     started.append(process)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path, LONG), what="the long job running")
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, LONG), what="the long pack running")
     filler = small_disk / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)  # until no space is left
     filled_at = time.monotonic()
     output, _ = process.communicate(timeout=300)
     print(f"exit {process.returncode} {time.monotonic() - filled_at:.1f} s after the disk filled\n{output}")
     assert process.returncode == 1
-    assert f"lrsweep: The MLflow store tracking.uri=sqlite:///{db} failed: the disk holding {db} is full." in output
-    assert "Traceback" not in output
-    assert "Launching" not in output.split("is full")[1]  # no job after the failed one
-    assert "#2 : " not in output
+    # One message, once, with the path and the free space; nothing of MLflow's, no line per run, no traceback.
+    assert output.count("The disk is full") == 1 and output.count("lrsweep: ") == 1, output
+    assert re.search(
+        rf"^lrsweep: The disk is full at {re.escape(str(db))}, \d+ KiB free: the MLflow store ", output, re.M
+    )
+    assert "The sweep stopped; jobs not finished: #2, #3, #4, #5." in output
+    assert not MLFLOW_LINE.search(output) and "database or disk is full" not in output
+    assert "Could not mark run" not in output and "Traceback" not in output
+    assert "Launching" not in output.split("is full")[1]  # no job after the failed pack
+    # The report of what did finish, in the sweep folder (another disk); MLflow's lines kept in the sweep's log.
+    report = tmp_path / "multirun" / "report"
+    assert f"Report: {report} (" in output and "not attached to MLflow parent run" in output
+    rows = (report / "runs.csv").read_text()
+    assert rows.count("FINISHED") == 2 and "epochs" in rows.splitlines()[0]
+    assert "database or disk is full" in (tmp_path / "multirun" / "sweep.log").read_text()
 
     filler.unlink()  # the user frees space
     client, experiment_id = store(tmp_path)
     jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")  # two may share a name
     runs = {run.data.tags[tracking.TAG_JOB_NUM]: run for run in jobs}
-    assert len(jobs) == 2 and set(runs) == {"0", "1"}  # job #2 never started
-    assert runs["0"].info.status == "FINISHED" and tracking.TAG_STALE not in runs["0"].data.tags
-    stopped = runs["1"]
-    assert stopped.info.run_id == running.info.run_id
-    # Whether SQLite can still write the job's end depends on which pages the failed write left free.
-    if stopped.info.status == "FAILED":
-        assert "database or disk is full" in stopped.data.tags[tracking.TAG_ERROR]
-        assert "(FAILED); job #2 never started" in output
-    elif stopped.info.status == "KILLED":  # the job could not record its end, the sweep's close could: stale
-        assert stopped.data.tags[tracking.TAG_STALE] == "true"
-        assert "job #1 (s0 · adam-constant) left RUNNING" in output
-        assert "; job #2 never started" in output
-    else:
-        assert stopped.info.status == "RUNNING"
-        assert "job #1 (s0 · adam-constant) left RUNNING (the store could not record its end" in output
-        assert "; job #2 never started" in output
+    assert len(jobs) == 4 and set(runs) == {"0", "1", "2", "3"}  # jobs #4, #5 never started
+    for num in ("0", "1"):
+        assert runs[num].info.status == "FINISHED" and tracking.TAG_STALE not in runs[num].data.tags
+    assert running.info.run_id in {runs["2"].info.run_id, runs["3"].info.run_id}
+    # Whether SQLite can still write a run's end depends on which pages the failed write left free.
+    for num in ("2", "3"):
+        stopped = runs[num]
+        job = f"#{num} ({stopped.info.run_name})"
+        if stopped.info.status == "FAILED":
+            assert "database or disk is full" in stopped.data.tags[tracking.TAG_ERROR]
+            assert f"{stopped.info.run_name} (FAILED)" in output
+        elif stopped.info.status == "KILLED":  # the pack could not record its end, the sweep's close could: stale
+            assert stopped.data.tags[tracking.TAG_STALE] == "true"
+            assert re.search(rf"jobs? [^;]*{re.escape(job)}[^;]* left RUNNING by this process", output)
+        else:
+            assert stopped.info.status == "RUNNING"
+            assert re.search(rf"jobs? [^;]*{re.escape(job)}[^;]* left RUNNING \(the store could not record", output)
+    assert "; jobs #4, #5 never started" in output
     parent = tracking.find_sweep_run(client, experiment_id, "multirun")
-    if parent.info.status == "RUNNING":
-        assert f"The parent run {parent.info.run_id} of sweep multirun stays RUNNING instead of FAILED" in output
+    if parent.info.status == "RUNNING":  # said in the sweep's log only: the message's "rerun" is all there is to do
+        assert "stays RUNNING instead of FAILED" in (tmp_path / "multirun" / "sweep.log").read_text()
     else:
         assert parent.info.status == "FAILED"
-        assert parent.data.tags[tracking.TAG_NEVER_STARTED] == "2"
-    left = [run for run in (stopped, parent) if run.info.status == "RUNNING"]
+        assert parent.data.tags[tracking.TAG_NEVER_STARTED] == "4,5"
+    left = [run for run in (runs["2"], runs["3"], parent) if run.info.status == "RUNNING"]
 
     again = start_train(tmp_path, *EPOCHS, f"hydra.sweep.dir={tmp_path / 'again'}")
     started.append(again)
@@ -280,10 +313,11 @@ def test_a_full_disk_stops_the_sweep_with_a_clear_message_and_the_rerun_resumes(
     assert again.returncode == 0, output[-3000:]
     if left:  # what the full disk left RUNNING: marked stale now (its process is gone) and rerun
         assert f"Marked {len(left)} stale run(s) KILLED" in output
-    assert "1 already finished before, reused" in output
+    assert "2 already finished before, reused" in output
     assert tracking.find_sweep_run(client, experiment_id, "again").info.status == "FINISHED"
     jobs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
     assert "RUNNING" not in {run.info.status for run in client.search_runs([experiment_id])}
     finished = Counter(run.data.params["training.epochs"] for run in jobs if run.info.status == "FINISHED")
-    assert finished == {"2": 1, str(LONG): 1, "3": 1}
-    assert client.get_run(runs["0"].info.run_id).info.status == "FINISHED"  # untouched by all of it
+    assert finished == {"2": 2, str(LONG): 2, "3": 2}
+    for num in ("0", "1"):
+        assert client.get_run(runs[num].info.run_id).info.status == "FINISHED"  # untouched by all of it

@@ -112,6 +112,45 @@ def test_a_folder_as_the_database_is_an_error(tmp_path):
     assert files_under(tmp_path) == ["mlruns"]
 
 
+# Kernel filesystems, where no file can be created whatever the permissions say (root's os.access says "writable").
+CANNOT_EXIST = {
+    "sqlite:////proc/nonexistent/mlflow.db": "/proc/nonexistent is not a folder lrsweep can create (/proc is",
+    "sqlite:////proc/x.db": "no store can be in /proc (/proc is the kernel's proc filesystem",
+    "sqlite:////proc/self/x.db": "(/proc is the kernel's proc filesystem",
+    "sqlite:////proc/self/fd/x.db": "(/proc is the kernel's proc filesystem",
+    "sqlite:////sys/x.db": "no store can be in /sys (/sys is the kernel's sysfs filesystem",
+}
+EACH = """
+import sys, time
+from lrsweep import tracking
+from lrsweep.core.errors import StoreError
+for uri in sys.argv[1:]:
+    started = time.monotonic()
+    try:
+        tracking.connect(uri, "lrsweep")
+        print(f"connected {uri}")
+    except StoreError as e:
+        print(f"{time.monotonic() - started:.3f} lrsweep: {e}")
+"""
+
+
+def test_a_store_path_that_cannot_exist_is_one_line_naming_the_value_and_the_fix():
+    result = subprocess.run(
+        [sys.executable, "-c", EACH, *CANNOT_EXIST], capture_output=True, text=True, timeout=120, env=ENV
+    )
+    lines = result.stdout.splitlines()
+    print(result.stdout)
+    assert len(lines) == len(CANNOT_EXIST) and result.stderr.count("\n") < 3, result.stdout + result.stderr
+    assert "retried" not in result.stderr and "Traceback" not in result.stderr  # MLflow never tried to open it
+    for line, (uri, why) in zip(lines, CANNOT_EXIST.items(), strict=True):
+        seconds, message = line.split(" ", 1)
+        assert message.startswith(f"lrsweep: `tracking.uri={uri}`: "), line  # the value as written, not /proc/1234
+        assert why in message and message.endswith("Set `tracking.uri` to a writable path, e.g. "
+                                                   "tracking.uri=sqlite:///mlruns/mlflow.db."), line  # fmt: skip
+        assert "Restore" not in message and float(seconds) < 1  # no engine retries: the filesystem says it at once
+    assert not Path("/proc/x.db").exists() and not Path("/proc/nonexistent").exists()
+
+
 def unprivileged() -> tuple[str, ...]:
     """A command prefix that runs a process without root's right to write anywhere, or skips the test.
 
@@ -269,13 +308,16 @@ def test_two_sweeps_started_together_on_a_fresh_store_both_complete_with_their_o
     processes = {name: sweep(tmp_path, name) for name in ("one", "two")}
     outputs = {name: p.communicate(timeout=900)[0] for name, p in processes.items()}
     client, experiment_id = tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")
+    trained = []
     for name, process in processes.items():
         assert process.returncode == 0, outputs[name][-3000:]
         assert "already exists" not in outputs[name] and "duplicate column" not in outputs[name]
+        assert f"Sweep {name}: 2 runs in 2 configurations" in outputs[name], outputs[name][-3000:]
         parent = tracking.find_sweep_run(client, experiment_id, name)
         assert parent is not None and parent.info.status == "FINISHED"
-        jobs = tracking.sweep_runs(client, experiment_id, name)
-        assert sorted(r.info.status for r in jobs if r.data.tags.get(tracking.TAG_ROLE) == "job") == ["FINISHED"] * 2
+        trained += [r.info.status for r in tracking.sweep_runs(client, experiment_id, name)
+                    if r.data.tags.get(tracking.TAG_ROLE) == "job"]  # fmt: skip
+    assert trained == ["FINISHED"] * 2  # each configuration once, by one sweep or the other (claims), reused by both
 
 
 def test_http_settings_are_checked_and_give_the_bound():
