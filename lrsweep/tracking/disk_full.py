@@ -76,7 +76,7 @@ def store_failure_message(error: BaseException | None, uri: str) -> str | None:
         )
     return (
         f"The disk is full at {path}{free_space(path)}: the MLflow store tracking.uri={uri} cannot record the runs. "
-        f"Free space there (or set `tracking.uri` to a store on another disk), {fix}"
+        f"Free space there, {fix} (A store on another disk, `tracking.uri=...`, starts the sweep afresh.)"
     )
 
 
