@@ -74,7 +74,17 @@ def as_config_error(check: Callable[..., T], *args: Any) -> T:
 def keep_traceback() -> bool:
     """Whether an error must propagate as it is rather than print as one line: HYDRA_FULL_ERROR=1 asks for its
     traceback, and in a launcher's worker process SystemExit would take the worker down instead of failing the job."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or multiprocessing.parent_process() is not None
+    return full_error() or in_worker()
+
+
+def full_error() -> bool:
+    """Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def in_worker() -> bool:
+    """Whether this is a launcher's worker process (joblib, submitit): its job's error goes back to the sweep."""
+    return multiprocessing.parent_process() is not None
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lrsweep.core.errors import TrainingFailed
+from lrsweep.core.errors import StoreError, TrainingFailed, full_error, in_worker
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # `hydra.sweeper._target_` by default
 
@@ -48,11 +48,17 @@ def job_failed(error: Exception) -> JobFailed:
 
 @contextlib.contextmanager
 def failures_in_one_line() -> Iterator[None]:
-    """Around a job's training: a `TrainingFailed` (its run already ended FAILED with it) leaves as `job_failed`."""
+    """Around a job's training: a `TrainingFailed` (its run already ended FAILED with it) leaves as `job_failed`, and
+    so does a `StoreError` in a launcher's worker process, whose error Hydra shows in the sweep's process (in that
+    process, `errors.reported` says it in one line and stops the sweep)."""
     try:
         yield
     except TrainingFailed as e:
         raise job_failed(e) from e
+    except StoreError as e:
+        if in_worker() and not full_error():
+            raise job_failed(e) from e
+        raise
 
 
 def job_error(job_return: JobReturn) -> BaseException | None:

@@ -135,3 +135,30 @@ def test_the_sweep_composer_fails_on_a_bad_override_as_hydra_does(hydra_config, 
     with pytest.raises(type(hydras.value)) as ours:
         hydra_adapter.SweepComposer(loader).compose(master, overrides)
     assert str(ours.value) == str(hydras.value)
+
+
+def _raise_store_error_in_one_line(queue) -> None:
+    from lrsweep.core.errors import StoreError
+
+    try:
+        with hydra_adapter.failures_in_one_line():
+            raise StoreError("The disk is full at /x/mlflow.db")
+    except Exception as e:
+        queue.put(type(e).__name__)
+
+
+def test_a_store_failure_is_one_line_from_a_worker_and_stops_the_sweep_in_its_own_process():
+    """In a launcher's worker (a real child process) a StoreError leaves as `JobFailed`, which Hydra prints in the
+    sweep's process as one line; in the sweep's own process it stays a StoreError (`errors.reported` says it)."""
+    import multiprocessing
+
+    from lrsweep.core.errors import StoreError
+
+    queue = multiprocessing.get_context("spawn").Queue()
+    worker = multiprocessing.get_context("spawn").Process(target=_raise_store_error_in_one_line, args=(queue,))
+    worker.start()
+    worker.join(timeout=120)
+    assert queue.get(timeout=10) == "JobFailed"
+    with pytest.raises(StoreError):
+        with hydra_adapter.failures_in_one_line():
+            raise StoreError("The disk is full at /x/mlflow.db")
