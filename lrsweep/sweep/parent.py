@@ -103,6 +103,7 @@ class Sweep:
         unchanged = runs if not settled.stale else None  # runs marked stale are read again, with their new status
         loaded = tracking.load_sweep(self.client, self.experiment_id, self.sweep_id, runs=unchanged, parent=parent)
         built = report.build(loaded)
+        renamed = rename_duplicates(built)  # the names everything below shows, and MLflow gets (`record`)
         if loaded.superseded:  # a rerun in the same folder: its runs replace the earlier attempt's
             print(
                 f"{len(loaded.superseded)} run(s) of an earlier attempt in this sweep folder were run again and are "
@@ -116,19 +117,26 @@ class Sweep:
             if not failures.add(error):
                 failures.note(f"Could not mark run {run_id} stale: {type(error).__name__}: {first_line(error)}")
         try:
-            self.write_report(built, outcome, line, failures)
+            self.write_report(built, outcome, line, failures, renamed)
         finally:  # an error that is not a full disk goes on (SweepCallback.close says it), once the parent ended
             self.end(outcome, failures)
             failures.print()
         return built
 
-    def write_report(self, built: report.SweepReport, outcome: Outcome, line: str, failures: console.Failures) -> None:
+    def write_report(
+        self,
+        built: report.SweepReport,
+        outcome: Outcome,
+        line: str,
+        failures: console.Failures,
+        renamed: dict[str, str],
+    ) -> None:
         """The report's files in `<sweep dir>/report`, then the summary on the parent run and the files attached to it
         (`record`), then printed. A full disk where either goes is noted in `failures`, and the rest still done.
 
         The range test's files are written first, so that report.html, written last, embeds its figure.
+        `renamed`: the runs `rename_duplicates` renamed, by run id.
         """
-        renamed = rename_duplicates(built)  # the names the files show, and MLflow gets (`record`)
         out_dir = self.sweep_dir / "report"
         suggestion, paths = "", []
         try:
