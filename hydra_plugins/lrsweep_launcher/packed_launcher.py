@@ -13,7 +13,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -138,8 +137,7 @@ class PackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         from lrsweep.sweep import job_config
 
-        composing = SimpleNamespace(load_sweep_config=self.hydra_context.config_loader.composer.compose)
-        sweep_config = job_config(composing, self.config, overrides, num)
+        sweep_config = job_config(self.hydra_context.config_loader.composer.compose, self.config, overrides, num)
         log.info("\t#%s : %s", num, " ".join(filter_overrides(sweep_config.hydra.overrides.task)))
         ret = run_job(
             hydra_context=self.hydra_context,

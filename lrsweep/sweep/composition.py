@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -26,11 +25,14 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     return hydra_adapter.basic_sweeper_jobs([*params, *config.hydra.overrides.task])
 
 
-def job_config(loader: Any, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
-    """Job `num`'s sweep config, as a launcher composes it: what Hydra's `run_job` takes."""
+def job_config(
+    compose: Callable[[DictConfig, list[str]], DictConfig], config: DictConfig, overrides: Sequence[str], num: int
+) -> DictConfig:
+    """Job `num`'s sweep config, as a launcher composes it (`compose`: a loader's `load_sweep_config`, or
+    `SweepComposer.compose`): what Hydra's `run_job` takes."""
     from omegaconf import open_dict
 
-    sweep_config = loader.load_sweep_config(config, list(overrides))
+    sweep_config = compose(config, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = num
         sweep_config.hydra.job.num = num

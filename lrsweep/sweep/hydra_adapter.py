@@ -163,7 +163,7 @@ class SweepComposer:
     def _with_values(base: DictConfig, values: list[Any]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        config = pickle.loads(pickle.dumps(base))  # a deep copy, in 60% of `copy.deepcopy`'s time
+        config = deep_copy(base)
         ConfigLoaderImpl._apply_overrides_to_config(values, config)
         return config
 
@@ -172,7 +172,12 @@ def task_config(sweep_config: DictConfig) -> DictConfig:
     """A job's task config: its sweep config without the `hydra` node (as Hydra's run_job makes it)."""
     from omegaconf import read_write
 
-    task = pickle.loads(pickle.dumps(sweep_config))  # a deep copy, in 60% of `copy.deepcopy`'s time
+    task = deep_copy(sweep_config)
     with read_write(task), open_dict(task):
         del task["hydra"]
     return task
+
+
+def deep_copy(config: DictConfig) -> DictConfig:
+    """A deep copy of a config, in 60% of `copy.deepcopy`'s time."""
+    return pickle.loads(pickle.dumps(config))
