@@ -1,9 +1,10 @@
 """Packs: several runs of one model stacked into one Keras model, one `fit`, each member still its own.
 
 Member k of a pack starts from the weights its solo run would build for its seed, sees its batches in the order
-its seed gives (`lrsweep.ml.training`), and is updated by the configured Keras optimizer's own `update_step` with its
-own learning rate, the member's schedule evaluated at the optimizer's step inside the compiled step. Optimizer
-state is elementwise, so each member's slots are its own slices of the stacked slot variables.
+its seed gives (`lrsweep.ml.training`), and is updated by its own Keras optimizer's `update_step` (members may use
+different optimizers: Adam, Adagrad and Adadelta runs share one pack) with its own learning rate, the member's
+schedule evaluated at the pack's step inside the compiled step. Optimizer state is elementwise, so each member's
+slots are its own slices of its optimizer's stacked slot variables.
 
 Layout: members are ordered by seed; members with the same seed form a data group and share its batches, so the
 first layer of a group is one wide matrix product (batch x inputs) @ (inputs x members * units), the GEMM the
@@ -31,6 +32,10 @@ PACKABLE_OPTIMIZERS = (
     keras.optimizers.Adadelta,
     keras.optimizers.RMSprop,
 )
+
+
+# Optimizer settings that act on whole variables, so across members: a pack's members must all leave them unset.
+ACROSS_MEMBERS = ("weight_decay", "clipnorm", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
 
 
 class NotPackable(ValueError):
@@ -75,14 +80,7 @@ def check_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     if type(optimizer) not in PACKABLE_OPTIMIZERS:
         names = ", ".join(cls.__name__ for cls in PACKABLE_OPTIMIZERS)
         raise NotPackable(f"{type(optimizer).__name__} is not one of the packable optimizers ({names})")
-    mixing = {
-        "weight_decay": optimizer.weight_decay,
-        "clipnorm": optimizer.clipnorm,
-        "global_clipnorm": optimizer.global_clipnorm,
-        "use_ema": optimizer.use_ema or None,
-        "gradient_accumulation_steps": optimizer.gradient_accumulation_steps,
-    }
-    used = {k: v for k, v in mixing.items() if v}
+    used = {k: getattr(optimizer, k) for k in ACROSS_MEMBERS if getattr(optimizer, k)}
     if used:
         raise NotPackable(f"the optimizer sets {used}, which act on whole variables, across members")
 
@@ -222,14 +220,11 @@ class PackedMLP(keras.Model):
         return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
 
     def build_optimizer(
-        self, optimizer: keras.optimizers.Optimizer, learning_rate: PackSchedule
-    ) -> keras.optimizers.Optimizer:
-        """`optimizer`'s class and settings, applied to each member with its own LR (`learning_rate`: K values)."""
-        settings = {k: v for k, v in optimizer.get_config().items() if k != "learning_rate"}
-        return packed_optimizer_class(type(optimizer))(
-            learning_rate=learning_rate, member_maps=self.member_maps, watch=self.watch, members=self.members,
-            **settings,
-        )  # fmt: skip
+        self, optimizers: Sequence[keras.optimizers.Optimizer], learning_rate: PackSchedule
+    ) -> PackedOptimizer:
+        """Each member's optimizer (class and settings: `optimizers`, member order), applied with its own LR
+        (`learning_rate`: K values)."""
+        return PackedOptimizer(learning_rate, optimizers, self.member_maps, self.watch)
 
 
 def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -305,56 +300,101 @@ class PackSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedules": [keras.saving.serialize_keras_object(s) for s in self.schedules]}
 
 
-_PACKED_CLASSES: dict[type, type] = {}
+def optimizer_key(optimizer: keras.optimizers.Optimizer) -> str:
+    """The class and settings of an optimizer, its LR and name aside: members with equal keys share one optimizer."""
+    settings = {k: v for k, v in optimizer.get_config().items() if k not in ("name", "learning_rate")}
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}{sorted(settings.items())}"
 
 
-def packed_optimizer_class(base: type[keras.optimizers.Optimizer]) -> type[keras.optimizers.Optimizer]:
-    """`base` with each update applied per member: member k's LR entry, and nothing at all once it diverged."""
-    if base not in _PACKED_CLASSES:
-        # The per-member update replaces the one method Keras applies every variable's update in.
-        update = {keras_adapter.UPDATE_STEP_METHOD: PackedUpdates.update_per_member}
-        _PACKED_CLASSES[base] = type(f"Packed{base.__name__}", (PackedUpdates, base), update)
-    return _PACKED_CLASSES[base]
+class PackedOptimizer(keras.optimizers.Optimizer):
+    """The members' own optimizers applied side by side, each member with its own LR, in one update.
 
-
-class PackedUpdates:
-    """Mixed in before a Keras optimizer class: its `update_step`, per member.
+    Members with the same optimizer class and settings share one optimizer (`optimizer_key`); a pack of Adam,
+    Adagrad and Adadelta runs has three. Each applies its own `update_step` to every variable, with the gradient and
+    LR of every member but its own zeroed: with a zero gradient and LR the packable optimizers leave a member's
+    entries as they are (momentum would still move them, and there the update is undone), and their slots hold
+    each member's state in its own entries. Each one's step count is the pack's (Adam's bias correction reads it).
 
     The LR (a vector, one entry per member: `PackSchedule`) reaches `update_step` shaped to broadcast against each
-    variable, so the optimizer's own formula applies member k's LR to member k's entries. A member whose output
+    variable, so each optimizer's own formula applies member k's LR to member k's entries. A member whose output
     bias gradient is not finite (its loss is NaN or infinite: the logits were) is marked dead in that step, and its
-    entries of every variable are left exactly as they were, from then on: its gradient and LR are zero, which
-    leaves a variable unchanged in every packable optimizer except where momentum would still move it, and there
-    the update is undone. Its NaNs never reach the optimizer's state, nor the others, which share no entry with it.
+    entries of every variable are left exactly as they were from then on, the way entries of another optimizer's
+    members are. Its NaNs never reach any optimizer's state, nor the other members, which share no entry with it.
+
+    Args:
+        learning_rate: the members' LRs (`PackSchedule`).
+        optimizers: each member's optimizer, in member order (their own LRs are not used).
+        member_maps: per trainable variable, the member each entry belongs to (`PackedMLP.member_maps`).
+        watch: per data group, its output bias variable's index and member count.
     """
 
     def __init__(
-        self, *args, member_maps: Sequence[np.ndarray], watch: Sequence[tuple[int, int]], members: int, **kwargs
+        self,
+        learning_rate: PackSchedule,
+        optimizers: Sequence[keras.optimizers.Optimizer],
+        member_maps: Sequence[np.ndarray],
+        watch: Sequence[tuple[int, int]],
+        name: str = "packed",
     ):
-        super().__init__(*args, **kwargs)
+        super().__init__(learning_rate=learning_rate, name=name)
+        keys = [optimizer_key(o) for o in optimizers]
+        distinct = list(dict.fromkeys(keys))
+        # One optimizer per distinct key: the first member's with that key.
+        self.optimizers = [optimizers[keys.index(key)] for key in distinct]
+        self.member_optimizer = [distinct.index(key) for key in keys]
+        self.members = len(optimizers)
         self.member_maps = [np.asarray(m, dtype="int32") for m in member_maps]
         self.watch = list(watch)
-        self.members = members
+        # Per optimizer: 1.0 for the members it updates.
+        self.masks = [np.asarray([float(o == i) for o in self.member_optimizer], "float32")
+                      for i in range(len(self.optimizers))]  # fmt: skip
+
+    def of_member(self, member: int) -> keras.optimizers.Optimizer:
+        """The optimizer that updates member `member` (its slots hold the member's state)."""
+        return self.optimizers[self.member_optimizer[member]]
+
+    @property
+    def variables(self):
+        # As Keras' LossScaleOptimizer does for its inner optimizer: the members' optimizers' state is this one's.
+        return self._variables + [v for optimizer in self.optimizers for v in optimizer.variables]
 
     def build(self, variables):
         super().build(variables)
+        for optimizer in self.optimizers:
+            optimizer.build(variables)
         self.alive = self.add_variable((self.members,), initializer="ones", name="alive")
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError("a pack's update is applied per member optimizer (`update_per_member`)")
 
     def update_per_member(self, grads, trainable_variables, learning_rate):
         finite = [ops.all(ops.isfinite(ops.reshape(grads[i], (size, -1))), axis=1) for i, size in self.watch]
         finite = finite[0] if len(finite) == 1 else ops.concatenate(finite)
         alive = self.alive * ops.cast(finite, self.alive.dtype)
         self.alive.assign(alive)
-        learning_rate = ops.cast(learning_rate, "float32") * alive
-        # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
-        restore = bool(getattr(self, "momentum", 0))
-        for grad, variable in zip(grads, trainable_variables, strict=True):
-            owners = self.member_maps[keras_adapter.variable_index(self, variable)]
-            keep = ops.take(alive, owners) > 0
-            before = ops.convert_to_tensor(variable) if restore else None
-            self.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
-            if restore:
-                self.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+        learning_rate = ops.cast(learning_rate, "float32")
+        for optimizer, mask in zip(self.optimizers, self.masks, strict=True):
+            updated = alive if len(self.optimizers) == 1 else alive * mask
+            optimizer.iterations.assign(self.iterations)  # read by its update (Adam: t = iterations + 1)
+            _update_members(optimizer, grads, trainable_variables, learning_rate * updated, updated, self)
+            optimizer.iterations.assign(self.iterations + 1)  # as this one's after the update, for readers
+
+
+def _update_members(optimizer, grads, trainable_variables, learning_rate, updated, pack: PackedOptimizer) -> None:
+    """`optimizer`'s update of the members `updated` (1.0) marks; every other member's entries stay as they are."""
+    # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
+    restore = bool(getattr(optimizer, "momentum", 0))
+    for grad, variable in zip(grads, trainable_variables, strict=True):
+        owners = pack.member_maps[keras_adapter.variable_index(pack, variable)]
+        keep = ops.take(updated, owners) > 0
+        before = ops.convert_to_tensor(variable) if restore else None
+        optimizer.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
+        if restore:
+            optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+
+
+# The per-member update replaces the one method Keras applies every variable's update in.
+setattr(PackedOptimizer, keras_adapter.UPDATE_STEP_METHOD, PackedOptimizer.update_per_member)
 
 
 def seed_groups(seeds: Sequence[int]) -> list[int]:
@@ -371,13 +411,14 @@ class PackPlan:
     model: PackedMLP
     schedules: list[keras.optimizers.schedules.LearningRateSchedule]  # member k's LR schedule
     seeds: list[int]  # one per data group: the order of examples its members see
+    optimizer: PackedOptimizer  # the pack's; `optimizer.of_member(k)` holds member k's state
 
 
 def stack(
     solo_models: Sequence[keras.Model],
     seeds: Sequence[int],
     schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule],
-    optimizer: keras.optimizers.Optimizer,
+    optimizers: Sequence[keras.optimizers.Optimizer],
     compile_args: dict[str, Any],
 ) -> PackPlan:
     """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
@@ -386,19 +427,17 @@ def stack(
         solo_models: each member's model as its solo run builds it, initial weights included.
         seeds: each member's seed, sorted.
         schedules: each member's LR schedule.
-        optimizer: the optimizer whose class and settings every member uses (its LR is ignored).
+        optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
         compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the members then train alone).
     """
     input_shape, layers = mlp_spec(solo_models[0])
-    check_optimizer(optimizer)
+    for optimizer in optimizers:
+        check_optimizer(optimizer)
     model = PackedMLP(input_shape, layers, seed_groups(seeds))
     model.set_member_weights([m.get_weights() for m in solo_models])
-    model.compile(
-        optimizer=model.build_optimizer(optimizer, PackSchedule(schedules)),
-        loss=PackedLoss(model.group_sizes),
-        **compile_args,
-    )
-    return PackPlan(model, list(schedules), [seeds[offset] for offset in model.offsets])
+    optimizer = model.build_optimizer(optimizers, PackSchedule(schedules))
+    model.compile(optimizer=optimizer, loss=PackedLoss(model.group_sizes), **compile_args)
+    return PackPlan(model, list(schedules), [seeds[offset] for offset in model.offsets], optimizer)

@@ -128,6 +128,8 @@ class Member:
     stopped_step: int | None = None  # the global step it stopped at (exclusive)
     # This member's values from the values of a list of optimizer slot variables, flattened (None: all of them).
     select: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
+    # The optimizer whose slots hold this member's state (None: the model's own).
+    optimizer: keras.optimizers.Optimizer | None = None
 
     def key(self, metric: str) -> str:
         return metric if self.index is None else f"{metric}_{self.index}"

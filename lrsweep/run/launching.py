@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lrsweep import tracking
 from lrsweep.core import backend, errors, identity, interrupts
-from lrsweep.ml.packing import NotPackable
+from lrsweep.ml.packing import ACROSS_MEMBERS, PACKABLE_OPTIMIZERS, NotPackable
 from lrsweep.run import experiment, pack
 from lrsweep.run.job import Checks, Job, checked
 
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
 MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
+# With one of these optimizers a job's whole optimizer is its member's own (a pack holds several side by side),
+# apart from the settings that act across members.
+PACKABLE_TARGETS = frozenset(f"keras.optimizers.{cls.__name__}" for cls in PACKABLE_OPTIMIZERS)
+SHARED_OPTIMIZER_KEYS = frozenset(f"optimizer.{name}" for name in ACROSS_MEMBERS)
 MAX_LISTED = 10  # a refused sweep lists this many of its bad jobs, then how many more there are
 
 
@@ -100,9 +104,17 @@ def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> Swe
 
 
 def pack_key(job: Job) -> str:
-    """What a job's results depend on apart from `MEMBER_KEYS`: jobs with the same key can share a pack."""
+    """What a job's results depend on apart from `MEMBER_KEYS` (and a packable optimizer): jobs with the same key can
+    share a pack."""
     flat = identity.flatten(job.resolved)
-    shared = {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MEMBER_KEYS)}
+    member_keys = MEMBER_KEYS
+    if job.resolved["optimizer"].get("_target_") in PACKABLE_TARGETS:
+        member_keys = (*MEMBER_KEYS, "optimizer")
+    shared = {
+        k: v
+        for k, v in flat.items()
+        if k in SHARED_OPTIMIZER_KEYS or not any(k == m or k.startswith(m + ".") for m in member_keys)
+    }
     return json.dumps(shared, sort_keys=True)
 
 

@@ -21,17 +21,16 @@ log = logging.getLogger(__name__)
 
 def build_pack(jobs: Sequence[Job], dataset: Dataset) -> PackPlan:
     """The stacked model of jobs ordered by seed, member k from the model, schedule and optimizer its solo run
-    builds (`lrsweep.run.job`), so that it starts from exactly the same weights.
+    builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would.
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
     """
-    cfg = jobs[0].cfg
     schedules = [KerasSchedule(build_schedule(job.cfg, dataset)) for job in jobs]
     keras.backend.clear_session()
     solo_models = [build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
-    optimizer = build_optimizer(cfg, 0.01)  # its settings; each member's LR comes from its schedule
-    return stack(solo_models, [job.seed for job in jobs], schedules, optimizer, compile_args(cfg))
+    optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
+    return stack(solo_models, [job.seed for job in jobs], schedules, optimizers, compile_args(jobs[0].cfg))
 
 
 def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pack_id: str) -> list[float | Exception]:
@@ -46,8 +45,10 @@ def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pa
     plan = build_pack(jobs, dataset)
     model = plan.model
     log.info(
-        "Pack %s: %d runs (%s) in one model, %d data group(s), %d train / %d validation (%s) / %d test examples",
-        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes),
+        "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), "
+        "%d train / %d validation (%s) / %d test examples",
+        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes), len(plan.optimizer.optimizers),
+        ", ".join(type(o).__name__ for o in plan.optimizer.optimizers),
         len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
     )  # fmt: skip
     members: list[Member] = []
@@ -60,7 +61,10 @@ def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pa
             }
             record = run_record(client, experiment_id, job, pack_tags)
             run_id = tracking.open_run(client, experiment_id, record)
-            members.append(Member(run_id, plan.schedules[k], index=k, name=job.name, select=model.member_selector(k)))
+            members.append(
+                Member(run_id, plan.schedules[k], index=k, name=job.name, select=model.member_selector(k),
+                       optimizer=plan.optimizer.of_member(k))
+            )  # fmt: skip
         history = fit_epochs(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             watching.callbacks(client, cfg, members, dataset),

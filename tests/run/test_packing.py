@@ -19,7 +19,7 @@ def values(client, run_id: str, key: str) -> list[float]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("optimizer", list(equivalence.OPTIMIZERS))
+@pytest.mark.parametrize("optimizer", equivalence.CASES)
 def test_a_pack_matches_its_members_solo_runs_on_jax(tmp_path, optimizer):
     equivalence.check(equivalence.compare(optimizer, str(tmp_path)), optimizer)
 
@@ -106,7 +106,7 @@ def test_a_bad_value_anywhere_stops_the_sweep_before_anything_trains(tmp_path):
         assert client.search_runs([experiment_id]) == []
 
 
-def test_plan_groups_by_everything_but_schedule_lr_and_seed():
+def test_plan_groups_by_everything_but_schedule_optimizer_and_seed():
     from hydra import compose, initialize_config_dir
 
     from lrsweep.core import backend
@@ -117,10 +117,12 @@ def test_plan_groups_by_everything_but_schedule_lr_and_seed():
     variants = [
         ["optimizer.learning_rate=0.01", "training.seed=1"],
         ["optimizer.learning_rate=0.02", "training.seed=0", "schedule=linear"],
-        ["optimizer=adagrad"],  # another optimizer class: its own pack
+        ["optimizer=adagrad"],  # another optimizer class: the same pack
         ["training.batch_size=32"],  # another batch size: its own pack
         ["schedule=warmup", "schedule.warmup.length=0.5", "training.seed=2"],
-        ["optimizer.beta_1=0.8"],  # another optimizer hyperparameter: its own pack
+        ["optimizer.beta_1=0.8"],  # another optimizer hyperparameter: the same pack
+        ["+optimizer.weight_decay=0.01"],  # acts across members: its own pack (where it trains alone)
+        ["optimizer._target_=keras.optimizers.Nadam"],  # not packable: its own pack (where it trains alone)
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         jobs = [
@@ -131,8 +133,8 @@ def test_plan_groups_by_everything_but_schedule_lr_and_seed():
             for i, v in enumerate(variants)
         ]
     packs = launching.plan_packs(jobs, max_members=16, max_seeds=8)
-    assert sorted([job.context.job_num for job in pack] for pack in packs) == [[1, 0, 4], [2], [3], [5]]
-    assert [job.seed for job in packs[0]] == [0, 1, 2]  # ordered by seed
+    assert sorted([job.context.job_num for job in pack] for pack in packs) == [[1, 2, 5, 0, 4], [3], [6], [7]]
+    assert [job.seed for job in packs[0]] == [0, 0, 0, 1, 2]  # ordered by seed
     split = launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=2, max_seeds=8)
     assert [len(pack) for pack in split] == [2, 1]
     assert [len(p) for p in launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=16, max_seeds=1)] == [1] * 3

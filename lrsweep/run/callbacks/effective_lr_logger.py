@@ -36,8 +36,7 @@ class EffectiveLRLogger(keras.callbacks.Callback):
         self.quantiles = tuple(quantiles)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        optimizer = self.model.optimizer
-        step = optimizer_steps(optimizer)
+        step = optimizer_steps(self.model.optimizer)
         read: dict[int, np.ndarray] = {}  # each slot variable read once, whatever the number of members
 
         def values(variable: keras.Variable) -> np.ndarray:
@@ -49,7 +48,7 @@ class EffectiveLRLogger(keras.callbacks.Callback):
             if not member.reports(epoch):
                 continue
             lr = None if member.schedule is None else member.lr(step - 1)
-            effective = effective_lr(optimizer, lr, member.select or flatten, values)
+            effective = effective_lr(member.optimizer or self.model.optimizer, lr, member.select or flatten, values)
             if effective is not None:
                 tracking.log_metrics(
                     self.client, member.run_id, summarize(effective, self.quantiles), step=epoch, float32=False
