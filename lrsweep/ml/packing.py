@@ -90,43 +90,60 @@ class PackedMLP(keras.Model):
 
     Every train and test step also records each member's loss and accuracy (`MemberMetrics`).
 
-    Training inputs hold one batch per data group, (batch, groups, *input_shape); validation inputs are shared,
-    (batch, *input_shape).
+    Members come in data groups (one seed: the same batches) and, within a group, in blocks (one optimizer): each
+    block has variables of its own, its members side by side, so that each optimizer updates only its members'
+    variables. Training inputs hold one batch per data group, (batch, groups, *input_shape); validation inputs are
+    shared, (batch, *input_shape).
 
     Args:
         input_shape: one example's shape, e.g. (28, 28).
         layers: the Dense layers, first to last.
         group_sizes: members per data group, in member order.
+        block_sizes: members per block, in member order, each block inside one data group (default: one block per
+            group).
     """
 
-    def __init__(self, input_shape: Sequence[int], layers: Sequence[DenseSpec], group_sizes: Sequence[int], **kwargs):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        layers: Sequence[DenseSpec],
+        group_sizes: Sequence[int],
+        block_sizes: Sequence[int] | None = None,
+        **kwargs,
+    ):
         super().__init__(name="packed_mlp", **kwargs)
         self.example_shape = tuple(input_shape)
         self.inputs_dim = int(np.prod(self.example_shape))
         self.dense = list(layers)
         self.group_sizes = list(group_sizes)
+        self.block_sizes = list(block_sizes or group_sizes)
         self.members = sum(self.group_sizes)
         self.offsets = np.cumsum([0, *self.group_sizes])[:-1].tolist()
-        self.kernels: list[list[keras.Variable]] = []
+        self.block_offsets = np.cumsum([0, *self.block_sizes])[:-1].tolist()
+        self.block_groups = [self.group_of(offset) for offset in self.block_offsets]  # each block's data group
+        for offset, size, group in zip(self.block_offsets, self.block_sizes, self.block_groups, strict=True):
+            if sum(self.block_sizes) != self.members or offset + size > self.offsets[group] + self.group_sizes[group]:
+                raise ValueError(f"blocks {self.block_sizes} do not divide the data groups {self.group_sizes}")
+        self.kernels: list[list[keras.Variable]] = []  # per block, per layer
         self.biases: list[list[keras.Variable]] = []
         # Per variable (in `trainable_variables` order): the member each entry belongs to, broadcastable to it.
         self.member_maps: list[np.ndarray] = []
         self._slices: list[Callable[[np.ndarray, int], np.ndarray]] = []
-        for group, size in enumerate(self.group_sizes):
+        for block, size in enumerate(self.block_sizes):
             kernels, biases = [], []
             units_in = self.inputs_dim
             for depth, spec in enumerate(self.dense):
                 # Zeros: every member's weights are set from its solo model's (`set_member_weights`).
                 if depth == 0:  # one wide kernel: member g's units are columns g*units .. (g+1)*units - 1
                     kernels.append(
-                        self.add_weight((units_in, size * spec.units), initializer="zeros", name=f"kernel_g{group}_0")
+                        self.add_weight((units_in, size * spec.units), initializer="zeros", name=f"kernel_b{block}_0")
                     )
-                    biases.append(self.add_weight((size * spec.units,), initializer="zeros", name=f"bias_g{group}_0"))
+                    biases.append(self.add_weight((size * spec.units,), initializer="zeros", name=f"bias_b{block}_0"))
                 else:
                     shape = (size, units_in, spec.units)
-                    kernels.append(self.add_weight(shape, initializer="zeros", name=f"kernel_g{group}_{depth}"))
+                    kernels.append(self.add_weight(shape, initializer="zeros", name=f"kernel_b{block}_{depth}"))
                     biases.append(
-                        self.add_weight((size, spec.units), initializer="zeros", name=f"bias_g{group}_{depth}")
+                        self.add_weight((size, spec.units), initializer="zeros", name=f"bias_b{block}_{depth}")
                     )
                 units_in = spec.units
             self.kernels.append(kernels)
@@ -139,14 +156,14 @@ class PackedMLP(keras.Model):
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def _index_variables(self) -> None:
-        positions = {id(v): (g, d, kind) for g in range(len(self.group_sizes))
-                     for d in range(len(self.dense)) for kind, v in (("kernel", self.kernels[g][d]),
-                                                                     ("bias", self.biases[g][d]))}  # fmt: skip
+        positions = {id(v): (b, d, kind) for b in range(len(self.block_sizes))
+                     for d in range(len(self.dense)) for kind, v in (("kernel", self.kernels[b][d]),
+                                                                     ("bias", self.biases[b][d]))}  # fmt: skip
         self._variable_index = {id(v): i for i, v in enumerate(self.trainable_variables)}
-        self._variable_groups = [positions[id(v)][0] for v in self.trainable_variables]
+        self.variable_blocks = [positions[id(v)][0] for v in self.trainable_variables]
         for variable in self.trainable_variables:
-            group, depth, kind = positions[id(variable)]
-            offset, size, units = self.offsets[group], self.group_sizes[group], self.dense[depth].units
+            block, depth, kind = positions[id(variable)]
+            offset, size, units = self.block_offsets[block], self.block_sizes[block], self.dense[depth].units
             if depth == 0:
                 owner = offset + np.arange(size * units) // units
                 self.member_maps.append(owner[None, :] if kind == "kernel" else owner)
@@ -155,62 +172,73 @@ class PackedMLP(keras.Model):
                 owner = offset + np.arange(size)
                 self.member_maps.append(owner[:, None, None] if kind == "kernel" else owner[:, None])
                 self._slices.append(lambda array, k, offset=offset: array[k - offset])
-        # The output biases' variable indices and member counts, per group: their gradients flag a bad loss.
+        # The output biases' variable indices and member counts, per block: their gradients flag a bad loss.
         self.watch = [
             (self._variable_index[id(biases[-1])], size)
-            for biases, size in zip(self.biases, self.group_sizes, strict=True)
+            for biases, size in zip(self.biases, self.block_sizes, strict=True)
         ]
 
     def group_of(self, member: int) -> int:
         return int(np.searchsorted(self.offsets, member, side="right") - 1)
 
+    def block_of(self, member: int) -> int:
+        return int(np.searchsorted(self.block_offsets, member, side="right") - 1)
+
+    def block_variables(self, blocks: Sequence[int]) -> list[keras.Variable]:
+        """The trainable variables of these blocks, in `trainable_variables` order."""
+        return [v for v, b in zip(self.trainable_variables, self.variable_blocks, strict=True) if b in blocks]
+
     def member_values(self, variable_index: int, array: np.ndarray, member: int) -> np.ndarray:
         """Member `member`'s part of the array of trainable variable `variable_index` (or of a slot of it)."""
-        if self.group_of(member) != self._variable_groups[variable_index]:
+        if self.block_of(member) != self.variable_blocks[variable_index]:
             return array[:0]
         return self._slices[variable_index](array, member)
 
     def member_weights(self, member: int) -> list[np.ndarray]:
         """Member `member`'s weights in a solo model's order: kernel, bias of each Dense layer."""
-        group = self.group_of(member)
+        block = self.block_of(member)
         values = []
         for depth in range(len(self.dense)):
-            for variable in (self.kernels[group][depth], self.biases[group][depth]):
+            for variable in (self.kernels[block][depth], self.biases[block][depth]):
                 index = self._variable_index[id(variable)]
                 values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
         return values
 
-    def member_selector(self, member: int) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-        """Member `member`'s values of a list of optimizer slot values (one per trainable variable), flattened."""
+    def member_selector(
+        self, member: int, variables: Sequence[int] | None = None
+    ) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+        """Member `member`'s values of a list of optimizer slot values, one per trainable variable (or per one of
+        `variables`, indices into `trainable_variables`), flattened."""
+        indices = range(len(self.trainable_variables)) if variables is None else variables
 
         def select(arrays: Sequence[np.ndarray]) -> np.ndarray:
-            parts = [self.member_values(i, array, member) for i, array in enumerate(arrays)]
+            parts = [self.member_values(i, array, member) for i, array in zip(indices, arrays, strict=True)]
             return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
 
         return select
 
     def set_member_weights(self, weights: Sequence[Sequence[np.ndarray]]) -> None:
         """Sets every member's weights from a solo model's weight lists (kernel, bias per layer), member order."""
-        for group, size in enumerate(self.group_sizes):
-            members = [weights[self.offsets[group] + g] for g in range(size)]
+        for block, size in enumerate(self.block_sizes):
+            members = [weights[self.block_offsets[block] + g] for g in range(size)]
             for depth in range(len(self.dense)):
                 kernels = [m[2 * depth] for m in members]
                 biases = [m[2 * depth + 1] for m in members]
                 if depth == 0:
-                    self.kernels[group][depth].assign(np.concatenate(kernels, axis=1))
-                    self.biases[group][depth].assign(np.concatenate(biases))
+                    self.kernels[block][depth].assign(np.concatenate(kernels, axis=1))
+                    self.biases[block][depth].assign(np.concatenate(biases))
                 else:
-                    self.kernels[group][depth].assign(np.stack(kernels))
-                    self.biases[group][depth].assign(np.stack(biases))
+                    self.kernels[block][depth].assign(np.stack(kernels))
+                    self.biases[block][depth].assign(np.stack(biases))
 
     def call(self, x):
         shared = len(x.shape) == 1 + len(self.example_shape)
         outputs = []
-        for group, size in enumerate(self.group_sizes):
-            inputs = x if shared else x[:, group]
+        for block, size in enumerate(self.block_sizes):
+            inputs = x if shared else x[:, self.block_groups[block]]
             h = ops.reshape(inputs, (-1, self.inputs_dim))
             for depth, spec in enumerate(self.dense):
-                kernel, bias = self.kernels[group][depth], self.biases[group][depth]
+                kernel, bias = self.kernels[block][depth], self.biases[block][depth]
                 if depth == 0:
                     h = ops.reshape(ops.matmul(h, kernel) + bias, (-1, size, spec.units))
                 else:
@@ -223,8 +251,8 @@ class PackedMLP(keras.Model):
         self, optimizers: Sequence[keras.optimizers.Optimizer], learning_rate: PackSchedule
     ) -> PackedOptimizer:
         """Each member's optimizer (class and settings: `optimizers`, member order), applied with its own LR
-        (`learning_rate`: K values)."""
-        return PackedOptimizer(learning_rate, optimizers, self.member_maps, self.watch)
+        (`learning_rate`: K values). Members of one block must share an optimizer key."""
+        return PackedOptimizer(learning_rate, optimizers, self)
 
 
 def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -310,48 +338,56 @@ class PackedOptimizer(keras.optimizers.Optimizer):
     """The members' own optimizers applied side by side, each member with its own LR, in one update.
 
     Members with the same optimizer class and settings share one optimizer (`optimizer_key`); a pack of Adam,
-    Adagrad and Adadelta runs has three. Each applies its own `update_step` to every variable, with the gradient and
-    LR of every member but its own zeroed: with a zero gradient and LR the packable optimizers leave a member's
-    entries as they are (momentum would still move them, and there the update is undone), and their slots hold
-    each member's state in its own entries. Each one's step count is the pack's (Adam's bias correction reads it).
+    Adagrad and Adadelta runs has three. Each is built on the variables of its members' blocks (`PackedMLP`) and
+    updates those alone, so its slots hold its members' state; its step count is the pack's (Adam's bias correction
+    reads it).
 
     The LR (a vector, one entry per member: `PackSchedule`) reaches `update_step` shaped to broadcast against each
     variable, so each optimizer's own formula applies member k's LR to member k's entries. A member whose output
     bias gradient is not finite (its loss is NaN or infinite: the logits were) is marked dead in that step, and its
-    entries of every variable are left exactly as they were from then on, the way entries of another optimizer's
-    members are. Its NaNs never reach any optimizer's state, nor the other members, which share no entry with it.
+    entries of every variable are left exactly as they were, from then on: its gradient and LR are zero, which
+    leaves a variable unchanged in every packable optimizer except where momentum would still move it, and there
+    the update is undone. Its NaNs never reach the optimizer's state, nor the others, which share no entry with it.
 
     Args:
         learning_rate: the members' LRs (`PackSchedule`).
-        optimizers: each member's optimizer, in member order (their own LRs are not used).
-        member_maps: per trainable variable, the member each entry belongs to (`PackedMLP.member_maps`).
-        watch: per data group, its output bias variable's index and member count.
+        optimizers: each member's optimizer, in member order (their own LRs are not used); the members of one
+            block of `model` must have equal `optimizer_key`s.
+        model: the pack.
     """
 
     def __init__(
         self,
         learning_rate: PackSchedule,
         optimizers: Sequence[keras.optimizers.Optimizer],
-        member_maps: Sequence[np.ndarray],
-        watch: Sequence[tuple[int, int]],
+        model: PackedMLP,
         name: str = "packed",
     ):
         super().__init__(learning_rate=learning_rate, name=name)
         keys = [optimizer_key(o) for o in optimizers]
         distinct = list(dict.fromkeys(keys))
-        # One optimizer per distinct key: the first member's with that key.
-        self.optimizers = [optimizers[keys.index(key)] for key in distinct]
+        self.optimizers = [optimizers[keys.index(key)] for key in distinct]  # the first member's with each key
         self.member_optimizer = [distinct.index(key) for key in keys]
-        self.members = len(optimizers)
-        self.member_maps = [np.asarray(m, dtype="int32") for m in member_maps]
-        self.watch = list(watch)
-        # Per optimizer: 1.0 for the members it updates.
-        self.masks = [np.asarray([float(o == i) for o in self.member_optimizer], "float32")
-                      for i in range(len(self.optimizers))]  # fmt: skip
+        for offset, size in zip(model.block_offsets, model.block_sizes, strict=True):
+            if len(set(self.member_optimizer[offset : offset + size])) != 1:
+                raise ValueError(f"members {offset} to {offset + size - 1} share a block but not an optimizer")
+        block_optimizer = [self.member_optimizer[offset] for offset in model.block_offsets]
+        # Per trainable variable of the model: the optimizer that updates it.
+        self.variable_optimizer = [block_optimizer[block] for block in model.variable_blocks]
+        # Each optimizer's variables, as indices into the model's `trainable_variables` (Keras would track a list
+        # of the variables themselves as this optimizer's own): the order its slot lists follow.
+        self.optimizer_variables = [
+            [index for index, o in enumerate(self.variable_optimizer) if o == i] for i in range(len(self.optimizers))
+        ]
+        self.members = model.members
+        self.member_maps = [np.asarray(m, dtype="int32") for m in model.member_maps]
+        self.watch = list(model.watch)
 
-    def of_member(self, member: int) -> keras.optimizers.Optimizer:
-        """The optimizer that updates member `member` (its slots hold the member's state)."""
-        return self.optimizers[self.member_optimizer[member]]
+    def of_member(self, member: int) -> tuple[keras.optimizers.Optimizer, list[int]]:
+        """The optimizer that updates member `member` (its slots hold the member's state) and the variables it is
+        built on, one per entry of each of its slot lists, as indices into the model's `trainable_variables`."""
+        i = self.member_optimizer[member]
+        return self.optimizers[i], self.optimizer_variables[i]
 
     @property
     def variables(self):
@@ -360,37 +396,36 @@ class PackedOptimizer(keras.optimizers.Optimizer):
 
     def build(self, variables):
         super().build(variables)
-        for optimizer in self.optimizers:
-            optimizer.build(variables)
+        for optimizer, own in zip(self.optimizers, self.optimizer_variables, strict=True):
+            optimizer.build([variables[index] for index in own])
         self.alive = self.add_variable((self.members,), initializer="ones", name="alive")
 
     def update_step(self, gradient, variable, learning_rate):
-        raise NotImplementedError("a pack's update is applied per member optimizer (`update_per_member`)")
+        raise NotImplementedError("a pack's update is its members' optimizers' (`update_per_member`)")
 
     def update_per_member(self, grads, trainable_variables, learning_rate):
         finite = [ops.all(ops.isfinite(ops.reshape(grads[i], (size, -1))), axis=1) for i, size in self.watch]
         finite = finite[0] if len(finite) == 1 else ops.concatenate(finite)
         alive = self.alive * ops.cast(finite, self.alive.dtype)
         self.alive.assign(alive)
-        learning_rate = ops.cast(learning_rate, "float32")
-        for optimizer, mask in zip(self.optimizers, self.masks, strict=True):
-            updated = alive if len(self.optimizers) == 1 else alive * mask
-            optimizer.iterations.assign(self.iterations)  # read by its update (Adam: t = iterations + 1)
-            _update_members(optimizer, grads, trainable_variables, learning_rate * updated, updated, self)
-            optimizer.iterations.assign(self.iterations + 1)  # as this one's after the update, for readers
-
-
-def _update_members(optimizer, grads, trainable_variables, learning_rate, updated, pack: PackedOptimizer) -> None:
-    """`optimizer`'s update of the members `updated` (1.0) marks; every other member's entries stay as they are."""
-    # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
-    restore = bool(getattr(optimizer, "momentum", 0))
-    for grad, variable in zip(grads, trainable_variables, strict=True):
-        owners = pack.member_maps[keras_adapter.variable_index(pack, variable)]
-        keep = ops.take(updated, owners) > 0
-        before = ops.convert_to_tensor(variable) if restore else None
-        optimizer.update_step(ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners))
-        if restore:
-            optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+        learning_rate = ops.cast(learning_rate, "float32") * alive
+        for i, optimizer in enumerate(self.optimizers):
+            optimizer.iterations.assign(self.iterations)  # what its update reads (Adam: t = iterations + 1)
+            # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
+            restore = bool(getattr(optimizer, "momentum", 0))
+            for grad, variable in zip(grads, trainable_variables, strict=True):
+                index = keras_adapter.variable_index(self, variable)
+                if self.variable_optimizer[index] != i:
+                    continue
+                owners = self.member_maps[index]
+                keep = ops.take(alive, owners) > 0
+                before = ops.convert_to_tensor(variable) if restore else None
+                optimizer.update_step(
+                    ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners)
+                )
+                if restore:
+                    optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+            optimizer.iterations.assign(self.iterations + 1)  # the pack's count after this update, for readers
 
 
 # The per-member update replaces the one method Keras applies every variable's update in.
@@ -401,7 +436,12 @@ def seed_groups(seeds: Sequence[int]) -> list[int]:
     """Sizes of the runs of equal seeds in `seeds` (which must be sorted by seed)."""
     if list(seeds) != sorted(seeds):
         raise ValueError(f"a pack's members must be ordered by seed. Received: seeds={list(seeds)}")
-    return [len(list(run)) for _, run in itertools.groupby(seeds)]
+    return runs_of(seeds)
+
+
+def runs_of(keys: Sequence[Any]) -> list[int]:
+    """Sizes of the runs of equal keys, in order: [a, a, b, a] gives [2, 1, 1]."""
+    return [len(list(run)) for _, run in itertools.groupby(keys)]
 
 
 @dataclass
@@ -436,7 +476,9 @@ def stack(
     input_shape, layers = mlp_spec(solo_models[0])
     for optimizer in optimizers:
         check_optimizer(optimizer)
-    model = PackedMLP(input_shape, layers, seed_groups(seeds))
+    # A block: members of one seed with one optimizer (ordered by seed, then optimizer: `lrsweep.run.launching`).
+    blocks = runs_of([(seed, optimizer_key(o)) for seed, o in zip(seeds, optimizers, strict=True)])
+    model = PackedMLP(input_shape, layers, seed_groups(seeds), blocks)
     model.set_member_weights([m.get_weights() for m in solo_models])
     optimizer = model.build_optimizer(optimizers, PackSchedule(schedules))
     model.compile(optimizer=optimizer, loss=PackedLoss(model.group_sizes), **compile_args)

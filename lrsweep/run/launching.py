@@ -118,8 +118,15 @@ def pack_key(job: Job) -> str:
     return json.dumps(shared, sort_keys=True)
 
 
+def optimizer_settings(job: Job) -> str:
+    """A job's optimizer class and settings, its LR aside: a pack's members with equal ones share an optimizer."""
+    settings = {k: v for k, v in job.resolved["optimizer"].items() if k != "learning_rate"}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[list[Job]]:
-    """Groups jobs by `pack_key` and splits each group, ordered by seed, into near-equal packs within the limits.
+    """Groups jobs by `pack_key` and splits each group, ordered by seed (then optimizer: one block of variables per
+    seed and optimizer, `lrsweep.ml.packing.PackedMLP`), into near-equal packs within the limits.
 
     A pack of one job is a job that trains alone.
     """
@@ -128,7 +135,7 @@ def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[li
         groups.setdefault(pack_key(job), []).append(job)
     packs = []
     for group in groups.values():
-        group.sort(key=lambda job: (job.seed, job.context.job_num or 0))
+        group.sort(key=lambda job: (job.seed, optimizer_settings(job), job.context.job_num or 0))
         seeds = len({job.seed for job in group})
         count = max(math.ceil(len(group) / max_members), math.ceil(seeds / max_seeds))
         size = math.ceil(len(group) / count)

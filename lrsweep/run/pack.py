@@ -61,10 +61,9 @@ def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pa
             }
             record = run_record(client, experiment_id, job, pack_tags)
             run_id = tracking.open_run(client, experiment_id, record)
-            members.append(
-                Member(run_id, plan.schedules[k], index=k, name=job.name, select=model.member_selector(k),
-                       optimizer=plan.optimizer.of_member(k))
-            )  # fmt: skip
+            optimizer, variables = plan.optimizer.of_member(k)
+            select = model.member_selector(k, variables)
+            members.append(Member(run_id, plan.schedules[k], k, job.name, select=select, optimizer=optimizer))
         history = fit_epochs(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             watching.callbacks(client, cfg, members, dataset),

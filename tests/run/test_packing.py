@@ -133,8 +133,8 @@ def test_plan_groups_by_everything_but_schedule_optimizer_and_seed():
             for i, v in enumerate(variants)
         ]
     packs = launching.plan_packs(jobs, max_members=16, max_seeds=8)
-    assert sorted([job.context.job_num for job in pack] for pack in packs) == [[1, 2, 5, 0, 4], [3], [6], [7]]
-    assert [job.seed for job in packs[0]] == [0, 0, 0, 1, 2]  # ordered by seed
+    assert sorted([job.context.job_num for job in pack] for pack in packs) == [[2, 5, 1, 0, 4], [3], [6], [7]]
+    assert [job.seed for job in packs[0]] == [0, 0, 0, 1, 2]  # ordered by seed, then optimizer settings
     split = launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=2, max_seeds=8)
     assert [len(pack) for pack in split] == [2, 1]
     assert [len(p) for p in launching.plan_packs([jobs[0], jobs[1], jobs[4]], max_members=16, max_seeds=1)] == [1] * 3
