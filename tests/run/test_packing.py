@@ -178,15 +178,15 @@ def test_ctrl_c_kills_a_running_pack_whole_and_a_rerun_trains_only_the_unfinishe
 def test_packs_go_to_submitit_as_one_job_each(tmp_path):
     """hydra.launcher.cluster=local: each pack (and lone job) is a submitit job, a process of its own here."""
     sweep = ["schedule=linear,constant", "training.seed=0,1", "optimizer=adam,adagrad"]
-    result = train(tmp_path, "hydra.launcher.cluster=local", *sweep, "backend=jax", "training.epochs=1",
-                   "training.verbose=0", *TINY)  # fmt: skip
+    result = train(tmp_path, "hydra.launcher.cluster=local", "hydra.launcher.max_members=4", *sweep, "backend=jax",
+                   "training.epochs=1", "training.verbose=0", *TINY)  # fmt: skip
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id, "multirun")
     assert len(runs) == 8 and {r.info.status for r in runs.values()} == {"FINISHED"}
     packs = {}
     for run in runs.values():
         packs.setdefault(run.data.tags[tracking.TAG_PACK], set()).add(run.data.tags["mlflow.parentRunId"])
-    assert len(packs) == 2  # Adam's 4 runs and Adagrad's 4, each pack one submitit job
+    assert len(packs) == 2  # 8 runs, at most 4 per pack: one pack per seed (Adam and Adagrad), one submitit job each
     parent = tracking.find_sweep_run(client, experiment_id, "multirun")
     assert all(parents == {parent.info.run_id} for parents in packs.values())
     assert parent.info.status == "FINISHED"
