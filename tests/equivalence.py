@@ -38,7 +38,10 @@ OPTIMIZERS = {
 # SGD's momentum checks that no other optimizer's update moves a member's entries.
 MIXED = [["optimizer=adam"], ["optimizer=sgd", "optimizer.momentum=0.9"],
          ["optimizer=adadelta", "optimizer.learning_rate=1.0"]]  # fmt: skip
-CASES = [*OPTIMIZERS, "mixed"]
+# A model a user writes (functional, convolution and BatchNorm: tests/user_models.py), packed by mapping it over
+# its members (`lrsweep.ml.vmapped`, JAX), with the mixed optimizers.
+FUNCTIONAL = ["model._target_=tests.user_models.small_cnn", "model.hidden_units=4"]
+CASES = [*OPTIMIZERS, "mixed", "functional"]
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 TEST_KEYS = ("test_loss", "test_accuracy")  # the test set scored once, at the end (validation is held out)
 
@@ -75,6 +78,8 @@ def check(result: dict, optimizer: str) -> None:
 
 def member_overrides(optimizer: str, k: int) -> list[str]:
     """Member k's overrides in the case `optimizer` (a key of `OPTIMIZERS`, or "mixed")."""
+    if optimizer == "functional":
+        return [*MIXED[k][:1], *MEMBERS[k], *MIXED[k][1:], *FUNCTIONAL]
     choice = MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]
     return [*choice[:1], *MEMBERS[k], *choice[1:]]
 

@@ -1,22 +1,21 @@
-"""Packs: several runs of one model stacked into one Keras model, one `fit`, each member still its own.
+"""Packs: several runs of one model trained as one Keras model, one `fit`, each member still its own.
+
+What every kind of pack shares: how members sit in it (`MemberBlocks`), their loss and metrics, their LRs side by
+side (`PackSchedule`) and their optimizers side by side (`PackedOptimizer`). The kinds: the fused MLP
+(`lrsweep.ml.packed_mlp`) and any Keras model mapped over its members (`lrsweep.ml.vmapped`, JAX);
+`lrsweep.ml.stacking` chooses.
 
 Member k of a pack starts from the weights its solo run would build for its seed, sees its batches in the order
 its seed gives (`lrsweep.ml.training`), and is updated by its own Keras optimizer's `update_step` (members may use
 different optimizers: Adam, Adagrad and Adadelta runs share one pack) with its own learning rate, the member's
 schedule evaluated at the pack's step inside the compiled step. Optimizer state is elementwise, so each member's
 slots are its own slices of its optimizer's stacked slot variables.
-
-Layout: members are ordered by seed; members with the same seed form a data group and share its batches, so the
-first layer of a group is one wide matrix product (batch x inputs) @ (inputs x members * units), the GEMM the
-CPU runs fastest; later layers are batched per member. Only what is written with `keras.ops` runs, on any backend.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import keras
 import numpy as np
@@ -42,39 +41,6 @@ class NotPackable(ValueError):
     """This run cannot join a pack (it trains alone instead); the message says why."""
 
 
-@dataclass(frozen=True)
-class DenseSpec:
-    units: int
-    activation: Callable
-
-
-def mlp_spec(model: keras.Model) -> tuple[tuple[int, ...], list[DenseSpec]]:
-    """The input shape and Dense layers of a Flatten -> Dense ... -> Dense model, or NotPackable."""
-    if not isinstance(model, keras.Sequential):
-        raise NotPackable(f"the model is a {type(model).__name__}, not a keras.Sequential of Flatten and Dense layers")
-    layers = list(model.layers)
-    if not layers or not isinstance(layers[0], keras.layers.Flatten):
-        raise NotPackable("the model does not start with a Flatten layer")
-    dense = []
-    for layer in layers[1:]:
-        plain = (
-            isinstance(layer, keras.layers.Dense)
-            and layer.use_bias
-            and layer.kernel_regularizer is None
-            and layer.bias_regularizer is None
-            and layer.activity_regularizer is None
-            and layer.kernel_constraint is None
-            and layer.bias_constraint is None
-            and layer.lora_rank is None
-        )
-        if not plain:
-            raise NotPackable(f"layer {layer.name} ({type(layer).__name__}) is not a plain biased Dense layer")
-        dense.append(DenseSpec(layer.units, layer.activation))
-    if not dense:
-        raise NotPackable("the model has no Dense layer")
-    return tuple(model.input_shape[1:]), dense
-
-
 def check_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     """Raises NotPackable unless each member's update depends only on its own slice of variables and state."""
     if type(optimizer) not in PACKABLE_OPTIMIZERS:
@@ -85,36 +51,21 @@ def check_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
         raise NotPackable(f"the optimizer sets {used}, which act on whole variables, across members")
 
 
-class PackedMLP(keras.Model):
-    """K copies of one MLP, stacked: outputs (batch, K, classes), member k's from its own weights.
+class MemberBlocks:
+    """How a pack's members sit in it, for every kind of pack (mixed in before `keras.Model`).
 
-    Every train and test step also records each member's loss and accuracy (`MemberMetrics`).
+    Members are ordered by seed; members with one seed form a data group (they see the same batches) and, within a
+    group, members with one optimizer form a block with variables of its own, so that each optimizer updates only
+    its members' variables (`PackedOptimizer`). Training inputs hold one batch per data group, (batch, groups,
+    *input_shape); validation inputs are shared, (batch, *input_shape). Outputs are (batch, members, classes).
 
-    Members come in data groups (one seed: the same batches) and, within a group, in blocks (one optimizer): each
-    block has variables of its own, its members side by side, so that each optimizer updates only its members'
-    variables. Training inputs hold one batch per data group, (batch, groups, *input_shape); validation inputs are
-    shared, (batch, *input_shape).
-
-    Args:
-        input_shape: one example's shape, e.g. (28, 28).
-        layers: the Dense layers, first to last.
-        group_sizes: members per data group, in member order.
-        block_sizes: members per block, in member order, each block inside one data group (default: one block per
-            group).
+    A pack model calls `_lay_out` in its constructor, then sets per trainable variable (in `trainable_variables`
+    order) `member_maps` (the member each entry belongs to, broadcastable to it), `variable_blocks` and `_slices`
+    (member k's part of an array of the variable's shape), and `watch`: per block, the index of a variable whose
+    gradient is not finite when a member's loss is not (its output bias), and the block's member count.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int],
-        layers: Sequence[DenseSpec],
-        group_sizes: Sequence[int],
-        block_sizes: Sequence[int] | None = None,
-        **kwargs,
-    ):
-        super().__init__(name="packed_mlp", **kwargs)
-        self.example_shape = tuple(input_shape)
-        self.inputs_dim = int(np.prod(self.example_shape))
-        self.dense = list(layers)
+    def _lay_out(self, group_sizes: Sequence[int], block_sizes: Sequence[int] | None) -> None:
         self.group_sizes = list(group_sizes)
         self.block_sizes = list(block_sizes or group_sizes)
         self.members = sum(self.group_sizes)
@@ -124,59 +75,15 @@ class PackedMLP(keras.Model):
         for offset, size, group in zip(self.block_offsets, self.block_sizes, self.block_groups, strict=True):
             if sum(self.block_sizes) != self.members or offset + size > self.offsets[group] + self.group_sizes[group]:
                 raise ValueError(f"blocks {self.block_sizes} do not divide the data groups {self.group_sizes}")
-        self.kernels: list[list[keras.Variable]] = []  # per block, per layer
-        self.biases: list[list[keras.Variable]] = []
-        # Per variable (in `trainable_variables` order): the member each entry belongs to, broadcastable to it.
         self.member_maps: list[np.ndarray] = []
+        self.variable_blocks: list[int] = []
         self._slices: list[Callable[[np.ndarray, int], np.ndarray]] = []
-        for block, size in enumerate(self.block_sizes):
-            kernels, biases = [], []
-            units_in = self.inputs_dim
-            for depth, spec in enumerate(self.dense):
-                # Zeros: every member's weights are set from its solo model's (`set_member_weights`).
-                if depth == 0:  # one wide kernel: member g's units are columns g*units .. (g+1)*units - 1
-                    kernels.append(
-                        self.add_weight((units_in, size * spec.units), initializer="zeros", name=f"kernel_b{block}_0")
-                    )
-                    biases.append(self.add_weight((size * spec.units,), initializer="zeros", name=f"bias_b{block}_0"))
-                else:
-                    shape = (size, units_in, spec.units)
-                    kernels.append(self.add_weight(shape, initializer="zeros", name=f"kernel_b{block}_{depth}"))
-                    biases.append(
-                        self.add_weight((size, spec.units), initializer="zeros", name=f"bias_b{block}_{depth}")
-                    )
-                units_in = spec.units
-            self.kernels.append(kernels)
-            self.biases.append(biases)
-        self._index_variables()
+        self.watch: list[tuple[int, int]] = []
         self.member_metrics = MemberMetrics(self.group_sizes)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.member_metrics.update_state(y, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)
-
-    def _index_variables(self) -> None:
-        positions = {id(v): (b, d, kind) for b in range(len(self.block_sizes))
-                     for d in range(len(self.dense)) for kind, v in (("kernel", self.kernels[b][d]),
-                                                                     ("bias", self.biases[b][d]))}  # fmt: skip
-        self._variable_index = {id(v): i for i, v in enumerate(self.trainable_variables)}
-        self.variable_blocks = [positions[id(v)][0] for v in self.trainable_variables]
-        for variable in self.trainable_variables:
-            block, depth, kind = positions[id(variable)]
-            offset, size, units = self.block_offsets[block], self.block_sizes[block], self.dense[depth].units
-            if depth == 0:
-                owner = offset + np.arange(size * units) // units
-                self.member_maps.append(owner[None, :] if kind == "kernel" else owner)
-                self._slices.append(_column_slice(units, kind, offset))
-            else:
-                owner = offset + np.arange(size)
-                self.member_maps.append(owner[:, None, None] if kind == "kernel" else owner[:, None])
-                self._slices.append(lambda array, k, offset=offset: array[k - offset])
-        # The output biases' variable indices and member counts, per block: their gradients flag a bad loss.
-        self.watch = [
-            (self._variable_index[id(biases[-1])], size)
-            for biases, size in zip(self.biases, self.block_sizes, strict=True)
-        ]
 
     def group_of(self, member: int) -> int:
         return int(np.searchsorted(self.offsets, member, side="right") - 1)
@@ -184,25 +91,11 @@ class PackedMLP(keras.Model):
     def block_of(self, member: int) -> int:
         return int(np.searchsorted(self.block_offsets, member, side="right") - 1)
 
-    def block_variables(self, blocks: Sequence[int]) -> list[keras.Variable]:
-        """The trainable variables of these blocks, in `trainable_variables` order."""
-        return [v for v, b in zip(self.trainable_variables, self.variable_blocks, strict=True) if b in blocks]
-
     def member_values(self, variable_index: int, array: np.ndarray, member: int) -> np.ndarray:
         """Member `member`'s part of the array of trainable variable `variable_index` (or of a slot of it)."""
         if self.block_of(member) != self.variable_blocks[variable_index]:
             return array[:0]
         return self._slices[variable_index](array, member)
-
-    def member_weights(self, member: int) -> list[np.ndarray]:
-        """Member `member`'s weights in a solo model's order: kernel, bias of each Dense layer."""
-        block = self.block_of(member)
-        values = []
-        for depth in range(len(self.dense)):
-            for variable in (self.kernels[block][depth], self.biases[block][depth]):
-                index = self._variable_index[id(variable)]
-                values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
-        return values
 
     def member_selector(
         self, member: int, variables: Sequence[int] | None = None
@@ -217,50 +110,12 @@ class PackedMLP(keras.Model):
 
         return select
 
-    def set_member_weights(self, weights: Sequence[Sequence[np.ndarray]]) -> None:
-        """Sets every member's weights from a solo model's weight lists (kernel, bias per layer), member order."""
-        for block, size in enumerate(self.block_sizes):
-            members = [weights[self.block_offsets[block] + g] for g in range(size)]
-            for depth in range(len(self.dense)):
-                kernels = [m[2 * depth] for m in members]
-                biases = [m[2 * depth + 1] for m in members]
-                if depth == 0:
-                    self.kernels[block][depth].assign(np.concatenate(kernels, axis=1))
-                    self.biases[block][depth].assign(np.concatenate(biases))
-                else:
-                    self.kernels[block][depth].assign(np.stack(kernels))
-                    self.biases[block][depth].assign(np.stack(biases))
-
-    def call(self, x):
-        shared = len(x.shape) == 1 + len(self.example_shape)
-        outputs = []
-        for block, size in enumerate(self.block_sizes):
-            inputs = x if shared else x[:, self.block_groups[block]]
-            h = ops.reshape(inputs, (-1, self.inputs_dim))
-            for depth, spec in enumerate(self.dense):
-                kernel, bias = self.kernels[block][depth], self.biases[block][depth]
-                if depth == 0:
-                    h = ops.reshape(ops.matmul(h, kernel) + bias, (-1, size, spec.units))
-                else:
-                    h = ops.einsum("bgi,gio->bgo", h, kernel) + bias
-                h = spec.activation(h)
-            outputs.append(h)
-        return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=1)
-
     def build_optimizer(
         self, optimizers: Sequence[keras.optimizers.Optimizer], learning_rate: PackSchedule
     ) -> PackedOptimizer:
         """Each member's optimizer (class and settings: `optimizers`, member order), applied with its own LR
         (`learning_rate`: K values). Members of one block must share an optimizer key."""
         return PackedOptimizer(learning_rate, optimizers, self)
-
-
-def _column_slice(units: int, kind: str, offset: int) -> Callable[[np.ndarray, int], np.ndarray]:
-    def columns(array: np.ndarray, member: int) -> np.ndarray:
-        span = slice((member - offset) * units, (member - offset + 1) * units)
-        return array[:, span] if kind == "kernel" else array[span]
-
-    return columns
 
 
 def member_labels(y_true, group_sizes: Sequence[int]):
@@ -360,7 +215,7 @@ class PackedOptimizer(keras.optimizers.Optimizer):
         self,
         learning_rate: PackSchedule,
         optimizers: Sequence[keras.optimizers.Optimizer],
-        model: PackedMLP,
+        model: MemberBlocks,
         name: str = "packed",
     ):
         super().__init__(learning_rate=learning_rate, name=name)
@@ -439,47 +294,12 @@ def seed_groups(seeds: Sequence[int]) -> list[int]:
     return runs_of(seeds)
 
 
-def runs_of(keys: Sequence[Any]) -> list[int]:
+def runs_of(keys: Sequence[object]) -> list[int]:
     """Sizes of the runs of equal keys, in order: [a, a, b, a] gives [2, 1, 1]."""
     return [len(list(run)) for _, run in itertools.groupby(keys)]
 
 
-@dataclass
-class PackPlan:
-    """The model and optimizer a pack trains with, built from its members' own models, schedules and optimizer."""
-
-    model: PackedMLP
-    schedules: list[keras.optimizers.schedules.LearningRateSchedule]  # member k's LR schedule
-    seeds: list[int]  # one per data group: the order of examples its members see
-    optimizer: PackedOptimizer  # the pack's; `optimizer.of_member(k)` holds member k's state
-
-
-def stack(
-    solo_models: Sequence[keras.Model],
-    seeds: Sequence[int],
-    schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule],
-    optimizers: Sequence[keras.optimizers.Optimizer],
-    compile_args: dict[str, Any],
-) -> PackPlan:
-    """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
-
-    Args:
-        solo_models: each member's model as its solo run builds it, initial weights included.
-        seeds: each member's seed, sorted.
-        schedules: each member's LR schedule.
-        optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
-        compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
-
-    Raises:
-        NotPackable: when the model or optimizer cannot be packed (the members then train alone).
-    """
-    input_shape, layers = mlp_spec(solo_models[0])
-    for optimizer in optimizers:
-        check_optimizer(optimizer)
-    # A block: members of one seed with one optimizer (ordered by seed, then optimizer: `lrsweep.run.launching`).
-    blocks = runs_of([(seed, optimizer_key(o)) for seed, o in zip(seeds, optimizers, strict=True)])
-    model = PackedMLP(input_shape, layers, seed_groups(seeds), blocks)
-    model.set_member_weights([m.get_weights() for m in solo_models])
-    optimizer = model.build_optimizer(optimizers, PackSchedule(schedules))
-    model.compile(optimizer=optimizer, loss=PackedLoss(model.group_sizes), **compile_args)
-    return PackPlan(model, list(schedules), [seeds[offset] for offset in model.offsets], optimizer)
+def blocks_of(seeds: Sequence[int], optimizers: Sequence[keras.optimizers.Optimizer]) -> list[int]:
+    """Block sizes: members of one seed with one optimizer (ordered by seed, then optimizer:
+    `lrsweep.run.launching`)."""
+    return runs_of([(seed, optimizer_key(o)) for seed, o in zip(seeds, optimizers, strict=True)])

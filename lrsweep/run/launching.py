@@ -126,7 +126,7 @@ def optimizer_settings(job: Job) -> str:
 
 def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[list[Job]]:
     """Groups jobs by `pack_key` and splits each group, ordered by seed (then optimizer: one block of variables per
-    seed and optimizer, `lrsweep.ml.packing.PackedMLP`), into near-equal packs within the limits.
+    seed and optimizer, `lrsweep.ml.packing.MemberBlocks`), into near-equal packs within the limits.
 
     A pack of one job is a job that trains alone.
     """

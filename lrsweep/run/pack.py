@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from lrsweep.ml.data import Dataset
-from lrsweep.ml.packing import PackPlan, stack
 from lrsweep.ml.schedules import KerasSchedule
+from lrsweep.ml.stacking import PackPlan, stack
 from lrsweep.ml.training import Member, fit_epochs
 from lrsweep.run import watching
 from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, compile_args, run_record
@@ -45,10 +45,10 @@ def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pa
     plan = build_pack(jobs, dataset)
     model = plan.model
     log.info(
-        "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), "
+        "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), trained as %s; "
         "%d train / %d validation (%s) / %d test examples",
         pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes), len(plan.optimizer.optimizers),
-        ", ".join(type(o).__name__ for o in plan.optimizer.optimizers),
+        ", ".join(type(o).__name__ for o in plan.optimizer.optimizers), plan.path,
         len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
     )  # fmt: skip
     members: list[Member] = []

@@ -18,11 +18,13 @@ from tests import equivalence
 from tests.conftest import ROOT
 
 HALVES = (["adam", "sgd", "rmsprop"], ["adagrad", "adadelta", "mixed"])
+# A model other than the fused MLP packs on JAX only (`lrsweep.ml.vmapped`); on TensorFlow it trains alone.
+TENSORFLOW_CASES = [case for case in equivalence.CASES if case != "functional"]
 
 
 @pytest.mark.timeout(1200)
 def test_a_pack_matches_its_members_solo_runs_on_tensorflow():
-    assert sorted(sum(HALVES, [])) == sorted(equivalence.CASES)
+    assert sorted(sum(HALVES, [])) == sorted(TENSORFLOW_CASES)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     processes = [
         subprocess.Popen([sys.executable, "-m", "tests.equivalence", *half], cwd=ROOT, env=env, text=True,
@@ -34,7 +36,7 @@ def test_a_pack_matches_its_members_solo_runs_on_tensorflow():
         out, err = process.communicate(timeout=900)
         assert process.returncode == 0, err[-5000:]
         results.update(json.loads(out.strip().splitlines()[-1]))
-    assert sorted(results) == sorted(equivalence.CASES)
+    assert sorted(results) == sorted(TENSORFLOW_CASES)
     for optimizer, compared in results.items():
         try:
             equivalence.check(compared, optimizer)
