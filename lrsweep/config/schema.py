@@ -15,8 +15,8 @@ they are there whenever Hydra composes.
 Only what each option file holds is declared, plus the keys given a default here (`training.divergence_factor`,
 `tracking.http_timeout`, `tracking.http_max_retries`): a field its YAML file lacks adds a key to every run's resolved
 config, and outside `core.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made before would
-no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`) stay in the
-schedules' own checks.
+no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`, a ViT's `width`
+a multiple of its `heads`) stay in the schedules' and models' own checks.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lrsweep.config.models import Mlp
+from lrsweep.config.models import Cnn, Mlp, Vit
 from lrsweep.config.ranges import RANGE, Choice, Count, LearningRate, Number, Range, spec
 from lrsweep.core.backend import BACKENDS
 
@@ -264,6 +264,8 @@ SCHEMAS: dict[str, type] = {
     "config": Config,
     "data/fashion_mnist": Data,
     "model/mlp": Mlp,
+    "model/cnn": Cnn,
+    "model/vit": Vit,
     "training/default": Training,
     "tracking/mlflow": Tracking,
     "optimizer/adam": Adam,
