@@ -485,7 +485,7 @@ def test_a_sweep_with_one_value_out_of_range_starts_no_job(tmp_path: Path):
 
 def test_a_sweeps_checks_run_once_per_distinct_value_and_fail_every_job_that_shares_it():
     """`job.Checks`, shared by a sweep's jobs: 3 LRs x 4 seeds build one dataset and, for the 2 LRs whose jobs pass
-    their schema, 2 optimizers and 2 schedules; each job gets the outcome its own full check gives."""
+    their schema, 2 optimizers, 2 schedules and one model; each job gets the outcome its own full check gives."""
     from lrsweep.core import backend, errors
 
     backend.select("jax")
@@ -511,5 +511,5 @@ def test_a_sweeps_checks_run_once_per_distinct_value_and_fail_every_job_that_sha
     assert len(set(shared[:8])) == 8  # each job its own config hash (seed, LR)
     built = [key[0] for key, (passed, _) in checks.outcomes.items() if passed and isinstance(key[1], str)]
     # The schedule reads the optimizer's LR (`${optimizer.learning_rate}`): one per LR, as the optimizers. The third
-    # LR's jobs failed their schema first.
-    assert sorted(built) == ["data", "optimizer", "optimizer", "schedule", "schedule"]
+    # LR's jobs failed their schema first. One model for all (its values are the same).
+    assert sorted(built) == ["data", "model", "optimizer", "optimizer", "schedule", "schedule"]
