@@ -1,3 +1,3 @@
 """The config"s schema: every option"s keys, types and ranges, registered in Hydra"s ConfigStore."""
 
-__all__ = ["schema"]
+__all__ = ["models", "ranges", "schema"]

@@ -2,8 +2,9 @@
 
 Types refuse garbage before anything runs: `resume=maybe` or `training.epochs=abc` is a composition error, and an
 int where a float is wanted becomes a float (`optimizer=sgd optimizer.momentum=0` gives Keras the 0.0 it needs).
-Ranges are declared next to the types, as field metadata, and checked by `check` once the config is composed:
-"`optimizer.beta_1` must be a number in [0, 1). Received: optimizer.beta_1=1.5".
+Ranges (`lrsweep.config.ranges`) are declared next to the types, as field metadata, and checked by `check` once the
+config is composed: "`optimizer.beta_1` must be a number in [0, 1). Received: optimizer.beta_1=1.5". The model
+options' schemas live in `lrsweep.config.models`.
 
 Each dataclass is stored in Hydra's ConfigStore under `schema/<group>/<option>` and named first in its option's
 defaults list (`- /schema/optimizer/adam@_here_`, then `_self_`), Hydra's "config schema" pattern; a separate
@@ -14,8 +15,8 @@ they are there whenever Hydra composes.
 Only what each option file holds is declared, plus the keys given a default here (`training.divergence_factor`,
 `tracking.http_timeout`, `tracking.http_max_retries`): a field its YAML file lacks adds a key to every run's resolved
 config, and outside `core.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made before would
-no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`) stay in the
-schedules' own checks.
+no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`, a ViT's `width`
+a multiple of its `heads`) stay in the schedules' and models' own checks.
 """
 
 from __future__ import annotations
@@ -24,73 +25,17 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable, Container
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lrsweep.config.models import Cnn, Mlp, Vit
+from lrsweep.config.ranges import RANGE, Choice, Count, LearningRate, Number, Range, spec
 from lrsweep.core.backend import BACKENDS
-from lrsweep.core.checks import check_choice, check_count, check_lr, check_number
 
-RANGE = "range"  # the field metadata key of a value's allowed range
 SCHEMA_GROUP = "schema"  # ConfigStore group prefix: schema/optimizer/adam, schema/schedule/decay/cosine, ...
-
-
-# Ranges: each is called with the dotted key and the value, and raises a ValueError in the house format.
-
-
-@dataclass(frozen=True)
-class Number:
-    """A finite real in an interval: `[low, high]`, open at either end on request, `high=None`: unbounded."""
-
-    low: float
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __call__(self, name: str, value: Any) -> None:
-        check_number(name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open)
-
-
-@dataclass(frozen=True)
-class LearningRate:
-    """A finite learning rate > 0 (>= 0 with `zero_ok`)."""
-
-    zero_ok: bool = False
-
-    def __call__(self, name: str, value: Any) -> None:
-        check_lr(name, value, zero_ok=self.zero_ok)
-
-
-@dataclass(frozen=True)
-class Count:
-    """An integer >= `minimum`; `what` follows the bound in the message, e.g. " (0: off)"."""
-
-    minimum: int
-    what: str = ""
-
-    def __call__(self, name: str, value: Any) -> None:
-        check_count(name, value, self.minimum, self.what)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of `choices`, compared with their types (true is not 1)."""
-
-    choices: tuple[Any, ...]
-
-    def __call__(self, name: str, value: Any) -> None:
-        check_choice(name, value, self.choices)
-
-
-Range = Callable[[str, Any], None]
-
-
-def spec(default: Any = MISSING, allowed: Range | None = None) -> Any:
-    """A schema field: its default (`MISSING`: the option's YAML file sets it) and its allowed range."""
-    return field(default=default, metadata={RANGE: allowed} if allowed else {})
-
 
 LR = LearningRate()
 EPSILON = Number(0.0, low_open=True)
@@ -130,14 +75,6 @@ class Data:
     train_size: int | None = spec(allowed=SIZE)
     test_size: int | None = spec(allowed=SIZE)
     validation_size: int | None = spec(allowed=SIZE)
-
-
-@dataclass
-class Mlp:
-    """conf/model/mlp.yaml."""
-
-    _target_: str = spec()
-    hidden_units: int = spec(allowed=SIZE)
 
 
 @dataclass
@@ -327,6 +264,8 @@ SCHEMAS: dict[str, type] = {
     "config": Config,
     "data/fashion_mnist": Data,
     "model/mlp": Mlp,
+    "model/cnn": Cnn,
+    "model/vit": Vit,
     "training/default": Training,
     "tracking/mlflow": Tracking,
     "optimizer/adam": Adam,

@@ -1,5 +1,5 @@
-"""The machine learning, independent of MLflow and Hydra: data, models, LR schedules, the training loop,
-packs (several models stacked into one).
+"""The machine learning, independent of MLflow and Hydra: data, models (and vit, the vision transformer), LR
+schedules, the training loop, packs (several models stacked into one).
 
 Importing this package imports nothing of Keras; its modules that need Keras import it, so choose the backend
 (`lrsweep.core.backend.select`) before importing them.
@@ -15,4 +15,5 @@ __all__ = [
     "range_test",
     "schedules",
     "training",
+    "vit",
 ]

@@ -122,9 +122,9 @@ def prepare(
 ) -> Job:
     """Turns a job's config into values, checking on the way what its schema cannot (it was checked: `schema.check`).
 
-    Loads the job's data and builds its schedule and optimizer, without training or touching MLflow; with `checks`,
-    each of them once per distinct value among the jobs that share `checks`. `resolved`: the config resolved, if
-    the caller has it.
+    Loads the job's data and builds its schedule, optimizer and model, without training or touching MLflow; with
+    `checks`, each of them once per distinct value among the jobs that share `checks`. `resolved`: the config
+    resolved, if the caller has it.
 
     Raises:
         ValueError: naming the key, the value and the fix.
@@ -132,11 +132,12 @@ def prepare(
     checks = checks or Checks()
     learning_rate = check_lr("optimizer.learning_rate", cfg.optimizer.learning_rate)  # also of schema-less options
     resolved = resolved if resolved is not None else OmegaConf.to_container(cfg, resolve=True)
-    sections = {name: _key(resolved.get(name)) for name in ("data", "schedule", "optimizer")}
+    sections = {name: _key(resolved.get(name)) for name in ("data", "schedule", "optimizer", "model")}
     dataset = checks.once(("data", sections["data"]), lambda: instantiate(cfg.data))  # missing files, bad sizes
     training = (cfg.training.epochs, cfg.training.batch_size, len(dataset.x_train))
     checks.once(("schedule", sections["schedule"], training), lambda: build_schedule(cfg, dataset))  # its arguments
     checks.once(("optimizer", sections["optimizer"]), lambda: build_optimizer(cfg, learning_rate))  # its arguments
+    checks.once(("model", sections["model"]), lambda: check_model(cfg))  # its arguments (a ViT's width and heads)
     return Job(
         cfg=cfg,
         context=context,
@@ -180,6 +181,18 @@ def build_model(cfg: DictConfig) -> keras.Model:
     """The job's model with the initial weights its seed gives, the same whether it trains alone or packed."""
     keras_adapter.set_global_seed(int(cfg.training.seed))  # same seed -> same initial weights for every strategy
     return instantiate(cfg.model)
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Builds the job's model and drops it, so that its builder's own checks (a ViT's `width` and `heads`), a
+    `_target_` that cannot be called, or one that returns no Keras model fail before any run, not once training
+    starts. Training builds it again, seeded (`build_model`)."""
+    model = instantiate(cfg.model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model._target_` must return a keras.Model (uncompiled, outputting logits). "
+            f"Received: model._target_={cfg.model.get('_target_')} returned a {type(model).__name__}"
+        )
 
 
 def build_optimizer(cfg: DictConfig, learning_rate) -> keras.optimizers.Optimizer:

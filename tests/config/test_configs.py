@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -32,6 +33,7 @@ def test_groups_have_the_expected_options():
     assert options("optimizer") == ["adadelta", "adagrad", "adam", "rmsprop", "sgd"]
     assert {"constant", "linear"} <= set(options("schedule"))
     assert options("strategy") == ["adadelta", "adagrad", "adam_constant", "adam_linear"]
+    assert options("model") == ["cnn", "mlp", "vit"]
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))
@@ -56,6 +58,13 @@ def test_model_and_defaults_match_the_tutorial():
     assert [type(layer).__name__ for layer in model.layers] == ["Flatten", "Dense", "Dense"]
     assert model.layers[1].units == 128 and model.layers[2].units == 10
     assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_builds_an_uncompiled_model_of_ten_logits(model):
+    built = instantiate(compose_config(f"model={model}").model)
+    assert isinstance(built, keras.Model) and built.name == model and not built.compiled
+    assert tuple(built(np.zeros((2, 28, 28), "float32")).shape) == (2, 10)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ WRONG_TYPES = [
     (["optimizer.beta_1=abc"], "optimizer.beta_1", "Value 'abc' of type 'str' could not be converted to Float"),
     (["optimizer=sgd", "optimizer.nesterov=maybe"], "optimizer.nesterov", "Value 'maybe' is not a valid bool"),
     (["threads=1.5"], "threads", "Value '1.5' of type 'float' could not be converted to Integer"),
+    (["model=vit", "model.width=wide"], "model.width", "Value 'wide' of type 'str' could not be converted to Integer"),
     (["data.train_size=half"], "data.train_size", "Value 'half' of type 'str' could not be converted to Integer"),
     (["tracking.effective_lr=often"], "tracking.effective_lr", "Value 'often' is not a valid bool"),
     (["tracking.http_max_retries=1.5"], "tracking.http_max_retries", "could not be converted to Integer"),
@@ -158,6 +159,15 @@ BAD_RANGES = [
     ),
     (["data.train_size=0"], "`data.train_size` must be an integer >= 1. Received: data.train_size=0"),
     (["model.hidden_units=0"], "`model.hidden_units` must be an integer >= 1. Received: model.hidden_units=0"),
+    (
+        ["model=cnn", "model.channels=0"],
+        "`model.channels` must be an integer >= 1 (the first block's filters; each next block doubles them). "
+        "Received: model.channels=0",
+    ),
+    (["model=vit", "model.norm=middle"], "`model.norm` must be one of post, pre. Received: model.norm='middle'"),
+    (["model=vit", "model.pool=max"], "`model.pool` must be one of cls, mean. Received: model.pool='max'"),
+    (["model=vit", "model.heads=0"], "`model.heads` must be an integer >= 1. Received: model.heads=0"),
+    (["model=vit", "model.dropout=1"], "`model.dropout` must be a number in [0, 1). Received: model.dropout=1.0"),
     (
         ["tracking.log_every_n_steps=-1"],
         "`tracking.log_every_n_steps` must be an integer >= 0 (0: off). Received: tracking.log_every_n_steps=-1",
@@ -289,6 +299,8 @@ def test_boundaries_and_nulls_that_are_allowed_pass():
         ["schedule=warmup", "schedule/decay=inverse_sqrt", "schedule.decay.timescale_epochs=null"],
         ["schedule=untuned", "optimizer=sgd"],  # beta_2 null: the schedule itself says why it cannot run
         ["training.verbose=2", "training.jit_compile=false"],
+        ["model=vit", "model.norm=pre", "model.pool=cls", "model.dropout=0.99"],
+        ["model=cnn", "model.channels=1", "model.blocks=1"],
     ]:
         schema.check(compose_config(*overrides))
 
@@ -473,7 +485,7 @@ def test_a_sweep_with_one_value_out_of_range_starts_no_job(tmp_path: Path):
 
 def test_a_sweeps_checks_run_once_per_distinct_value_and_fail_every_job_that_shares_it():
     """`job.Checks`, shared by a sweep's jobs: 3 LRs x 4 seeds build one dataset and, for the 2 LRs whose jobs pass
-    their schema, 2 optimizers and 2 schedules; each job gets the outcome its own full check gives."""
+    their schema, 2 optimizers, 2 schedules and one model; each job gets the outcome its own full check gives."""
     from lrsweep.core import backend, errors
 
     backend.select("jax")
@@ -499,5 +511,5 @@ def test_a_sweeps_checks_run_once_per_distinct_value_and_fail_every_job_that_sha
     assert len(set(shared[:8])) == 8  # each job its own config hash (seed, LR)
     built = [key[0] for key, (passed, _) in checks.outcomes.items() if passed and isinstance(key[1], str)]
     # The schedule reads the optimizer's LR (`${optimizer.learning_rate}`): one per LR, as the optimizers. The third
-    # LR's jobs failed their schema first.
-    assert sorted(built) == ["data", "optimizer", "optimizer", "schedule", "schedule"]
+    # LR's jobs failed their schema first. One model for all (its values are the same).
+    assert sorted(built) == ["data", "model", "optimizer", "optimizer", "schedule", "schedule"]

@@ -88,6 +88,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("validation_size 0", [*JAX, "data.validation_size=0"], "validation_size"),
     ("missing data files", [*JAX, "data.dir={tmp}/empty"], "{tmp}/empty"),
     ("corrupt data files", [*JAX, "data.dir={tmp}/corrupt"], "{tmp}/corrupt"),
+    # Models: ranges in the schema, relations when the model is built (checking the job, before any run).
+    ("vit norm middle", [*JAX, "model=vit", "model.norm=middle"], "model.norm"),
+    ("vit width 60 heads 8", [*JAX, "model=vit", "model.width=60", "model.heads=8"], "width=60, heads=8"),
+    ("vit patch_size 5", [*JAX, "model=vit", "model.patch_size=5"], "patch_size=5"),
+    ("cnn blocks 0", [*JAX, "model=cnn", "model.blocks=0"], "model.blocks"),
+    ("model not a model", [*JAX, "model._target_=builtins.dict"], "model._target_"),
     # Stores.
     ("unknown store scheme", [*JAX, "tracking.uri=bogus://nowhere"], "bogus://nowhere"),
     ("no server answers", [*JAX, "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
@@ -114,6 +120,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep unknown optimizer", [*SWEEP, "optimizer=adam,adamw"], "optimizer/adamw"),
     ("sweep beta_1", [*SWEEP, "optimizer.beta_1=0.9,1.5"], "optimizer.beta_1"),
     ("sweep resume", [*SWEEP, "resume=true,maybe"], "resume"),
+    ("sweep vit heads", [*SWEEP, "model=vit", "model.heads=4,7"], "job #1 (model.heads=7): `width` must be a multiple"),
     (
         "sweep warmup parallel launcher",
         [*SWEEP, "hydra/launcher=parallel", "threads=1", "schedule=linear", "schedule.warmup_epochs=1,2"],
