@@ -38,10 +38,16 @@ OPTIMIZERS = {
 # SGD's momentum checks that no other optimizer's update moves a member's entries.
 MIXED = [["optimizer=adam"], ["optimizer=sgd", "optimizer.momentum=0.9"],
          ["optimizer=adadelta", "optimizer.learning_rate=1.0"]]  # fmt: skip
-# A model a user writes (functional, convolution and BatchNorm: tests/user_models.py), packed by mapping it over
-# its members (`lrsweep.ml.vmapped`, JAX), with the mixed optimizers.
-FUNCTIONAL = ["model._target_=tests.user_models.small_cnn", "model.hidden_units=4"]
-CASES = [*OPTIMIZERS, "mixed", "functional"]
+# Models other than the fused MLP, packed by mapping them over their members (`lrsweep.ml.vmapped`, JAX only): each
+# model option, and a model a user writes (functional, convolution and BatchNorm: tests/user_models.py) with the
+# mixed optimizers. ViT's dropout: member k draws its solo run's masks (its random state is one of its variables).
+MODELS = {
+    "functional": ["model._target_=tests.user_models.small_cnn", "model.hidden_units=4"],
+    "cnn": ["model=cnn", "model.channels=8"],
+    "vit_post": ["model=vit", "model.depth=2", "model.width=32", "model.dropout=0.1"],
+    "vit_pre": ["model=vit", "model.depth=2", "model.width=32", "model.norm=pre"],
+}
+CASES = [*OPTIMIZERS, "mixed", *MODELS]
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 TEST_KEYS = ("test_loss", "test_accuracy")  # the test set scored once, at the end (validation is held out)
 
@@ -54,7 +60,11 @@ HISTORY_RTOL = 1e-5
 # test_loss is one evaluation after training, where those differences have compounded: RMSprop on TensorFlow gave
 # 0.9743179 packed against 0.97430795 solo (1.02e-5 relative) in two runs on a loaded machine.
 TEST_LOSS_RTOL = 3e-5
-STEP_ATOL = {"adam": 4e-6, "rmsprop": 5e-7, "mixed": 4e-6}
+STEP_ATOL = {"adam": 4e-6, "rmsprop": 5e-7, "mixed": 4e-6} | dict.fromkeys(MODELS, 4e-6)  # Adam in each
+# The CNN on JAX: its val_loss after 2 epochs was 1.4e-5 (relative) from solo in one member, where BatchNorm
+# cancels the convolution bias's gradient to rounding noise, which Adam's first updates magnify; the rest within
+# 4.4e-7. ViT: within 1.9e-7.
+HISTORY_RTOL_OF = {"cnn": 5e-5}
 STEP_ATOL_DEFAULT = 6e-8
 
 
@@ -67,19 +77,21 @@ def check(result: dict, optimizer: str) -> None:
         assert packed["lr"] == solo["lr"]  # the same float32 values, exactly
         assert len(solo["test_loss"]) == len(solo["test_accuracy"]) == 1  # scored once: validation is held out
         for key in ("loss", "val_loss"):
-            np.testing.assert_allclose(packed[key], solo[key], rtol=HISTORY_RTOL, err_msg=key)
+            rtol = HISTORY_RTOL_OF.get(optimizer, HISTORY_RTOL)
+            np.testing.assert_allclose(packed[key], solo[key], rtol=rtol, err_msg=key)
         np.testing.assert_allclose(packed["test_loss"], solo["test_loss"], rtol=TEST_LOSS_RTOL, err_msg="test_loss")
         # Counts of correct answers: equal, or one example apart.
         for key in ("accuracy", "val_accuracy", "test_accuracy"):
             np.testing.assert_allclose(packed[key], solo[key], atol=1 / 256 + 1e-9, err_msg=key)
     assert result["one_step"]["initial"] == 0.0  # member k starts from its solo run's exact weights
-    assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT)
+    assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT), result["one_step"]
 
 
 def member_overrides(optimizer: str, k: int) -> list[str]:
-    """Member k's overrides in the case `optimizer` (a key of `OPTIMIZERS`, or "mixed")."""
-    if optimizer == "functional":
-        return [*MIXED[k][:1], *MEMBERS[k], *MIXED[k][1:], *FUNCTIONAL]
+    """Member k's overrides in the case `optimizer` (one of `CASES`)."""
+    if optimizer in MODELS:
+        choice = MIXED[k] if optimizer == "functional" else OPTIMIZERS["adam"]
+        return [*choice[:1], *MEMBERS[k], *choice[1:], *MODELS[optimizer]]
     choice = MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]
     return [*choice[:1], *MEMBERS[k], *choice[1:]]
 

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 
 HALVES = (["adam", "sgd", "rmsprop"], ["adagrad", "adadelta", "mixed"])
 # A model other than the fused MLP packs on JAX only (`lrsweep.ml.vmapped`); on TensorFlow it trains alone.
-TENSORFLOW_CASES = [case for case in equivalence.CASES if case != "functional"]
+TENSORFLOW_CASES = [case for case in equivalence.CASES if case not in equivalence.MODELS]
 
 
 @pytest.mark.timeout(1200)
