@@ -29,12 +29,12 @@ def build_mlp(hidden_units: int = 128, num_classes: int = len(CLASS_NAMES)) -> k
     )
 
 
-def build_cnn(channels: int = 16, blocks: int = 2, num_classes: int = len(CLASS_NAMES)) -> keras.Sequential:
+def build_cnn(channels: int = 16, blocks: int = 3, num_classes: int = len(CLASS_NAMES)) -> keras.Sequential:
     """A small convolutional net with BatchNorm.
 
     `blocks` x (Conv 3x3 -> BatchNorm -> ReLU -> MaxPool 2x2), the first block with `channels` filters and each
     next one with twice as many, then global average pooling -> Dense(10) logits. With the defaults: 28x28x1 ->
-    14x14x16 -> 7x7x32 -> 32 -> 10.
+    14x14x16 -> 7x7x32 -> 4x4x64 -> 64 -> 10.
 
     Raises:
         ValueError: `channels` or `blocks` below 1.

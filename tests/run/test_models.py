@@ -35,7 +35,7 @@ def test_a_cnn_sweep_goes_through_the_packed_launcher_one_run_at_a_time_saying_w
     assert sorted(r.data.params["training.seed"] for r in runs) == ["0", "1"]
     for run in runs:
         params = run.data.params
-        assert (params["choice.model"], params["model.channels"], params["model.blocks"]) == ("cnn", "8", "2")
+        assert (params["choice.model"], params["model.channels"], params["model.blocks"]) == ("cnn", "8", "3")
     output = result.stdout + result.stderr
     reason = "Pack multirun/pack1: the model does not start with a Flatten layer, so its 2 runs train one at a time"
     assert output.count(reason) == 1, output[-3000:]
