@@ -41,6 +41,9 @@ MIXED = [["optimizer=adam"], ["optimizer=sgd", "optimizer.momentum=0.9"],
 # Models other than the fused MLP, packed by mapping them over their members (`lrsweep.ml.vmapped`, JAX only): each
 # model option, and a model a user writes (functional, convolution and BatchNorm: tests/user_models.py) with the
 # mixed optimizers. ViT's dropout: member k draws its solo run's masks (its random state is one of its variables).
+# The CNN with SGD: with Adam, BatchNorm cancels each convolution bias's gradient to rounding noise, which Adam's
+# update lr * g / (|g| + eps) turns into steps of either sign: packed and solo val_loss then differed by 1.05e-4
+# (relative) after 2 epochs, test_accuracy by 2 of 256 examples. Adam with BatchNorm is checked by "functional".
 MODELS = {
     "functional": ["model._target_=tests.user_models.small_cnn", "model.hidden_units=4"],
     "cnn": ["model=cnn", "model.channels=8"],
@@ -61,10 +64,6 @@ HISTORY_RTOL = 1e-5
 # 0.9743179 packed against 0.97430795 solo (1.02e-5 relative) in two runs on a loaded machine.
 TEST_LOSS_RTOL = 3e-5
 STEP_ATOL = {"adam": 4e-6, "rmsprop": 5e-7, "mixed": 4e-6} | dict.fromkeys(MODELS, 4e-6)  # Adam in each
-# The CNN on JAX: its val_loss after 2 epochs was 1.4e-5 (relative) from solo in one member, where BatchNorm
-# cancels the convolution bias's gradient to rounding noise, which Adam's first updates magnify; the rest within
-# 4.4e-7. ViT: within 1.9e-7.
-HISTORY_RTOL_OF = {"cnn": 5e-5}
 STEP_ATOL_DEFAULT = 6e-8
 
 
@@ -77,8 +76,7 @@ def check(result: dict, optimizer: str) -> None:
         assert packed["lr"] == solo["lr"]  # the same float32 values, exactly
         assert len(solo["test_loss"]) == len(solo["test_accuracy"]) == 1  # scored once: validation is held out
         for key in ("loss", "val_loss"):
-            rtol = HISTORY_RTOL_OF.get(optimizer, HISTORY_RTOL)
-            np.testing.assert_allclose(packed[key], solo[key], rtol=rtol, err_msg=key)
+            np.testing.assert_allclose(packed[key], solo[key], rtol=HISTORY_RTOL, err_msg=key)
         np.testing.assert_allclose(packed["test_loss"], solo["test_loss"], rtol=TEST_LOSS_RTOL, err_msg="test_loss")
         # Counts of correct answers: equal, or one example apart.
         for key in ("accuracy", "val_accuracy", "test_accuracy"):
@@ -90,7 +88,7 @@ def check(result: dict, optimizer: str) -> None:
 def member_overrides(optimizer: str, k: int) -> list[str]:
     """Member k's overrides in the case `optimizer` (one of `CASES`)."""
     if optimizer in MODELS:
-        choice = MIXED[k] if optimizer == "functional" else OPTIMIZERS["adam"]
+        choice = {"functional": MIXED[k], "cnn": OPTIMIZERS["sgd"]}.get(optimizer, OPTIMIZERS["adam"])
         return [*choice[:1], *MEMBERS[k], *choice[1:], *MODELS[optimizer]]
     choice = MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]
     return [*choice[:1], *MEMBERS[k], *choice[1:]]
@@ -140,7 +138,7 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 
     prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
-    plan = pack.build_pack(prepared, dataset)
+    plan = pack.build_pack(prepared, dataset, vmap=True)
     model = plan.model
     batch = prepared[0].cfg.training.batch_size
     x, y = training.epoch_data(dataset, plan.seeds, 0)
@@ -178,7 +176,7 @@ def compare(optimizer: str, folder: str) -> dict:
     for job in prepared:
         job.name = f"{job.name}-packed"
         packed_names.append(job.name)
-    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence")
+    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", vmap=True)  # MODELS: vmapped on CPU
     return {
         "outcomes": [str(o) for o in outcomes],
         "solo": [histories(client, experiment_id, n) for n in solo_names],

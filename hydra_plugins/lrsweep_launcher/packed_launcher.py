@@ -43,6 +43,7 @@ class PackedLauncher(Launcher):
         cluster: str | None = None,
         submitit_folder: str | None = None,
         submitit: dict | None = None,
+        vmap: str | bool = "auto",
     ) -> None:
         super().__init__()
         self.max_members = max_members
@@ -50,6 +51,7 @@ class PackedLauncher(Launcher):
         self.cluster = cluster
         self.submitit_folder = submitit_folder
         self.submitit = dict(submitit or {})
+        self.vmap = vmap
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -71,6 +73,7 @@ class PackedLauncher(Launcher):
         checks.check_count("hydra.launcher.max_members", self.max_members, 1)
         checks.check_count("hydra.launcher.max_seeds", self.max_seeds, 1)
         checks.check_choice("hydra.launcher.cluster", self.cluster, [None, "local", "slurm"])
+        checks.check_choice("hydra.launcher.vmap", self.vmap, ["auto", True, False])
         if self.cluster and not isinstance(self.submitit, dict):
             raise ValueError(f"`hydra.launcher.submitit` must be a mapping. Received: {self.submitit!r}")
 
@@ -111,14 +114,14 @@ class PackedLauncher(Launcher):
             from lrsweep.run import remote
 
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            results = remote.submit(plan.packs, self.cluster, folder, self.submitit) if plan.packs else []
+            results = remote.submit(plan.packs, self.cluster, folder, self.submitit, self.vmap) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             if self.cluster:
                 outcomes = results[k]
             elif len(pack) > 1:
                 self.packs_launched += 1
                 try:
-                    outcomes = launching.train_pack(pack, f"pack{self.packs_launched}")
+                    outcomes = launching.train_pack(pack, f"pack{self.packs_launched}", self.vmap)
                 except StoreError as e:  # every later job would fail the same way: stop the sweep here
                     left = [job.context.job_num for later in plan.packs[k:] for job in later]
                     raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e

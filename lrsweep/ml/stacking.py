@@ -24,6 +24,20 @@ from lrsweep.ml.vmapped import VmappedPack, check_model
 
 FUSED = "fused MLP (one wide matrix product per seed and optimizer)"
 VMAPPED = "jax.vmap over the model's stateless_call"
+# `hydra.launcher.vmap`: when a model other than the fused MLP packs by `jax.vmap`. Measured on this 2-core CPU
+# (scripts/bench_packed.py --parts models), a vmapped pack is slower per model-epoch than one run at a time (the
+# CNN's convolutions become grouped ones XLA's CPU backend runs ~10x slower; the ViT breaks even), so "auto" packs
+# them on a JAX GPU or TPU only, where small models leave the device idle.
+VMAP_CHOICES = ("auto", True, False)
+
+
+def vmap_pays(vmap: str | bool) -> bool:
+    """`vmap` ("auto": whether JAX computes on a GPU or TPU) as a yes or no."""
+    if vmap != "auto":
+        return bool(vmap)
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 @dataclass
@@ -43,6 +57,7 @@ def stack(
     schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule],
     optimizers: Sequence[keras.optimizers.Optimizer],
     compile_args: dict[str, Any],
+    vmap: str | bool = "auto",
 ) -> PackPlan:
     """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
 
@@ -52,6 +67,7 @@ def stack(
         schedules: each member's LR schedule.
         optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
         compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
+        vmap: whether a model other than the fused MLP packs (`VMAP_CHOICES`: "auto" on a JAX accelerator only).
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the members then train alone).
@@ -64,6 +80,11 @@ def stack(
     except NotPackable as not_mlp:
         if keras.backend.backend() != "jax":
             raise NotPackable(f"{not_mlp}; other models pack on the JAX backend only (backend=jax)") from None
+        if not vmap_pays(vmap):
+            raise NotPackable(
+                f"{not_mlp}; other models pack by jax.vmap, slower than one at a time on a CPU "
+                "(hydra.launcher.vmap=true packs them anyway)"
+            ) from None
         check_model(solo_models[0])
         model, path = VmappedPack(solo_models, groups, blocks), VMAPPED
     else:

@@ -143,7 +143,7 @@ def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[li
     return packs
 
 
-def train_pack(jobs: Sequence[Job], name: str) -> list[float | Exception] | None:
+def train_pack(jobs: Sequence[Job], name: str, vmap: str | bool = "auto") -> list[float | Exception] | None:
     """Trains a pack while holding its configurations' claims; None if its model or optimizer cannot be packed (its
     jobs then train one at a time).
 
@@ -157,7 +157,7 @@ def train_pack(jobs: Sequence[Job], name: str) -> list[float | Exception] | None
     try:
         with experiment.store_failures(cfg.tracking.uri), experiment.claimed(jobs, client, experiment_id) as reused:
             todo = [job for k, job in enumerate(jobs) if k not in reused]  # not FINISHED meanwhile by another
-            trained = iter(pack.train_pack(todo, client, experiment_id, pack_id) if todo else [])
+            trained = iter(pack.train_pack(todo, client, experiment_id, pack_id, vmap) if todo else [])
             return [reused[k] if k in reused else next(trained) for k in range(len(jobs))]
     except NotPackable as e:
         log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))

@@ -19,7 +19,7 @@ from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, c
 log = logging.getLogger(__name__)
 
 
-def build_pack(jobs: Sequence[Job], dataset: Dataset) -> PackPlan:
+def build_pack(jobs: Sequence[Job], dataset: Dataset, vmap: str | bool = "auto") -> PackPlan:
     """The stacked model of jobs ordered by seed, member k from the model, schedule and optimizer its solo run
     builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would.
 
@@ -30,10 +30,12 @@ def build_pack(jobs: Sequence[Job], dataset: Dataset) -> PackPlan:
     keras.backend.clear_session()
     solo_models = [build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
     optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
-    return stack(solo_models, [job.seed for job in jobs], schedules, optimizers, compile_args(jobs[0].cfg))
+    return stack(solo_models, [job.seed for job in jobs], schedules, optimizers, compile_args(jobs[0].cfg), vmap)
 
 
-def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pack_id: str) -> list[float | Exception]:
+def train_pack(
+    jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pack_id: str, vmap: str | bool = "auto"
+) -> list[float | Exception]:
     """Trains jobs (ordered by seed) as one pack; each ends as its own MLflow run, as if it had trained alone.
 
     Returns:
@@ -42,7 +44,7 @@ def train_pack(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pa
     """
     cfg = jobs[0].cfg
     dataset = jobs[0].data()  # what every member trains on: the pack key holds `data`
-    plan = build_pack(jobs, dataset)
+    plan = build_pack(jobs, dataset, vmap)
     model = plan.model
     log.info(
         "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), trained as %s; "

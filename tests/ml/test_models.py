@@ -9,9 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from lrsweep.ml import keras_adapter
+from lrsweep.ml import keras_adapter, stacking
 from lrsweep.ml.models import build_cnn, build_mlp, build_vit
-from lrsweep.ml.packing import NotPackable, mlp_spec
+from lrsweep.ml.packed_mlp import NotPackable, mlp_spec
+from lrsweep.ml.vmapped import check_model
 
 SMALL_VIT = {"width": 16, "depth": 2, "heads": 2}  # builds and runs in well under a second
 IMAGES = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
@@ -124,9 +125,24 @@ def test_bad_arguments_are_refused_before_any_layer_is_made(build, kwargs, messa
         build(**kwargs)
 
 
-def test_only_the_mlp_packs_and_the_others_say_why():
-    mlp_spec(build_mlp())  # packable
+def test_the_mlp_takes_the_fused_path_and_the_others_the_vmapped_one_or_say_why():
+    mlp_spec(build_mlp())  # fused
     with pytest.raises(NotPackable, match="the model does not start with a Flatten layer"):
         mlp_spec(build_cnn())
     with pytest.raises(NotPackable, match="the model is a Functional, not a keras.Sequential"):
         mlp_spec(build_vit(**SMALL_VIT))
+    check_model(build_cnn())  # vmapped (JAX)
+    adam = [keras.optimizers.Adam(0.01), keras.optimizers.Adam(0.01)]
+    schedules = [keras.optimizers.schedules.ExponentialDecay(0.01, 10, 1.0)] * 2
+    with pytest.raises(NotPackable, match=r"slower than one at a time on a CPU \(hydra.launcher.vmap=true packs"):
+        stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, vmap="auto")  # JAX on a CPU here
+    assert stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, vmap=True).path == stacking.VMAPPED
+    check_model(build_vit(**SMALL_VIT))
+    regularized = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                    keras.layers.Dense(10, kernel_regularizer="l2", name="out")])  # fmt: skip
+    with pytest.raises(NotPackable, match=r"layers \['out'\] add regularization losses"):
+        check_model(regularized)
+    with pytest.raises(NotPackable, match="has no weights until it is first called"):
+        check_model(keras.Sequential([keras.layers.Dense(10)]))
+    with pytest.raises(NotPackable, match=r"not logits \(batch, classes\)"):
+        check_model(keras.Sequential([keras.Input((28, 28)), keras.layers.Dense(10)]))
