@@ -11,6 +11,9 @@ Parts (each a real `python train.py [-m] ...` into a fresh temporary folder and 
   epochs = 60 model-epochs; and the tutorial's script as written (../shared/bench/seed_tutorial.py, TensorFlow)
   run 3 times, for the same 60 model-epochs;
 - single: one `python train.py training.epochs=1`, its wall time beside the time inside its run (start-up apart);
+- models: seconds per model-epoch after compilation for each model option (mlp, cnn, vit), one run alone against
+  packs of 4 and 8 (the MLP fused, the others by jax.vmap: `hydra.launcher.vmap=true`), JAX, on 3,200 training
+  examples scaled to the full 50,000;
 - steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
   after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
   per backend.
@@ -161,19 +164,63 @@ def steady(members: list[int], epochs: int = 3) -> dict:
     return results
 
 
+def models_steady(names: list[str], examples: int = 3200) -> dict:
+    """In this process (JAX): per model option, seconds per full-data model-epoch alone and in packs of 4 and 8."""
+    import keras
+    from hydra import compose, initialize_config_dir
+
+    from lrsweep.core import identity
+    from lrsweep.ml import stacking
+    from lrsweep.run import experiment
+
+    def epoch_seconds(model, x, y) -> float:
+        model.fit(x[:640], y[:640], batch_size=32, epochs=1, verbose=0)  # compiles
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        return (time.perf_counter() - start) * 50000 / len(x)
+
+    results = {}
+    for name in names:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            job = experiment.prepare(compose(config_name="config", overrides=[f"model={name}"]), identity.JobContext())
+        dataset = experiment.instantiate(job.cfg.data)
+        x, y = dataset.x_train[:examples], dataset.y_train[:examples]
+        model = experiment.build_model(job.cfg)
+        model.compile(optimizer=experiment.build_optimizer(job.cfg, 0.001), steps_per_execution=64, jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        results[name] = {"alone": epoch_seconds(model, x, y)}
+        for size in (4, 8):
+            plan = stacking.stack(
+                [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
+                [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
+                [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
+                {"steps_per_execution": 64, "jit_compile": True}, vmap=True,
+            )  # fmt: skip
+            results[name][f"pack of {size}"] = epoch_seconds(plan.model, x[:, None], y[:, None]) / size
+            results[name]["path"] = plan.path
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ["steady", "single", "grid", "tutorial"]
+    parts = ["steady", "models", "single", "grid", "tutorial"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax"], default=["jax", "tensorflow"])
     parser.add_argument("--members", nargs="+", type=int, default=[1, 9, 32])
     parser.add_argument("--steady-child", help=argparse.SUPPRESS)
+    parser.add_argument("--models-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steady_child:  # one backend per process: Keras keeps the first it imports
         from lrsweep.core import backend
 
         backend.select(args.steady_child)
         print(json.dumps(steady(args.members)))
+        return
+    if args.models_child:
+        from lrsweep.core import backend
+
+        backend.select("jax")
+        print(json.dumps(models_steady(["mlp", "cnn", "vit"])))
         return
 
     if "steady" in args.parts:
@@ -190,6 +237,16 @@ def main() -> None:
                 print(f"{backend:<11} {size:>7} {r['first_epoch_s']:>10.1f}s {r['steady_epoch_s']:>6.2f}s "
                       f"{r['per_model_epoch_s']:>14.3f}s {r['validation_s']:>9.2f}s {r['data_order_s']:>9.2f}s",
                       flush=True)  # fmt: skip
+
+    if "models" in args.parts:
+        print("\nEach model option alone and packed, JAX, after compilation (seconds per full-data model-epoch):")
+        print(f"{'model':<6} {'alone':>7} {'pack of 4':>10} {'pack of 8':>10}  path")
+        command = [sys.executable, __file__, "--models-child"]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if result.returncode != 0:
+            sys.exit(result.stderr[-4000:])
+        for name, r in json.loads(result.stdout.strip().splitlines()[-1]).items():
+            print(f"{name:<6} {r['alone']:>6.1f}s {r['pack of 4']:>9.1f}s {r['pack of 8']:>9.1f}s  {r['path']}")
 
     if "single" in args.parts:
         print("\nOne run, `python train.py training.epochs=1` (full data), start-up split out:")
