@@ -78,6 +78,12 @@ def slot_variables(optimizer: keras.optimizers.Optimizer, name: str) -> Sequence
     return getattr(optimizer, name)
 
 
+def sublayers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer inside the model, nested ones included (inside other layers, e.g. a MultiHeadAttention's Dense
+    layers), which `model.layers` does not list."""
+    return list(model._flatten_layers(include_self=False))
+
+
 def variable_index(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> int:
     """The position of a trainable variable in the optimizer's own lists (its slots, its update order)."""
     return optimizer._get_variable_index(variable)

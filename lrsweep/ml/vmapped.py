@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lrsweep.ml import keras_adapter
 from lrsweep.ml.packing import MemberBlocks, NotPackable
 
 
@@ -26,7 +27,7 @@ def check_model(model: keras.Model) -> None:
         raise NotPackable(f"the model {model.name} has no weights until it is first called (give it a keras.Input)")
     regularized = [
         layer.name
-        for layer in model._flatten_layers(include_self=False)
+        for layer in keras_adapter.sublayers(model)
         if any(getattr(layer, f"{kind}_regularizer", None) is not None for kind in ("kernel", "bias", "activity"))
     ]
     if regularized:

@@ -261,3 +261,13 @@ def test_set_global_seed_does_not_import_tensorflow_on_jax(seed, imported):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(imported)
+
+
+def test_sublayers_lists_nested_layers_that_model_layers_does_not():
+    inputs = keras.Input((4, 8))
+    outputs = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, kernel_regularizer="l2", name="out")(outputs))
+    names = [layer.name for layer in keras_adapter.sublayers(model)]
+    assert "attention" in names and "out" in names
+    assert {"query", "key", "value", "attention_output"} <= set(names)  # inside the attention layer
+    assert not {"query", "key"} & {layer.name for layer in model.layers}
