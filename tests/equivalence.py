@@ -47,8 +47,8 @@ MIXED = [["optimizer=adam"], ["optimizer=sgd", "optimizer.momentum=0.9"],
 MODELS = {
     "functional": ["model._target_=tests.user_models.small_cnn", "model.hidden_units=4"],
     "cnn": ["model=cnn", "model.channels=8"],
-    "vit_post": ["model=vit", "model.depth=2", "model.width=32", "model.dropout=0.1"],
-    "vit_pre": ["model=vit", "model.depth=2", "model.width=32", "model.norm=pre"],
+    "vit_post": ["model=vit", "model.depth=1", "model.width=16", "model.heads=2", "model.dropout=0.1"],
+    "vit_pre": ["model=vit", "model.depth=1", "model.width=16", "model.heads=2", "model.norm=pre"],
 }
 CASES = [*OPTIMIZERS, "mixed", *MODELS]
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
