@@ -264,22 +264,21 @@ class PackedOptimizer(keras.optimizers.Optimizer):
         alive = self.alive * ops.cast(finite, self.alive.dtype)
         self.alive.assign(alive)
         learning_rate = ops.cast(learning_rate, "float32") * alive
-        for i, optimizer in enumerate(self.optimizers):
+        for optimizer in self.optimizers:
             optimizer.iterations.assign(self.iterations)  # what its update reads (Adam: t = iterations + 1)
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            index = keras_adapter.variable_index(self, variable)
+            optimizer = self.optimizers[self.variable_optimizer[index]]
             # With a zero gradient and LR these optimizers leave a variable as it is; momentum would still move it.
             restore = bool(getattr(optimizer, "momentum", 0))
-            for grad, variable in zip(grads, trainable_variables, strict=True):
-                index = keras_adapter.variable_index(self, variable)
-                if self.variable_optimizer[index] != i:
-                    continue
-                owners = self.member_maps[index]
-                keep = ops.take(alive, owners) > 0
-                before = ops.convert_to_tensor(variable) if restore else None
-                optimizer.update_step(
-                    ops.where(keep, grad, ops.zeros_like(grad)), variable, ops.take(learning_rate, owners)
-                )
-                if restore:
-                    optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+            owners = self.member_maps[index]
+            keep = ops.take(alive, owners) > 0
+            before = ops.convert_to_tensor(variable) if restore else None
+            grad = ops.where(keep, grad, ops.zeros_like(grad))
+            optimizer.update_step(grad, variable, ops.take(learning_rate, owners))
+            if restore:
+                optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
+        for optimizer in self.optimizers:
             optimizer.iterations.assign(self.iterations + 1)  # the pack's count after this update, for readers
 
 

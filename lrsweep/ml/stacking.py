@@ -24,15 +24,12 @@ from lrsweep.ml.vmapped import VmappedPack, check_model
 
 FUSED = "fused MLP (one wide matrix product per seed and optimizer)"
 VMAPPED = "jax.vmap over the model's stateless_call"
-# `hydra.launcher.vmap`: when a model other than the fused MLP packs by `jax.vmap`. Measured on this 2-core CPU
-# (scripts/bench_packed.py --parts models), a vmapped pack is slower per model-epoch than one run at a time (the
-# CNN's convolutions become grouped ones XLA's CPU backend runs ~10x slower; the ViT breaks even), so "auto" packs
-# them on a JAX GPU or TPU only, where small models leave the device idle.
-VMAP_CHOICES = ("auto", True, False)
 
 
 def vmap_pays(vmap: str | bool) -> bool:
-    """`vmap` ("auto": whether JAX computes on a GPU or TPU) as a yes or no."""
+    """`vmap` as a yes or no; "auto": whether JAX computes on a GPU or TPU. Measured on this 2-core CPU
+    (scripts/bench_packed.py --parts models), a vmapped pack is slower per model-epoch than one run at a time (the
+    CNN's convolutions become grouped ones XLA's CPU backend runs ~10x slower; the ViT breaks even)."""
     if vmap != "auto":
         return bool(vmap)
     import jax
@@ -67,7 +64,7 @@ def stack(
         schedules: each member's LR schedule.
         optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
         compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
-        vmap: whether a model other than the fused MLP packs (`VMAP_CHOICES`: "auto" on a JAX accelerator only).
+        vmap: `hydra.launcher.vmap`, whether a model other than the fused MLP packs: true, false or "auto".
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the members then train alone).
