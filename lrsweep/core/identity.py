@@ -127,16 +127,18 @@ def overrides_dict(overrides: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 SEED_LABEL = "s"  # how the seed reads in a run name: `s1 · ...`
+DEFAULT_MODEL = "mlp"  # the tutorial's model, left out of run names; any other leads: `s0 · vit-adam-warmup`
 NAME_SEPARATOR = " · "
 
 
 def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
     """A name that reads in a narrow column of MLflow's runs table: the seed, then what tells the run apart.
 
-    The seed (short, so never cut off), the optimizer's and schedule's overridden values (what a grid sweeps),
-    then optimizer-schedule: `s1 · initial_lr=0.001 final_lr=0.02 · adam-linear`,
+    The seed (short, so never cut off), the model's, optimizer's and schedule's overridden values (what a grid
+    sweeps), then [model-]optimizer-schedule: `s1 · initial_lr=0.001 final_lr=0.02 · adam-linear`,
     `s0 · shape=cosine decay=cosine · adam-warmup` (the nested group `schedule/decay` and
-    `schedule.warmup.shape`), or `s0 · adam-linear` without such values. `tracking.run_name=...` replaces it.
+    `schedule.warmup.shape`), `s0 · norm=pre · vit-adam-constant` (a model other than the tutorial's MLP), or
+    `s0 · adam-linear` without such values. `tracking.run_name=...` replaces it.
     """
 
     def option(group: str) -> str:
@@ -147,12 +149,13 @@ def run_name(context: JobContext, config: Mapping[str, Any]) -> str:
     values = []
     for key, value in overrides_dict(context.overrides).items():
         path = re.split(r"[./]", key)
-        if path[0] in ("optimizer", "schedule") and len(path) > 1:
+        if path[0] in ("model", "optimizer", "schedule") and len(path) > 1:
             values.append(f"{path[-1]}={value}")
+    model = context.choices.get("model", DEFAULT_MODEL)
     parts = [
         f"{SEED_LABEL}{config['training']['seed']}",
         " ".join(values),
-        f"{option('optimizer')}-{option('schedule')}",
+        "-".join([*([model] if model != DEFAULT_MODEL else []), option("optimizer"), option("schedule")]),
     ]
     return NAME_SEPARATOR.join(part for part in parts if part)
 

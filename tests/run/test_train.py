@@ -183,8 +183,11 @@ def test_full_data_one_epoch_reaches_80_percent(tmp_path):
             ("+strategy=adagrad", "training.epochs=2", "optimizer.learning_rate=0.1"),
             "s3 · learning_rate=0.1 · adam-warmup",
         ),
+        (("model=vit", "model.norm=pre"), "s3 · norm=pre · vit-adam-warmup"),
     ],
 )
 def test_run_names_show_the_strategy_and_its_overridden_values(overrides, expected):
-    context = identity.JobContext(choices={"optimizer": "adam", "schedule": "warmup"}, overrides=overrides)
+    model = dict(identity.overrides_dict(overrides)).get("model", "mlp")
+    choices = {"optimizer": "adam", "schedule": "warmup", "model": model}
+    context = identity.JobContext(choices=choices, overrides=overrides)
     assert identity.run_name(context, {"training": {"seed": 3}}) == expected
