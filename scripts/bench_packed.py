@@ -12,8 +12,9 @@ Parts (each a real `python train.py [-m] ...` into a fresh temporary folder and 
   run 3 times, for the same 60 model-epochs;
 - single: one `python train.py training.epochs=1`, its wall time beside the time inside its run (start-up apart);
 - models: seconds per model-epoch after compilation for each model option (mlp, cnn, vit), one run alone against
-  packs of 4 and 8 (the MLP fused, the others by jax.vmap: `hydra.launcher.vmap=true`), JAX, on 3,200 training
-  examples scaled to the full 50,000;
+  packs of 4 and 8 (the MLP fused, the others by jax.vmap on JAX: `hydra.launcher.vmap=true`; alone on
+  TensorFlow), on each backend, on 3,200 training examples scaled to the full 50,000; with the GFLOP/s each
+  achieves (XLA's FLOP count of a training example) against the backend's measured 2048x2048 GEMM rate;
 - steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
   after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
   per backend.
@@ -164,13 +165,61 @@ def steady(members: list[int], epochs: int = 3) -> dict:
     return results
 
 
+def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This backend's float32 matrix-multiply rate on one compiled size x size product (best of `repeats`)."""
+    import keras
+    import numpy as np
+
+    a = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        product = jax.jit(lambda x: x @ x)
+        wait = jax.block_until_ready
+    else:
+        import tensorflow as tf
+
+        product = tf.function(lambda x: x @ x, jit_compile=True)
+
+        def wait(value):
+            return value.numpy()
+
+    wait(product(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        wait(product(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def train_flops_per_example(model, x, y) -> float:
+    """FLOPs of one training example's forward and backward pass, as XLA counts them (JAX's cost analysis)."""
+    import jax
+    import keras
+
+    def loss(trainable, non_trainable, x, y):
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable, x[:32], y[:32]).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return analysis["flops"] / 32
+
+
 def models_steady(names: list[str], examples: int = 3200) -> dict:
-    """In this process (JAX): per model option, seconds per full-data model-epoch alone and in packs of 4 and 8."""
+    """In this process: per model option, seconds per full-data model-epoch alone and in packs of 4 and 8 (None
+    where the model does not pack on this backend), the FLOPs of one training example (JAX only) and the
+    backend's GEMM rate."""
     import keras
     from hydra import compose, initialize_config_dir
 
     from lrsweep.core import identity
     from lrsweep.ml import stacking
+    from lrsweep.ml.packing import NotPackable
     from lrsweep.run import experiment
 
     def epoch_seconds(model, x, y) -> float:
@@ -179,7 +228,7 @@ def models_steady(names: list[str], examples: int = 3200) -> dict:
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
         return (time.perf_counter() - start) * 50000 / len(x)
 
-    results = {}
+    results = {"gemm_gflops": gemm_gflops()}
     for name in names:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             job = experiment.prepare(compose(config_name="config", overrides=[f"model={name}"]), identity.JobContext())
@@ -188,14 +237,20 @@ def models_steady(names: list[str], examples: int = 3200) -> dict:
         model = experiment.build_model(job.cfg)
         model.compile(optimizer=experiment.build_optimizer(job.cfg, 0.001), steps_per_execution=64, jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-        results[name] = {"alone": epoch_seconds(model, x, y)}
+        results[name] = {"alone": epoch_seconds(model, x, y), "path": "alone"}
+        if keras.backend.backend() == "jax":
+            results[name]["flops"] = train_flops_per_example(model, x, y)
         for size in (4, 8):
-            plan = stacking.stack(
-                [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
-                [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
-                [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
-                {"steps_per_execution": 64, "jit_compile": True}, vmap=True,
-            )  # fmt: skip
+            try:
+                plan = stacking.stack(
+                    [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
+                    [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
+                    [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
+                    {"steps_per_execution": 64, "jit_compile": True}, vmap=True,
+                )  # fmt: skip
+            except NotPackable:
+                results[name][f"pack of {size}"] = None
+                continue
             results[name][f"pack of {size}"] = epoch_seconds(plan.model, x[:, None], y[:, None]) / size
             results[name]["path"] = plan.path
     return results
@@ -208,7 +263,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax"], default=["jax", "tensorflow"])
     parser.add_argument("--members", nargs="+", type=int, default=[1, 9, 32])
     parser.add_argument("--steady-child", help=argparse.SUPPRESS)
-    parser.add_argument("--models-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--models-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steady_child:  # one backend per process: Keras keeps the first it imports
         from lrsweep.core import backend
@@ -219,7 +274,7 @@ def main() -> None:
     if args.models_child:
         from lrsweep.core import backend
 
-        backend.select("jax")
+        backend.select(args.models_child)
         print(json.dumps(models_steady(["mlp", "cnn", "vit"])))
         return
 
@@ -239,14 +294,33 @@ def main() -> None:
                       flush=True)  # fmt: skip
 
     if "models" in args.parts:
-        print("\nEach model option alone and packed, JAX, after compilation (seconds per full-data model-epoch):")
-        print(f"{'model':<6} {'alone':>7} {'pack of 4':>10} {'pack of 8':>10}  path")
-        command = [sys.executable, __file__, "--models-child"]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        if result.returncode != 0:
-            sys.exit(result.stderr[-4000:])
-        for name, r in json.loads(result.stdout.strip().splitlines()[-1]).items():
-            print(f"{name:<6} {r['alone']:>6.1f}s {r['pack of 4']:>9.1f}s {r['pack of 8']:>9.1f}s  {r['path']}")
+        print("\nEach model option alone and packed, after compilation: seconds per full-data model-epoch (50,000")
+        print("examples, batch 32, Adam; timed on 3,200), and the GFLOP/s that achieves (XLA's FLOP count of a")
+        print("training example x 50,000 / seconds) against the backend's own 2048x2048 float32 GEMM rate:")
+        rows = {}
+        for backend in args.backends:
+            command = [sys.executable, __file__, "--models-child", backend]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+            if result.returncode != 0:
+                sys.exit(result.stderr[-4000:])
+            rows[backend] = json.loads(result.stdout.strip().splitlines()[-1])
+        flops = {name: r[name]["flops"] for r in rows.values() for name in ("mlp", "cnn", "vit") if "flops" in r[name]}
+        print(f"{'backend':<11} {'GEMM':>10} {'model':<6} {'MFLOP/ex':>8} {'alone':>7} {'pack of 4':>10} "
+              f"{'pack of 8':>10} {'GFLOP/s alone / 8':>18}  path")  # fmt: skip
+        for backend, r in rows.items():
+            for name in ("mlp", "cnn", "vit"):
+                m, per = r[name], flops.get(name)
+
+                def cell(seconds):
+                    return f"{seconds:>9.1f}s" if seconds is not None else f"{'alone':>10}"
+
+                def rate(seconds, per=per):
+                    return f"{per * 50000 / seconds / 1e9:.0f}" if per and seconds else "-"
+
+                print(f"{backend:<11} {r['gemm_gflops']:>5.0f} GF/s {name:<6} {(per or 0) / 1e6:>8.1f} "
+                      f"{m['alone']:>6.1f}s {cell(m['pack of 4'])} {cell(m['pack of 8'])} "
+                      f"{rate(m['alone']) + ' / ' + rate(m['pack of 8']):>18}  {m['path']}", flush=True)  # fmt: skip
 
     if "single" in args.parts:
         print("\nOne run, `python train.py training.epochs=1` (full data), start-up split out:")
