@@ -32,7 +32,7 @@ def build_optimizer(cfg, steps_per_epoch: int = 10):
 def test_groups_have_the_expected_options():
     assert options("optimizer") == ["adadelta", "adagrad", "adam", "rmsprop", "sgd"]
     assert {"constant", "linear"} <= set(options("schedule"))
-    assert options("strategy") == ["adadelta", "adagrad", "adam_constant", "adam_linear"]
+    assert {"adadelta", "adagrad", "adam_constant", "adam_linear"} <= set(options("strategy"))
     assert options("model") == ["cnn", "mlp", "vit"]
 
 
@@ -109,17 +109,37 @@ def test_linear_warms_up_to_the_optimizer_lr_by_default():
     assert compose_config("schedule=linear", "schedule.final_lr=0.03").schedule.final_lr == 0.03
 
 
-@pytest.mark.parametrize("strategy", options("strategy"))
-def test_tutorial_strategies_select_optimizer_and_schedule(strategy):
-    cfg = compose_config("+experiment=tutorial", f"+strategy={strategy}")
-    expected = {
-        "adam_constant": ("Adam", "constant"),
-        "adam_linear": ("Adam", "linear_warmup"),
-        "adagrad": ("Adagrad", "constant"),
-        "adadelta": ("Adadelta", "constant"),
-    }[strategy]
+@pytest.mark.parametrize(
+    ("experiment", "strategy", "expected"),
+    [
+        ("tutorial", "adam_constant", ("Adam", "constant")),
+        ("tutorial", "adam_linear", ("Adam", "linear_warmup")),
+        ("tutorial", "adagrad", ("Adagrad", "constant")),
+        ("tutorial", "adadelta", ("Adadelta", "constant")),
+        ("warmup_rules", "no_warmup", ("Adam", "constant")),
+        ("warmup_rules", "untuned_warmup", ("Adam", "untuned_warmup")),
+        ("warmup_rules", "tuned_warmup", ("Adam", "warmup_then_decay")),
+    ],
+)
+def test_strategies_select_optimizer_and_schedule(experiment, strategy, expected):
+    cfg = compose_config(f"+experiment={experiment}", f"+strategy={strategy}")
     assert (cfg.optimizer._target_.rsplit(".", 1)[1], cfg.schedule._target_.rsplit(".", 1)[1]) == expected
-    build_optimizer(cfg)
+    schedule, _ = build_optimizer(cfg, steps_per_epoch=100)
+    if strategy in ("untuned_warmup", "tuned_warmup"):  # from near 0 to the target LR 0.003 over their length
+        length = 2000 if strategy == "untuned_warmup" else cfg.schedule.warmup.length
+        assert float(schedule(0)) < 0.003 / 50 and float(schedule(length)) == pytest.approx(0.003)
+        assert float(schedule(length // 2)) == pytest.approx(0.0015, rel=0.02)
+    elif strategy == "no_warmup":
+        assert float(schedule(0)) == pytest.approx(0.003)
+
+
+def test_every_strategy_is_in_an_experiment():
+    swept = set()
+    for experiment in options("experiment"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+        swept |= set(str((cfg.hydra.sweeper.get("params") or {}).get("+strategy", "")).split(","))
+    assert set(options("strategy")) <= swept
 
 
 def test_tutorial_experiment_sweeps_the_four_strategies():

@@ -353,17 +353,17 @@ def test_every_decay_composes_typed_and_in_range(schedule, decay):
         assert OmegaConf.get_type(cfg.schedule.warmup) is schema.Warmup
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["+experiment=lr_range"],
-        ["+experiment=phase_diagram"],
-        ["+experiment=warmup_search"],
-        *[["+experiment=tutorial", f"+strategy={s}"] for s in options("strategy")],
-    ],
-)
-def test_every_experiment_and_strategy_composes_in_range(overrides):
-    schema.check(compose_config(*overrides))
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_value_an_experiment_sweeps_composes_in_range(experiment):
+    """Each preset's sweep, every value of every swept key at least once (job i takes each key's value i)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    params = {key: str(values).split(",") for key, values in (hydra_cfg.hydra.sweeper.get("params") or {}).items()}
+    if experiment != "warmup_search":  # the Optuna search's params are distributions, not lists
+        for i in range(max(map(len, params.values()), default=0)):
+            job = [f"{key}={values[i % len(values)]}" for key, values in params.items()]
+            schema.check(compose_config(f"+experiment={experiment}", *job))
+    schema.check(compose_config(f"+experiment={experiment}"))
 
 
 def test_interpolations_still_resolve_and_follow_the_optimizer():
