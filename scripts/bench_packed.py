@@ -12,8 +12,8 @@ Parts (each a real `python train.py [-m] ...` into a fresh temporary folder and 
   run 3 times, for the same 60 model-epochs;
 - single: one `python train.py training.epochs=1`, its wall time beside the time inside its run (start-up apart);
 - models: seconds per model-epoch after compilation for each model option (mlp, cnn, vit), one run alone against
-  packs of 4 and 8 (the MLP fused, the others by jax.vmap on JAX: `hydra.launcher.vmap=true`; alone on
-  TensorFlow), on each backend, on 3,200 training examples scaled to the full 50,000; with the GFLOP/s each
+  packs of 4 and 8 (the MLP fused, the others by jax.vmap on JAX: `hydra.launcher.other_models=vmap`; unrolled
+  on TensorFlow), on each backend, on 3,200 training examples scaled to the full 50,000; with the GFLOP/s each
   achieves (XLA's FLOP count of a training example) against the backend's measured 2048x2048 GEMM rate;
 - steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
   after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
@@ -246,7 +246,8 @@ def models_steady(names: list[str], examples: int = 3200) -> dict:
                     [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
                     [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
                     [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
-                    {"steps_per_execution": 64, "jit_compile": True}, vmap=True,
+                    {"steps_per_execution": 64, "jit_compile": True},
+                    "vmap" if keras.backend.backend() == "jax" else "unroll",
                 )  # fmt: skip
             except NotPackable:
                 results[name][f"pack of {size}"] = None

@@ -38,9 +38,11 @@ OPTIMIZERS = {
 # SGD's momentum checks that no other optimizer's update moves a member's entries.
 MIXED = [["optimizer=adam"], ["optimizer=sgd", "optimizer.momentum=0.9"],
          ["optimizer=adadelta", "optimizer.learning_rate=1.0"]]  # fmt: skip
-# Models other than the fused MLP, packed by mapping them over their members (`lrsweep.ml.vmapped`, JAX only): each
-# model option, and a model a user writes (functional, convolution and BatchNorm: tests/user_models.py) with the
-# mixed optimizers. ViT's dropout: member k draws its solo run's masks (its random state is one of its variables).
+# Models other than the fused MLP, packed by mapping them over their members (`lrsweep.ml.vmapped`: jax.vmap on JAX,
+# unrolled on TensorFlow, where each member's computation is its solo run's: identical training losses, val_loss
+# within 1e-7): each model option, and a model a user writes (functional, convolution and BatchNorm:
+# tests/user_models.py) with the mixed optimizers. ViT's dropout: member k draws its solo run's masks (its random
+# state is one of its variables).
 # The CNN with SGD: with Adam, BatchNorm cancels each convolution bias's gradient to rounding noise, which Adam's
 # update lr * g / (|g| + eps) turns into steps of either sign: packed and solo val_loss then differed by 1.05e-4
 # (relative) after 2 epochs, test_accuracy by 2 of 256 examples. Adam with BatchNorm is checked by "functional".
@@ -83,6 +85,13 @@ def check(result: dict, optimizer: str) -> None:
             np.testing.assert_allclose(packed[key], solo[key], atol=1 / 256 + 1e-9, err_msg=key)
     assert result["one_step"]["initial"] == 0.0  # member k starts from its solo run's exact weights
     assert result["one_step"]["step"] <= STEP_ATOL.get(optimizer, STEP_ATOL_DEFAULT), result["one_step"]
+
+
+def other_models() -> str:
+    """How MODELS pack here: by jax.vmap on JAX (on a CPU too, where it is off by default), unrolled on TensorFlow."""
+    import keras
+
+    return "vmap" if keras.backend.backend() == "jax" else "unroll"
 
 
 def member_overrides(optimizer: str, k: int) -> list[str]:
@@ -138,7 +147,7 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 
     prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
-    plan = pack.build_pack(prepared, dataset, vmap=True)
+    plan = pack.build_pack(prepared, dataset, other_models())
     model = plan.model
     batch = prepared[0].cfg.training.batch_size
     x, y = training.epoch_data(dataset, plan.seeds, 0)
@@ -151,6 +160,9 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
         solo.compile(
             optimizer=experiment.build_optimizer(job.cfg, KerasSchedule(experiment.build_schedule(job.cfg, dataset))),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            # compiled as its solo run is (XLA on TensorFlow too): a convolution bias before BatchNorm has a gradient
+            # of rounding noise, which Adam turns into a step of +-lr whose sign differs between XLA and TF's kernels
+            jit_compile=job.cfg.training.jit_compile,
         )
         for a, b in zip(solo.get_weights(), initial[k], strict=True):
             initial_diff = max(initial_diff, float(np.max(np.abs(a - b))))
@@ -176,7 +188,7 @@ def compare(optimizer: str, folder: str) -> dict:
     for job in prepared:
         job.name = f"{job.name}-packed"
         packed_names.append(job.name)
-    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", vmap=True)  # MODELS: vmapped on CPU
+    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", other_models())
     return {
         "outcomes": [str(o) for o in outcomes],
         "solo": [histories(client, experiment_id, n) for n in solo_names],

@@ -34,6 +34,9 @@ class PackedLauncher(Launcher):
         submitit_folder: where submitit keeps its job scripts and logs.
         submitit: parameters for submitit's `AutoExecutor.update_parameters` (timeout_min, cpus_per_task, mem_gb,
             slurm_partition, ...).
+        other_models: how models other than the fused MLP pack: auto, vmap, unroll or alone
+            (`lrsweep.ml.stacking.other_models_path`).
+        max_unrolled: the most runs in one pack of an unrolled model (each member one more copy to compile).
     """
 
     def __init__(
@@ -43,7 +46,8 @@ class PackedLauncher(Launcher):
         cluster: str | None = None,
         submitit_folder: str | None = None,
         submitit: dict | None = None,
-        vmap: str | bool = "auto",
+        other_models: str = "auto",
+        max_unrolled: int = 4,
     ) -> None:
         super().__init__()
         self.max_members = max_members
@@ -51,7 +55,8 @@ class PackedLauncher(Launcher):
         self.cluster = cluster
         self.submitit_folder = submitit_folder
         self.submitit = dict(submitit or {})
-        self.vmap = vmap
+        self.other_models = other_models
+        self.max_unrolled = max_unrolled
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -73,7 +78,8 @@ class PackedLauncher(Launcher):
         checks.check_count("hydra.launcher.max_members", self.max_members, 1)
         checks.check_count("hydra.launcher.max_seeds", self.max_seeds, 1)
         checks.check_choice("hydra.launcher.cluster", self.cluster, [None, "local", "slurm"])
-        checks.check_choice("hydra.launcher.vmap", self.vmap, ["auto", True, False])
+        checks.check_count("hydra.launcher.max_unrolled", self.max_unrolled, 1)
+        checks.check_choice("hydra.launcher.other_models", self.other_models, ["auto", "vmap", "unroll", "alone"])
         if self.cluster and not isinstance(self.submitit, dict):
             raise ValueError(f"`hydra.launcher.submitit` must be a mapping. Received: {self.submitit!r}")
 
@@ -96,7 +102,7 @@ class PackedLauncher(Launcher):
 
         prepared = launching.check_jobs(tasks)
         open_parent(self.config)  # every job is valid: now the store and the sweep's parent run
-        plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds)
+        plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
         with errors.reported():  # Ctrl-C / SIGTERM in a pack: its runs end KILLED, then one line, no traceback
             return self._launch_plan(plan, job_overrides, initial_job_idx)
 
@@ -114,14 +120,15 @@ class PackedLauncher(Launcher):
             from lrsweep.run import remote
 
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            results = remote.submit(plan.packs, self.cluster, folder, self.submitit, self.vmap) if plan.packs else []
+            settings = (self.cluster, folder, self.submitit, self.other_models)
+            results = remote.submit(plan.packs, *settings) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             if self.cluster:
                 outcomes = results[k]
             elif len(pack) > 1:
                 self.packs_launched += 1
                 try:
-                    outcomes = launching.train_pack(pack, f"pack{self.packs_launched}", self.vmap)
+                    outcomes = launching.train_pack(pack, f"pack{self.packs_launched}", self.other_models)
                 except StoreError as e:  # every later job would fail the same way: stop the sweep here
                     left = [job.context.job_num for later in plan.packs[k:] for job in later]
                     raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e

@@ -1,5 +1,6 @@
 """A pack built from its members' solo models: the fused MLP where the model is one, else any Keras model mapped
-over its members on JAX; anything else trains alone (`NotPackable`, with the reason)."""
+over its members (by jax.vmap, or unrolled: one copy per member); anything else trains alone (`NotPackable`, with
+the reason)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,31 @@ from lrsweep.ml.vmapped import VmappedPack, check_model
 
 FUSED = "fused MLP (one wide matrix product per seed and optimizer)"
 VMAPPED = "jax.vmap over the model's stateless_call"
+UNROLLED = "one copy of the model's stateless_call per member in the step"
 
 
-def vmap_pays(vmap: str | bool) -> bool:
-    """`vmap` as a yes or no; "auto": whether JAX computes on a GPU or TPU. Measured on this 2-core CPU
-    (scripts/bench_packed.py --parts models), a vmapped pack is slower per model-epoch than one run at a time (the
-    CNN's convolutions become grouped ones XLA's CPU backend runs ~10x slower; the ViT breaks even)."""
-    if vmap != "auto":
-        return bool(vmap)
-    import jax
+OTHER_MODELS = ("auto", "vmap", "unroll", "alone")
 
-    return jax.default_backend() != "cpu"
+
+def other_models_path(other_models: str) -> str | None:
+    """How a model other than the fused MLP packs under `hydra.launcher.other_models`: "vmap", "unroll" or None
+    (alone). "auto": unrolled on TensorFlow, vmapped on a JAX GPU or TPU, alone on a JAX CPU. Measured on this
+    2-core CPU (scripts/bench_packed.py --parts models): unrolled packs of 4 were 1.3-1.6x faster per model-epoch
+    than one at a time on TensorFlow, and 1.1-1.2x slower on JAX; vmapped ones slower on JAX (the CNN's
+    convolutions become grouped ones, which XLA's CPU backend runs ~7x slower)."""
+    if other_models not in OTHER_MODELS:
+        choices = ", ".join(OTHER_MODELS)
+        raise ValueError(f"`hydra.launcher.other_models` must be one of {choices}. Received: {other_models!r}")
+    jax_backend = keras.backend.backend() == "jax"
+    if other_models == "auto":
+        if not jax_backend:
+            return "unroll"
+        import jax
+
+        return "vmap" if jax.default_backend() != "cpu" else None
+    if other_models == "vmap" and not jax_backend:
+        raise NotPackable("jax.vmap needs backend=jax (hydra.launcher.other_models=unroll packs on TensorFlow)")
+    return None if other_models == "alone" else other_models
 
 
 @dataclass
@@ -45,7 +60,7 @@ class PackPlan:
     schedules: list[keras.optimizers.schedules.LearningRateSchedule]  # member k's LR schedule
     seeds: list[int]  # one per data group: the order of examples its members see
     optimizer: PackedOptimizer  # the pack's; `optimizer.of_member(k)` holds member k's state
-    path: str  # how it trains: `FUSED` or `VMAPPED`
+    path: str  # how it trains: `FUSED`, `VMAPPED` or `UNROLLED`
 
 
 def stack(
@@ -54,7 +69,7 @@ def stack(
     schedules: Sequence[keras.optimizers.schedules.LearningRateSchedule],
     optimizers: Sequence[keras.optimizers.Optimizer],
     compile_args: dict[str, Any],
-    vmap: str | bool = "auto",
+    other_models: str = "auto",
 ) -> PackPlan:
     """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
 
@@ -64,7 +79,7 @@ def stack(
         schedules: each member's LR schedule.
         optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
         compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
-        vmap: `hydra.launcher.vmap`, whether a model other than the fused MLP packs: true, false or "auto".
+        other_models: `hydra.launcher.other_models`, how a model other than the fused MLP packs (`other_models_path`).
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the members then train alone).
@@ -75,15 +90,15 @@ def stack(
     try:
         input_shape, layers = mlp_spec(solo_models[0])
     except NotPackable as not_mlp:
-        if keras.backend.backend() != "jax":
-            raise NotPackable(f"{not_mlp}; other models pack on the JAX backend only (backend=jax)") from None
-        if not vmap_pays(vmap):
+        how = other_models_path(other_models)
+        if how is None:
             raise NotPackable(
-                f"{not_mlp}; other models pack by jax.vmap, slower than one at a time on a CPU "
-                "(hydra.launcher.vmap=true packs them anyway)"
+                f"{not_mlp}; other models train alone with hydra.launcher.other_models={other_models} (on JAX on a "
+                "CPU their packs were slower than one at a time; other_models=unroll or vmap packs them anyway)"
             ) from None
         check_model(solo_models[0])
-        model, path = VmappedPack(solo_models, groups, blocks), VMAPPED
+        model = VmappedPack(solo_models, groups, blocks, unroll=how == "unroll")
+        path = UNROLLED if model.unroll else VMAPPED
     else:
         model, path = PackedMLP(input_shape, layers, groups, blocks), FUSED
         model.set_member_weights([m.get_weights() for m in solo_models])

@@ -1,11 +1,12 @@
-"""Any Keras model as a pack, on JAX: each block's members' variables stacked on a leading axis, and the model's own
-`stateless_call` mapped over them with `jax.vmap`.
+"""Any Keras model as a pack: each block's members' variables stacked on a leading axis, and the model's own
+`stateless_call` run per member, either mapped over them with `jax.vmap` (JAX) or unrolled, one copy per member in
+the compiled step (both backends).
 
 Member k's forward pass is its solo model's, on its own weights, BatchNorm statistics and random state (all of
 them variables of the model, stacked here), so it trains as its solo run does, to float rounding: XLA may order a
-batched convolution's sums otherwise. Works for Sequential, functional and subclassed models built from Keras
-layers, once built (their variables exist); `lrsweep.ml.stacking` takes this path on JAX for what the fused MLP
-(`lrsweep.ml.packed_mlp`) does not fit.
+batched convolution's sums otherwise (unrolled, each member's computation is its solo run's). Works for Sequential,
+functional and subclassed models built from Keras layers, once built (their variables exist);
+`lrsweep.ml.stacking` takes this path for what the fused MLP (`lrsweep.ml.packed_mlp`) does not fit.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ class VmappedPack(MemberBlocks, keras.Model):
     """
 
     def __init__(
-        self, solo_models: Sequence[keras.Model], group_sizes: Sequence[int], block_sizes: Sequence[int] | None = None
+        self,
+        solo_models: Sequence[keras.Model],
+        group_sizes: Sequence[int],
+        block_sizes: Sequence[int] | None = None,
+        unroll: bool = False,
     ):
         super().__init__(name=f"vmapped_{solo_models[0].name}")
+        self.unroll = unroll or keras.backend.backend() != "jax"
         self._lay_out(group_sizes, block_sizes)
         template = solo_models[0]
         self._template = _Held(template)
@@ -102,8 +108,6 @@ class VmappedPack(MemberBlocks, keras.Model):
         return [values[j] for j in self._weight_order]
 
     def call(self, x, training=False):
-        import jax
-
         template = self._template.model
         shared = len(x.shape) == 1 + len(self.example_shape)
         outputs = []
@@ -114,7 +118,18 @@ class VmappedPack(MemberBlocks, keras.Model):
                 return template.stateless_call(trainable, non_trainable, inputs, training=training)
 
             values = [ops.convert_to_tensor(v) for v in variables]
-            logits, updated = jax.vmap(member)(values[: self._trainable_count], values[self._trainable_count :])
+            trainable, non_trainable = values[: self._trainable_count], values[self._trainable_count :]
+            if self.unroll:  # one copy of the model per member in the step: each the solo run's computation
+                each = [
+                    member([v[i] for v in trainable], [v[i] for v in non_trainable])
+                    for i in range(self.block_sizes[block])
+                ]
+                logits = ops.stack([out for out, _ in each])
+                updated = [ops.stack([new[j] for _, new in each]) for j in range(len(non_trainable))]
+            else:
+                import jax  # JAX only: the TensorFlow backend always unrolls
+
+                logits, updated = jax.vmap(member)(trainable, non_trainable)
             if training:  # BatchNorm's moving statistics, random states: each member's own
                 for variable, value in zip(variables[self._trainable_count :], updated, strict=True):
                     variable.assign(value)

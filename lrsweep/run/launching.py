@@ -20,6 +20,7 @@ from lrsweep.ml.packing import ACROSS_MEMBERS, PACKABLE_OPTIMIZERS, NotPackable
 from lrsweep.run import experiment, pack
 from lrsweep.run.job import Checks, Job, checked
 
+MLP_TARGET = "lrsweep.model.build_mlp"  # the tutorial's MLP: packs fused, however many members
 log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
@@ -72,7 +73,13 @@ def check_jobs(jobs: Sequence[tuple[DictConfig, identity.JobContext]]) -> list[J
     return prepared
 
 
-def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> SweepPlan:
+def plan_sweep(
+    prepared: Sequence[Job],
+    max_members: int,
+    max_seeds: int,
+    max_unrolled: int | None = None,
+    other_models: str = "auto",
+) -> SweepPlan:
     """Reuses FINISHED configurations among a sweep's checked jobs (`check_jobs`) and plans packs for the rest.
 
     Each job to train is claimed first (`lrsweep.tracking.claims`): those another live process is training are
@@ -82,6 +89,8 @@ def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> Swe
         prepared: every job of the sweep, checked.
         max_members: the most runs in one pack.
         max_seeds: the most distinct seeds in one pack.
+        max_unrolled: the most runs in one pack whose model is unrolled (`unrolls`); None: max_members.
+        other_models: `hydra.launcher.other_models`.
     """
     plan = SweepPlan()
     # Every claim first (microseconds), then the store (milliseconds a job): two sweeps started together rarely
@@ -99,7 +108,8 @@ def plan_sweep(prepared: Sequence[Job], max_members: int, max_seeds: int) -> Swe
         else:
             tracking.claims.release(experiment.claim(job))
             plan.reused[job.context.job_num] = value
-    plan.packs = plan_packs(claimed, max_members, max_seeds) + plan_packs(deferred, max_members, max_seeds)
+    limits = (max_members, max_seeds, max_unrolled, other_models)
+    plan.packs = plan_packs(claimed, *limits) + plan_packs(deferred, *limits)
     return plan
 
 
@@ -124,9 +134,21 @@ def optimizer_settings(job: Job) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[list[Job]]:
+def unrolls(job: Job, other_models: str) -> bool:
+    """Whether a job's pack would hold one copy of its model per member (`lrsweep.ml.stacking.other_models_path`):
+    a model other than the tutorial's MLP, unrolled by choice or by default on TensorFlow. (A user's own MLP counts
+    as unrolled here, so its packs are only kept smaller.)"""
+    if job.resolved["model"].get("_target_") == MLP_TARGET or other_models in ("vmap", "alone"):
+        return False
+    return other_models == "unroll" or job.resolved["backend"] != "jax"
+
+
+def plan_packs(
+    jobs: Sequence[Job], max_members: int, max_seeds: int, max_unrolled: int | None = None, other_models: str = "auto"
+) -> list[list[Job]]:
     """Groups jobs by `pack_key` and splits each group, ordered by seed (then optimizer: one block of variables per
-    seed and optimizer, `lrsweep.ml.packing.MemberBlocks`), into near-equal packs within the limits.
+    seed and optimizer, `lrsweep.ml.packing.MemberBlocks`), into near-equal packs within the limits (`max_unrolled`
+    members for a model packed unrolled, whose compilation grows with its copies).
 
     A pack of one job is a job that trains alone.
     """
@@ -137,13 +159,14 @@ def plan_packs(jobs: Sequence[Job], max_members: int, max_seeds: int) -> list[li
     for group in groups.values():
         group.sort(key=lambda job: (job.seed, optimizer_settings(job), job.context.job_num or 0))
         seeds = len({job.seed for job in group})
-        count = max(math.ceil(len(group) / max_members), math.ceil(seeds / max_seeds))
+        limit = max_members if max_unrolled is None or not unrolls(group[0], other_models) else max_unrolled
+        count = max(math.ceil(len(group) / min(limit, max_members)), math.ceil(seeds / max_seeds))
         size = math.ceil(len(group) / count)
         packs.extend(group[i : i + size] for i in range(0, len(group), size))
     return packs
 
 
-def train_pack(jobs: Sequence[Job], name: str, vmap: str | bool = "auto") -> list[float | Exception] | None:
+def train_pack(jobs: Sequence[Job], name: str, other_models: str = "auto") -> list[float | Exception] | None:
     """Trains a pack while holding its configurations' claims; None if its model or optimizer cannot be packed (its
     jobs then train one at a time).
 
@@ -157,7 +180,7 @@ def train_pack(jobs: Sequence[Job], name: str, vmap: str | bool = "auto") -> lis
     try:
         with experiment.store_failures(cfg.tracking.uri), experiment.claimed(jobs, client, experiment_id) as reused:
             todo = [job for k, job in enumerate(jobs) if k not in reused]  # not FINISHED meanwhile by another
-            trained = iter(pack.train_pack(todo, client, experiment_id, pack_id, vmap) if todo else [])
+            trained = iter(pack.train_pack(todo, client, experiment_id, pack_id, other_models) if todo else [])
             return [reused[k] if k in reused else next(trained) for k in range(len(jobs))]
     except NotPackable as e:
         log.info("Pack %s: %s, so its %d runs train one at a time", pack_id, e, len(jobs))

@@ -19,7 +19,7 @@ from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, c
 log = logging.getLogger(__name__)
 
 
-def build_pack(jobs: Sequence[Job], dataset: Dataset, vmap: str | bool = "auto") -> PackPlan:
+def build_pack(jobs: Sequence[Job], dataset: Dataset, other_models: str = "auto") -> PackPlan:
     """The stacked model of jobs ordered by seed, member k from the model, schedule and optimizer its solo run
     builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would.
 
@@ -30,11 +30,12 @@ def build_pack(jobs: Sequence[Job], dataset: Dataset, vmap: str | bool = "auto")
     keras.backend.clear_session()
     solo_models = [build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
     optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
-    return stack(solo_models, [job.seed for job in jobs], schedules, optimizers, compile_args(jobs[0].cfg), vmap)
+    seeds = [job.seed for job in jobs]
+    return stack(solo_models, seeds, schedules, optimizers, compile_args(jobs[0].cfg), other_models)
 
 
 def train_pack(
-    jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pack_id: str, vmap: str | bool = "auto"
+    jobs: Sequence[Job], client: MlflowClient, experiment_id: str, pack_id: str, other_models: str = "auto"
 ) -> list[float | Exception]:
     """Trains jobs (ordered by seed) as one pack; each ends as its own MLflow run, as if it had trained alone.
 
@@ -44,7 +45,7 @@ def train_pack(
     """
     cfg = jobs[0].cfg
     dataset = jobs[0].data()  # what every member trains on: the pack key holds `data`
-    plan = build_pack(jobs, dataset, vmap)
+    plan = build_pack(jobs, dataset, other_models)
     model = plan.model
     log.info(
         "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), trained as %s; "

@@ -15,14 +15,14 @@ log = logging.getLogger(__name__)
 CLUSTERS = ("local", "slurm")
 
 
-def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, vmap: str | bool = "auto") -> list[float | Exception]:
+def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str = "auto") -> list[float | Exception]:
     """Trains a pack (or one job alone) in this process; what a submitit worker runs.
 
     Args:
         jobs: each job as the launcher prepared it (`lrsweep.run.job.Job`'s fields, without its data), ordered by
             seed. Fields, not `Job`s: unpickling a `Job` would import Keras before the backend is chosen.
         name: the pack's name within its sweep.
-        vmap: `hydra.launcher.vmap`.
+        other_models: `hydra.launcher.other_models`.
 
     Returns:
         Per job, its final val_accuracy or the error it ended with.
@@ -37,7 +37,7 @@ def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, vmap: str | bool = 
 
     prepared = [Job(**fields) for fields in jobs]  # checked by the launcher; the data is loaded here, once
     interrupts.install(prepared[0].context.sweep_dir)  # the sweep's stop file: Ctrl-C in the main process stops this
-    if len(prepared) > 1 and (outcomes := launching.train_pack(prepared, name, vmap)) is not None:
+    if len(prepared) > 1 and (outcomes := launching.train_pack(prepared, name, other_models)) is not None:
         return outcomes
     results: list[float | Exception] = []
     for job in prepared:
@@ -53,7 +53,7 @@ def submit(
     cluster: str,
     folder: str,
     parameters: Mapping[str, Any],
-    vmap: str | bool = "auto",
+    other_models: str = "auto",
 ) -> list[list[float | Exception]]:
     """Runs every pack as its own submitit job at once and waits for all: one list of outcomes per pack.
 
@@ -72,7 +72,7 @@ def submit(
     executor.update_parameters(**dict(parameters))
     work = [[job.__getstate__() for job in pack] for pack in packs]  # fields, not Jobs: see `train_jobs`
     tracking.claims.release_all()  # each submitit job takes its own jobs' claims: this process must not hold them
-    submitted = [executor.submit(train_jobs, jobs, f"pack{k + 1}", vmap) for k, jobs in enumerate(work)]
+    submitted = [executor.submit(train_jobs, jobs, f"pack{k + 1}", other_models) for k, jobs in enumerate(work)]
     log.info("Submitted %d pack(s) to submitit (%s): %s", len(packs), cluster, ", ".join(j.job_id for j in submitted))
     results = []
     for job, pack in zip(submitted, packs, strict=True):

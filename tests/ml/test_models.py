@@ -125,7 +125,7 @@ def test_bad_arguments_are_refused_before_any_layer_is_made(build, kwargs, messa
         build(**kwargs)
 
 
-def test_the_mlp_takes_the_fused_path_and_the_others_the_vmapped_one_or_say_why():
+def test_the_mlp_takes_the_fused_path_and_the_others_a_mapped_one_or_say_why():
     mlp_spec(build_mlp())  # fused
     with pytest.raises(NotPackable, match="the model does not start with a Flatten layer"):
         mlp_spec(build_cnn())
@@ -134,9 +134,13 @@ def test_the_mlp_takes_the_fused_path_and_the_others_the_vmapped_one_or_say_why(
     check_model(build_cnn())  # vmapped (JAX)
     adam = [keras.optimizers.Adam(0.01), keras.optimizers.Adam(0.01)]
     schedules = [keras.optimizers.schedules.ExponentialDecay(0.01, 10, 1.0)] * 2
-    with pytest.raises(NotPackable, match=r"slower than one at a time on a CPU \(hydra.launcher.vmap=true packs"):
-        stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, vmap="auto")  # JAX on a CPU here
-    assert stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, vmap=True).path == stacking.VMAPPED
+    for how in ("auto", "alone"):  # auto: JAX on a CPU here
+        with pytest.raises(NotPackable, match=rf"other models train alone with hydra.launcher.other_models={how} \("):
+            stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, how)
+    for how, path in (("vmap", stacking.VMAPPED), ("unroll", stacking.UNROLLED)):
+        assert stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, how).path == path
+    with pytest.raises(ValueError, match="`hydra.launcher.other_models` must be one of auto, vmap, unroll, alone"):
+        stacking.stack([build_cnn(), build_cnn()], [0, 1], schedules, adam, {}, "true")
     check_model(build_vit(**SMALL_VIT))
     regularized = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
                                     keras.layers.Dense(10, kernel_regularizer="l2", name="out")])  # fmt: skip

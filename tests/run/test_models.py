@@ -1,7 +1,7 @@
 """The model options end to end: `python train.py model=...` into tmp_path, then what MLflow holds afterwards.
 
-A sweep of CNNs or ViTs packs on JAX with `hydra.launcher.vmap=true` (`lrsweep.ml.vmapped`; on a CPU it is off by
-default); on TensorFlow the packed launcher says once why its runs train one at a time.
+A sweep of CNNs or ViTs packs on JAX with `hydra.launcher.other_models=vmap` (`lrsweep.ml.vmapped`; on a JAX CPU
+they train alone by default), and unrolled on TensorFlow by default, in packs of at most `max_unrolled`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def finished_job_runs(tmp_path, expected: int, packed: bool = False) -> list:
 
 def test_a_cnn_sweep_packs_on_jax_mapped_over_its_members(tmp_path):
     result = train(
-        tmp_path, "hydra.launcher.vmap=true", "model=cnn", "model.channels=8", "training.seed=0,1", "backend=jax",
-        "training.epochs=1", "training.verbose=0", *TINY,
+        tmp_path, "hydra.launcher.other_models=vmap", "model=cnn", "model.channels=8", "training.seed=0,1",
+        "backend=jax", "training.epochs=1", "training.verbose=0", *TINY,
     )  # fmt: skip
     runs = finished_job_runs(tmp_path, 2, packed=True)
     assert sorted(r.data.params["training.seed"] for r in runs) == ["0", "1"]
@@ -54,15 +54,17 @@ def test_a_vit_trains_with_post_ln_and_with_pre_ln(tmp_path):
         assert config["model"]["_target_"] == "lrsweep.model.build_vit" and config["model"]["norm"] == norm
 
 
-def test_a_cnn_sweep_on_tensorflow_trains_one_run_at_a_time_saying_why_once(tmp_path):
-    """BatchNorm under XLA (`training.jit_compile` true) on the other backend, where only the fused MLP packs."""
-    result = train(tmp_path, "model=cnn", "model.channels=8", "training.seed=0,1", "backend=tensorflow",
-                   "training.epochs=1", "training.verbose=0", *TINY)  # fmt: skip
-    runs = finished_job_runs(tmp_path, 2)
-    assert {(r.data.tags["lrsweep.backend"], r.data.params["choice.model"]) for r in runs} == {("tensorflow", "cnn")}
+def test_a_cnn_sweep_on_tensorflow_packs_unrolled_in_packs_of_at_most_max_unrolled(tmp_path):
+    """BatchNorm under XLA (`training.jit_compile` true) on the other backend: 3 runs, max_unrolled=2, so one pack
+    of 2 (one copy of the model per member) and one run alone."""
+    result = train(tmp_path, "model=cnn", "model.channels=8", "training.seed=0,1,2", "backend=tensorflow",
+                   "hydra.launcher.max_unrolled=2", "training.epochs=1", "training.verbose=0", *TINY)  # fmt: skip
+    client, experiment_id = store(tmp_path)
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    assert {(r.info.status, r.data.tags["lrsweep.backend"], r.data.params["choice.model"]) for r in runs} == {
+        ("FINISHED", "tensorflow", "cnn")
+    }
+    packed = sorted(r.data.params["training.seed"] for r in runs if tracking.TAG_PACK in r.data.tags)
+    assert (len(runs), packed) == (3, ["0", "1"])
     output = result.stdout + result.stderr
-    reason = (
-        "Pack multirun/pack1: the model does not start with a Flatten layer; other models pack on the JAX backend "
-        "only (backend=jax), so its 2 runs train one at a time"
-    )
-    assert output.count(reason) == 1, output[-3000:]
+    assert output.count("trained as one copy of the model's stateless_call per member in the step") == 1, output[-3000:]

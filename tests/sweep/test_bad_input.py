@@ -144,9 +144,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep max_members -3", [*SWEEP, "hydra.launcher.max_members=-3", "training.seed=0,1"], "max_members"),
     ("sweep max_seeds 0", [*SWEEP, "hydra.launcher.max_seeds=0", "training.seed=0,1"], "max_seeds"),
     (
-        "sweep vmap typo",
-        [*SWEEP, "hydra.launcher.vmap=maybe", "training.seed=0,1"],
-        "`hydra.launcher.vmap` must be one of auto, true, false",
+        "sweep other_models typo",
+        [*SWEEP, "hydra.launcher.other_models=maybe", "training.seed=0,1"],
+        "`hydra.launcher.other_models` must be one of auto, vmap, unroll, alone",
     ),
     ("sweep cluster typo", [*SWEEP, "hydra.launcher.cluster=slrum", "training.seed=0,1"], "hydra.launcher.cluster"),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
