@@ -38,6 +38,17 @@ DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 GRID = ["schedule=linear", "schedule.initial_lr=0.001,0.003,0.005", "schedule.final_lr=0.005,0.01,0.02"]
 TUTORIAL = ["+experiment=tutorial", "training.seed=0,1,2"]
 LAUNCHERS = {"one at a time": ["hydra/launcher=basic"], "packed": []}
+MODELS = ("mlp", "cnn", "vit")  # the model options --parts models measures
+
+
+def child(*args: str) -> dict:
+    """This script run again with `args` in a fresh process (one backend per process: Keras keeps the first it
+    imports); the JSON its last line prints."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+    if result.returncode != 0:
+        sys.exit(result.stderr[-4000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def train(backend: str, overrides: list[str], multirun: bool = True) -> tuple[float, int, float]:
@@ -211,15 +222,14 @@ def train_flops_per_example(model, x, y) -> float:
 
 
 def models_steady(names: list[str], examples: int = 3200) -> dict:
-    """In this process: per model option, seconds per full-data model-epoch alone and in packs of 4 and 8 (None
-    where the model does not pack on this backend), the FLOPs of one training example (JAX only) and the
-    backend's GEMM rate."""
+    """In this process: per model option, seconds per full-data model-epoch alone and in packs of 4 and 8 (the MLP
+    fused, the others vmapped on JAX, unrolled on TensorFlow), the FLOPs of one training example (JAX only) and
+    the backend's GEMM rate."""
     import keras
     from hydra import compose, initialize_config_dir
 
     from lrsweep.core import identity
     from lrsweep.ml import stacking
-    from lrsweep.ml.packing import NotPackable
     from lrsweep.run import experiment
 
     def epoch_seconds(model, x, y) -> float:
@@ -237,21 +247,17 @@ def models_steady(names: list[str], examples: int = 3200) -> dict:
         model = experiment.build_model(job.cfg)
         model.compile(optimizer=experiment.build_optimizer(job.cfg, 0.001), steps_per_execution=64, jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-        results[name] = {"alone": epoch_seconds(model, x, y), "path": "alone"}
+        results[name] = {"alone": epoch_seconds(model, x, y)}
         if keras.backend.backend() == "jax":
             results[name]["flops"] = train_flops_per_example(model, x, y)
         for size in (4, 8):
-            try:
-                plan = stacking.stack(
-                    [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
-                    [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
-                    [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
-                    {"steps_per_execution": 64, "jit_compile": True},
-                    "vmap" if keras.backend.backend() == "jax" else "unroll",
-                )  # fmt: skip
-            except NotPackable:
-                results[name][f"pack of {size}"] = None
-                continue
+            plan = stacking.stack(
+                [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
+                [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
+                [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
+                {"steps_per_execution": 64, "jit_compile": True},
+                "vmap" if keras.backend.backend() == "jax" else "unroll",
+            )  # fmt: skip
             results[name][f"pack of {size}"] = epoch_seconds(plan.model, x[:, None], y[:, None]) / size
             results[name]["path"] = plan.path
     return results
@@ -276,7 +282,7 @@ def main() -> None:
         from lrsweep.core import backend
 
         backend.select(args.models_child)
-        print(json.dumps(models_steady(["mlp", "cnn", "vit"])))
+        print(json.dumps(models_steady(list(MODELS))))
         return
 
     if "steady" in args.parts:
@@ -284,12 +290,7 @@ def main() -> None:
         print(f"{'backend':<11} {'members':>7} {'first epoch':>11} {'epoch':>7} {'per model-epoch':>15} "
               f"{'validation':>10} {'data order':>10}")  # fmt: skip
         for backend in args.backends:
-            command = [sys.executable, __file__, "--steady-child", backend, "--members", *map(str, args.members)]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-            if result.returncode != 0:
-                sys.exit(result.stderr[-4000:])
-            for size, r in json.loads(result.stdout.strip().splitlines()[-1]).items():
+            for size, r in child("--steady-child", backend, "--members", *map(str, args.members)).items():
                 print(f"{backend:<11} {size:>7} {r['first_epoch_s']:>10.1f}s {r['steady_epoch_s']:>6.2f}s "
                       f"{r['per_model_epoch_s']:>14.3f}s {r['validation_s']:>9.2f}s {r['data_order_s']:>9.2f}s",
                       flush=True)  # fmt: skip
@@ -298,30 +299,17 @@ def main() -> None:
         print("\nEach model option alone and packed, after compilation: seconds per full-data model-epoch (50,000")
         print("examples, batch 32, Adam; timed on 3,200), and the GFLOP/s that achieves (XLA's FLOP count of a")
         print("training example x 50,000 / seconds) against the backend's own 2048x2048 float32 GEMM rate:")
-        rows = {}
-        for backend in args.backends:
-            command = [sys.executable, __file__, "--models-child", backend]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-            if result.returncode != 0:
-                sys.exit(result.stderr[-4000:])
-            rows[backend] = json.loads(result.stdout.strip().splitlines()[-1])
-        flops = {name: r[name]["flops"] for r in rows.values() for name in ("mlp", "cnn", "vit") if "flops" in r[name]}
+        rows = {backend: child("--models-child", backend) for backend in args.backends}
+        flops = {name: r[name]["flops"] for r in rows.values() for name in MODELS if "flops" in r[name]}
         print(f"{'backend':<11} {'GEMM':>10} {'model':<6} {'MFLOP/ex':>8} {'alone':>7} {'pack of 4':>10} "
               f"{'pack of 8':>10} {'GFLOP/s alone / 8':>18}  path")  # fmt: skip
         for backend, r in rows.items():
-            for name in ("mlp", "cnn", "vit"):
+            for name in MODELS:
                 m, per = r[name], flops.get(name)
-
-                def cell(seconds):
-                    return f"{seconds:>9.1f}s" if seconds is not None else f"{'alone':>10}"
-
-                def rate(seconds, per=per):
-                    return f"{per * 50000 / seconds / 1e9:.0f}" if per and seconds else "-"
-
+                rates = " / ".join(f"{per * 50000 / m[k] / 1e9:.0f}" if per else "-" for k in ("alone", "pack of 8"))
                 print(f"{backend:<11} {r['gemm_gflops']:>5.0f} GF/s {name:<6} {(per or 0) / 1e6:>8.1f} "
-                      f"{m['alone']:>6.1f}s {cell(m['pack of 4'])} {cell(m['pack of 8'])} "
-                      f"{rate(m['alone']) + ' / ' + rate(m['pack of 8']):>18}  {m['path']}", flush=True)  # fmt: skip
+                      f"{m['alone']:>6.1f}s {m['pack of 4']:>9.1f}s {m['pack of 8']:>9.1f}s {rates:>18}  "
+                      f"{m['path']}", flush=True)  # fmt: skip
 
     if "single" in args.parts:
         print("\nOne run, `python train.py training.epochs=1` (full data), start-up split out:")

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from lrsweep import tracking
 from lrsweep.core import backend, errors, identity, interrupts
+from lrsweep.ml import stacking
 from lrsweep.ml.packing import ACROSS_MEMBERS, PACKABLE_OPTIMIZERS, NotPackable
 from lrsweep.run import experiment, pack
 from lrsweep.run.job import Checks, Job, checked
@@ -135,12 +136,15 @@ def optimizer_settings(job: Job) -> str:
 
 
 def unrolls(job: Job, other_models: str) -> bool:
-    """Whether a job's pack would hold one copy of its model per member (`lrsweep.ml.stacking.other_models_path`):
-    a model other than the tutorial's MLP, unrolled by choice or by default on TensorFlow. (A user's own MLP counts
-    as unrolled here, so its packs are only kept smaller.)"""
-    if job.resolved["model"].get("_target_") == MLP_TARGET or other_models in ("vmap", "alone"):
+    """Whether a job's pack would hold one copy of its model per member: a model other than the tutorial's MLP, on
+    the path `lrsweep.ml.stacking.other_models_path` takes in this process (the jobs' backend). (A user's own MLP
+    counts as unrolled here, so its packs are only kept smaller.)"""
+    if job.resolved["model"].get("_target_") == MLP_TARGET:
         return False
-    return other_models == "unroll" or job.resolved["backend"] != "jax"
+    try:
+        return stacking.other_models_path(other_models) == "unroll"
+    except NotPackable:  # vmap on TensorFlow: its runs train alone
+        return False
 
 
 def plan_packs(
@@ -159,8 +163,10 @@ def plan_packs(
     for group in groups.values():
         group.sort(key=lambda job: (job.seed, optimizer_settings(job), job.context.job_num or 0))
         seeds = len({job.seed for job in group})
-        limit = max_members if max_unrolled is None or not unrolls(group[0], other_models) else max_unrolled
-        count = max(math.ceil(len(group) / min(limit, max_members)), math.ceil(seeds / max_seeds))
+        limit = max_members
+        if max_unrolled is not None and unrolls(group[0], other_models):
+            limit = min(max_members, max_unrolled)
+        count = max(math.ceil(len(group) / limit), math.ceil(seeds / max_seeds))
         size = math.ceil(len(group) / count)
         packs.extend(group[i : i + size] for i in range(0, len(group), size))
     return packs
