@@ -34,8 +34,8 @@ OTHER_MODELS = ("auto", "vmap", "unroll", "alone")
 def other_models_path(other_models: str) -> str | None:
     """How a model other than the fused MLP packs under `hydra.launcher.other_models`: "vmap", "unroll" or None
     (alone). "auto": unrolled on TensorFlow, vmapped on a JAX GPU or TPU, alone on a JAX CPU. Measured on this
-    2-core CPU (scripts/bench_packed.py --parts models): unrolled packs of 4 were 1.3-1.6x faster per model-epoch
-    than one at a time on TensorFlow, and 1.1-1.2x slower on JAX; vmapped ones slower on JAX (the CNN's
+    2-core CPU (scripts/bench_packed.py --parts models, 3 runs): unrolled packs of 4 ran at 0.94-1.57x the speed of
+    one at a time on TensorFlow, and 1.1-1.2x slower on JAX; vmapped ones slower on JAX (the CNN's
     convolutions become grouped ones, which XLA's CPU backend runs ~7x slower)."""
     if other_models not in OTHER_MODELS:
         choices = ", ".join(OTHER_MODELS)
