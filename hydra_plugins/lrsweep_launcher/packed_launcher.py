@@ -37,6 +37,7 @@ class PackedLauncher(Launcher):
         other_models: how models other than the fused MLP pack: auto, vmap, unroll or alone
             (`lrsweep.ml.stacking.other_models_path`).
         max_unrolled: the most runs in one pack of an unrolled model (each member one more copy to compile).
+        halving: successive halving (`lrsweep.core.halving.Halving`): eta (null: none), min_epochs, rule.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class PackedLauncher(Launcher):
         submitit: dict | None = None,
         other_models: str = "auto",
         max_unrolled: int = 4,
+        halving: dict | None = None,
     ) -> None:
         super().__init__()
         self.max_members = max_members
@@ -57,6 +59,7 @@ class PackedLauncher(Launcher):
         self.submitit = dict(submitit or {})
         self.other_models = other_models
         self.max_unrolled = max_unrolled
+        self.halving = dict(halving or {})
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -82,6 +85,21 @@ class PackedLauncher(Launcher):
         checks.check_choice("hydra.launcher.other_models", self.other_models, ["auto", "vmap", "unroll", "alone"])
         if self.cluster and not isinstance(self.submitit, dict):
             raise ValueError(f"`hydra.launcher.submitit` must be a mapping. Received: {self.submitit!r}")
+        halving = self.halving_settings()
+        halving.check()
+        if halving.eta is not None and self.cluster:
+            raise ValueError(
+                "halving moves runs between packs in this process: drop hydra.launcher.cluster or "
+                f"hydra.launcher.halving.eta. Received: hydra.launcher.cluster={self.cluster}"
+            )
+
+    def halving_settings(self) -> Any:
+        from lrsweep.core.halving import Halving
+
+        unknown = sorted(set(self.halving) - {"eta", "min_epochs", "rule"})
+        if unknown:
+            raise ValueError(f"`hydra.launcher.halving` has eta, min_epochs and rule. Received: {unknown[0]}")
+        return Halving(**self.halving)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -101,10 +119,31 @@ class PackedLauncher(Launcher):
         from lrsweep.run import launching  # imports Keras: only once the backend is chosen
 
         prepared = launching.check_jobs(tasks)
+        halving = self.halving_settings()
+        if halving.eta is not None:
+            launching.check_halving(prepared, halving, self.other_models)
         open_parent(self.config)  # every job is valid: now the store and the sweep's parent run
         plan = launching.plan_sweep(prepared, self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
         with errors.reported():  # Ctrl-C / SIGTERM in a pack: its runs end KILLED, then one line, no traceback
+            if halving.eta is not None:
+                return self._launch_halving(plan, halving, job_overrides, initial_job_idx)
             return self._launch_plan(plan, job_overrides, initial_job_idx)
+
+    def _launch_halving(self, plan: Any, halving: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        """The sweep trained by successive halving (`lrsweep.run.halving`): every pack to each rung, then the best."""
+        from lrsweep.core.errors import StoreError
+        from lrsweep.run import launching
+
+        jobs = [job for pack in plan.packs for job in pack]
+        limits = (self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
+        try:
+            values = launching.train_halving(jobs, halving, limits) if jobs else []
+        except StoreError as e:  # as for packs: every later rung would fail the same way
+            left = [job.context.job_num for job in jobs]
+            raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
+        results = {**plan.reused, **{job.context.job_num: value for job, value in zip(jobs, values, strict=True)}}
+        returns = {num: self._run(num, job_overrides[num - initial_job_idx], outcome(v)) for num, v in results.items()}
+        return [returns[num] for num in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
     def _launch_plan(self, plan: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from lrsweep.core.errors import StoreError

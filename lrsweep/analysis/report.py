@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 
 from lrsweep import tracking
-from lrsweep.core import identity, stats
+from lrsweep.core import errors, identity, stats
 from lrsweep.ml.data import VALIDATION_IS_TEST
 
 SEED_KEY = identity.SEED_KEY
@@ -25,6 +25,7 @@ TEST_METRICS = ("test_accuracy", "test_loss")  # once per run, when validation i
 # above training.divergence_factor x its starting loss, `lrsweep.run.callbacks.StopOnDivergence`) or it ended no better
 # than guessing: a final training loss at or above the cross-entropy of a uniform guess over the 10 classes, ln 10.
 CHANCE_LOSS = math.log(10)
+STOPPED_LISTED = 10  # stopped configurations named in the verdicts' line
 SEEDS_SHOWN = 15  # configurations in seeds.png
 
 
@@ -61,6 +62,12 @@ class JobRun:
             return int(value) if value is not None else None
         except ValueError:
             return None
+
+    @property
+    def stopped_epoch(self) -> int | None:
+        """The epochs it trained before successive halving stopped it (FINISHED all the same), or None."""
+        value = self.tags.get(tracking.TAG_STOPPED_EPOCH)
+        return int(value) if value is not None else None
 
     @property
     def diverged(self) -> bool:
@@ -119,6 +126,8 @@ class SweepReport:
     swept: list[str]
     configurations: list[Configuration]
     comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # by configuration label
+    # Configurations successive halving stopped (every run of them), most epochs first: not finished, so not ranked.
+    stopped: list[Configuration] = field(default_factory=list)
 
     @property
     def validation(self) -> str:
@@ -180,11 +189,12 @@ class SweepReport:
         if self.validation == VALIDATION_IS_TEST:
             head += " (data.validation_size=null, the tutorial's way: the best is chosen on the data it is scored on.)"
         if len(self.configurations) < 2:
-            return [head]
+            return [head, *self.stopped_lines()]
         if not self.comparable:
             return [
                 f"{head} One run per configuration: no comparison is possible, and the ranking may be noise. "
-                f"Sweep seeds to compare, e.g. {SEED_KEY}=0,1,2."
+                f"Sweep seeds to compare, e.g. {SEED_KEY}=0,1,2.",
+                *self.stopped_lines(),
             ]
         lines = [
             f"{head} Each configuration vs the best: difference in mean {RANK_METRIC} [95% CI], p corrected for "
@@ -196,7 +206,21 @@ class SweepReport:
             verdicts = Counter(c.verdict for c in self.comparisons.values())
             counts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
             others = [*others[:limit], f"... {len(others) - limit} more in summary.md ({counts})"]
-        return lines + others
+        return lines + others + self.stopped_lines()
+
+    def stopped_lines(self) -> list[str]:
+        """One line on the configurations successive halving stopped, if any: where, and their score there."""
+        if not self.stopped:
+            return []
+        parts = []
+        for config in self.stopped:
+            mean = config.stat(RANK_METRIC)[0]
+            parts.append(f"{config.label} (epoch {config.runs[0].stopped_epoch}, {RANK_METRIC} {mean:.4f})")
+        shown = errors.listed(parts, "; ", STOPPED_LISTED)
+        return [
+            f"Stopped by successive halving, so not ranked above (behind at a rung, not finished): "
+            f"{plural(len(self.stopped), 'configuration')}: {shown}."
+        ]
 
 
 def plural(n: int, noun: str) -> str:
@@ -282,8 +306,11 @@ def build(sweep: tracking.SweepRuns) -> SweepReport:
         )
         configurations.append(Configuration(named, members, label))
     configurations.sort(key=lambda c: (c.stat(RANK_METRIC)[2] == 0, -_nan_to(c.stat(RANK_METRIC)[0], -1.0)))
+    stopped = [c for c in configurations if all(r.stopped_epoch is not None for r in c.runs)]
+    stopped.sort(key=lambda c: -c.runs[0].stopped_epoch)  # stable: the best first within a rung
+    configurations = [c for c in configurations if c not in stopped]
     comparisons = stats.compare_to_best({c.label: c.samples() for c in configurations})
-    return SweepReport(sweep.sweep_id, jobs, swept, configurations, comparisons)
+    return SweepReport(sweep.sweep_id, jobs, swept, configurations, comparisons, stopped)
 
 
 def _nan_to(value: float, default: float) -> float:

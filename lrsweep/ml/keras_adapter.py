@@ -29,6 +29,38 @@ SLOTS = {
 }
 
 
+# Every slot variable list that holds an optimizer's state between steps, by class: what a pack member's state is
+# besides its weights and the step count (`lrsweep.ml.member_state`). Lists a setting leaves unused are empty.
+STATE_SLOTS = {
+    keras.optimizers.SGD: ("momentums",),
+    keras.optimizers.Adagrad: ("_accumulators",),
+    keras.optimizers.Adadelta: ("_accumulated_grads", "_accumulated_delta_vars"),
+    keras.optimizers.Adam: ("_momentums", "_velocities", "_velocity_hats"),
+    keras.optimizers.RMSprop: ("_velocities", "_momentums", "_average_gradients"),
+}
+OWN_VARIABLES = ("iteration", "learning_rate")  # an optimizer's variables that are no slots (its `variables` lead)
+
+
+def state_slots(optimizer: keras.optimizers.Optimizer) -> dict[str, Sequence[keras.Variable]]:
+    """The built optimizer's slot lists (`STATE_SLOTS`) that hold variables, each one per trainable variable it was
+    built on, in their order.
+
+    Raises:
+        ValueError: the optimizer holds variables these lists miss (an optimizer or Keras version lrsweep does not
+            know), so its state could not be carried whole.
+    """
+    names = next((slots for cls, slots in STATE_SLOTS.items() if type(optimizer) is cls), None)
+    if names is None:
+        raise ValueError(f"lrsweep does not know where {type(optimizer).__name__} keeps its state")
+    slots = {name: list(getattr(optimizer, name, None) or []) for name in names}
+    slots = {name: variables for name, variables in slots.items() if variables}
+    held = {id(v) for variables in slots.values() for v in variables}
+    missed = [v.path for v in optimizer.variables if id(v) not in held and v.path.split("/")[-1] not in OWN_VARIABLES]
+    if missed:
+        raise ValueError(f"{type(optimizer).__name__} holds state lrsweep does not know: {missed[:3]}")
+    return slots
+
+
 def set_global_seed(seed: int) -> None:
     """`keras.utils.set_random_seed` without importing TensorFlow when the backend is not TensorFlow.
 

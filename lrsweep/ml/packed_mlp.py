@@ -135,6 +135,10 @@ class PackedMLP(MemberBlocks, keras.Model):
                 values.append(self.member_values(index, ops.convert_to_numpy(variable), member))
         return values
 
+    def member_variables(self, member: int) -> list[np.ndarray]:
+        """Member `member`'s variables in its solo model's `solo_variables` order (an MLP's are its weights)."""
+        return [np.array(value) for value in self.member_weights(member)]
+
     def set_member_weights(self, weights: Sequence[Sequence[np.ndarray]]) -> None:
         """Sets every member's weights from a solo model's weight lists (kernel, bias per layer), member order."""
         for block, size in enumerate(self.block_sizes):

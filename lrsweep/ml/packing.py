@@ -37,6 +37,12 @@ PACKABLE_OPTIMIZERS = (
 ACROSS_MEMBERS = ("weight_decay", "clipnorm", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
 
 
+def solo_variables(model: keras.Model) -> list[keras.Variable]:
+    """A solo model's variables, trainable then non-trainable (BatchNorm statistics, random states): the order
+    `stateless_call` takes them in, and a pack member's state (`MemberBlocks.member_variables`) follows."""
+    return [*model.trainable_variables, *model.non_trainable_variables]
+
+
 class NotPackable(ValueError):
     """This run cannot join a pack (it trains alone instead); the message says why."""
 
@@ -96,6 +102,15 @@ class MemberBlocks:
         if self.block_of(member) != self.variable_blocks[variable_index]:
             return array[:0]
         return self._slices[variable_index](array, member)
+
+    def put_member_values(self, variable_index: int, array: np.ndarray, member: int, values: np.ndarray) -> None:
+        """Writes member `member`'s part of `array` (a NumPy copy of trainable variable `variable_index` or of a slot
+        of it), in place: the inverse of `member_values`."""
+        self._slices[variable_index](array, member)[...] = values
+
+    def member_variables(self, member: int) -> list[np.ndarray]:
+        """Member `member`'s variables as its solo model holds them, in `solo_variables` order."""
+        raise NotImplementedError
 
     def member_selector(
         self, member: int, variables: Sequence[int] | None = None

@@ -130,6 +130,9 @@ class Member:
     select: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
     # The optimizer whose slots hold this member's state (None: the model's own).
     optimizer: keras.optimizers.Optimizer | None = None
+    # Its loss before training, on the divergence rule's reference examples (`StopOnDivergence`): measured when
+    # training starts, kept when it goes on in another pack.
+    starting_loss: float | None = None
 
     def key(self, metric: str) -> str:
         return metric if self.index is None else f"{metric}_{self.index}"
@@ -179,8 +182,11 @@ def fit_epochs(
     batch_size: int,
     epochs: int,
     callbacks: Sequence[keras.callbacks.Callback],
+    initial_epoch: int = 0,
 ) -> list[dict]:
-    """Trains `epochs` epochs, each on `epoch_data(dataset, seeds, epoch)` in that order, validating on `x_val, y_val`.
+    """Trains epochs `initial_epoch` .. `epochs` - 1, each on `epoch_data(dataset, seeds, epoch)` in that order,
+    validating on `x_val, y_val` (`initial_epoch` > 0: a model going on where it stopped, its optimizer's step count
+    with it).
 
     One Keras `fit` (its own shuffle off) over `EpochBatches`, so the data is never copied per epoch.
     On TensorFlow the batches are gathered in a `tf.data` pipeline, elsewhere in Python (`keras.utils.PyDataset`).
@@ -189,9 +195,11 @@ def fit_epochs(
         Keras' logs at the end of each epoch trained.
     """
     batches = EpochBatches(dataset, seeds, batch_size)
+    batches.epoch = initial_epoch
     history = model.fit(
         batches.tf_dataset() if keras.backend.backend() == "tensorflow" else batches,
         epochs=epochs,
+        initial_epoch=initial_epoch,
         shuffle=False,
         validation_data=(dataset.x_val, dataset.y_val),
         validation_batch_size=batch_size,

@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from lrsweep.ml import keras_adapter
-from lrsweep.ml.packing import MemberBlocks, NotPackable
+from lrsweep.ml.packing import MemberBlocks, NotPackable, solo_variables
 
 
 def check_model(model: keras.Model) -> None:
@@ -40,7 +40,7 @@ def check_model(model: keras.Model) -> None:
 
 def _variables(model: keras.Model) -> list[keras.Variable]:
     """The model's variables in the order `stateless_call` takes them: trainable, then non-trainable."""
-    return [*model.trainable_variables, *model.non_trainable_variables]
+    return solo_variables(model)
 
 
 class _Held:
@@ -106,6 +106,12 @@ class VmappedPack(MemberBlocks, keras.Model):
         block = self.block_of(member)
         values = [ops.convert_to_numpy(v)[member - self.block_offsets[block]] for v in self.stacked[block]]
         return [values[j] for j in self._weight_order]
+
+    def member_variables(self, member: int) -> list[np.ndarray]:
+        """Member `member`'s variables in its solo model's `solo_variables` order: its weights, BatchNorm statistics
+        and random states."""
+        block = self.block_of(member)
+        return [np.array(ops.convert_to_numpy(v)[member - self.block_offsets[block]]) for v in self.stacked[block]]
 
     def call(self, x, training=False):
         template = self._template.model

@@ -16,9 +16,10 @@ from omegaconf import DictConfig
 
 from lrsweep import tracking
 from lrsweep.core import backend, errors, identity, interrupts
+from lrsweep.core.halving import Halving
 from lrsweep.ml import stacking
 from lrsweep.ml.packing import ACROSS_MEMBERS, PACKABLE_OPTIMIZERS, NotPackable
-from lrsweep.run import experiment, pack
+from lrsweep.run import experiment, halving, pack
 from lrsweep.run.job import Checks, Job, checked
 
 MLP_TARGET = "lrsweep.model.build_mlp"  # the tutorial's MLP: packs fused, however many members
@@ -200,3 +201,22 @@ def train_alone(job: Job) -> float:
     with experiment.store_failures(job.cfg.tracking.uri):
         client, experiment_id = tracking.connect_config(job.cfg.tracking)
         return experiment.train_claimed(job, client, experiment_id)
+
+
+def check_halving(prepared: Sequence[Job], settings: Halving, other_models: str) -> None:
+    """Raises SystemExit with one line when a sweep's jobs cannot train by successive halving (`halving.check`),
+    before any store or run is touched."""
+    try:
+        halving.check(prepared, settings, other_models)
+    except errors.ConfigError as e:
+        raise SystemExit(f"lrsweep: {e}") from None
+
+
+def train_halving(jobs: Sequence[Job], settings: Halving, limits: tuple) -> list[float | Exception]:
+    """Trains a sweep's jobs (those `plan_sweep` planned, checked by `check_halving`) by successive halving, packed
+    afresh at every rung within the sweep's `limits` (max_members, max_seeds, max_unrolled, other_models).
+
+    Per job, its last val_accuracy or its error (`lrsweep.run.halving.train`)."""
+    interrupts.check()
+    sweep_name = jobs[0].context.sweep_id or "sweep"
+    return halving.train(jobs, settings, lambda going: plan_packs(going, *limits), sweep_name, limits[-1])

@@ -9,7 +9,9 @@ import keras
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
+from lrsweep.ml import member_state
 from lrsweep.ml.data import Dataset
+from lrsweep.ml.member_state import MemberState
 from lrsweep.ml.schedules import KerasSchedule
 from lrsweep.ml.stacking import PackPlan, stack
 from lrsweep.ml.training import Member, fit_epochs
@@ -19,9 +21,12 @@ from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, c
 log = logging.getLogger(__name__)
 
 
-def build_pack(jobs: Sequence[Job], dataset: Dataset, other_models: str = "auto") -> PackPlan:
+def build_pack(
+    jobs: Sequence[Job], dataset: Dataset, other_models: str = "auto", states: Sequence[MemberState | None] = ()
+) -> PackPlan:
     """The stacked model of jobs ordered by seed, member k from the model, schedule and optimizer its solo run
-    builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would.
+    builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would; or, given
+    member k's state where an earlier pack left it (`lrsweep.ml.member_state`), going on from there.
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
@@ -29,9 +34,38 @@ def build_pack(jobs: Sequence[Job], dataset: Dataset, other_models: str = "auto"
     schedules = [KerasSchedule(build_schedule(job.cfg, dataset)) for job in jobs]
     keras.backend.clear_session()
     solo_models = [build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
+    states = list(states) or [None] * len(jobs)
+    member_state.restore_variables(solo_models, states)
     optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
     seeds = [job.seed for job in jobs]
-    return stack(solo_models, seeds, schedules, optimizers, compile_args(jobs[0].cfg), other_models)
+    plan = stack(solo_models, seeds, schedules, optimizers, compile_args(jobs[0].cfg), other_models)
+    if any(state is not None for state in states):
+        plan.optimizer.build(plan.model.trainable_variables)  # its slots, to hold the members' state
+        member_state.restore_optimizer(plan.model, plan.optimizer, states)
+    return plan
+
+
+def describe(plan: PackPlan, jobs: Sequence[Job], dataset: Dataset, pack_id: str) -> None:
+    """Logs what a pack holds and how it trains, in one line."""
+    model = plan.model
+    log.info(
+        "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), trained as %s; "
+        "%d train / %d validation (%s) / %d test examples",
+        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes), len(plan.optimizer.optimizers),
+        ", ".join(type(o).__name__ for o in plan.optimizer.optimizers), plan.path,
+        len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
+    )  # fmt: skip
+
+
+def pack_member(plan: PackPlan, k: int, run_id: str, name: str, starting_loss: float | None = None) -> Member:
+    """Member k of a pack, reporting to its run `run_id`."""
+    optimizer, variables = plan.optimizer.of_member(k)
+    select = plan.model.member_selector(k, variables)
+    return Member(run_id, plan.schedules[k], k, name, select=select, optimizer=optimizer, starting_loss=starting_loss)
+
+
+def pack_tags(pack_id: str, size: int, k: int) -> dict[str, str]:
+    return {tracking.TAG_PACK: pack_id, tracking.TAG_PACK_SIZE: str(size), tracking.TAG_PACK_MEMBER: str(k)}
 
 
 def train_pack(
@@ -46,27 +80,13 @@ def train_pack(
     cfg = jobs[0].cfg
     dataset = jobs[0].data()  # what every member trains on: the pack key holds `data`
     plan = build_pack(jobs, dataset, other_models)
+    describe(plan, jobs, dataset, pack_id)
     model = plan.model
-    log.info(
-        "Pack %s: %d runs (%s) in one model, %d data group(s), %d optimizer(s) (%s), trained as %s; "
-        "%d train / %d validation (%s) / %d test examples",
-        pack_id, len(jobs), ", ".join(job.name for job in jobs), len(model.group_sizes), len(plan.optimizer.optimizers),
-        ", ".join(type(o).__name__ for o in plan.optimizer.optimizers), plan.path,
-        len(dataset.x_train), len(dataset.x_val), dataset.validation, len(dataset.x_test),
-    )  # fmt: skip
     members: list[Member] = []
     try:
         for k, job in enumerate(jobs):
-            pack_tags = {
-                tracking.TAG_PACK: pack_id,
-                tracking.TAG_PACK_SIZE: str(len(jobs)),
-                tracking.TAG_PACK_MEMBER: str(k),
-            }
-            record = run_record(client, experiment_id, job, pack_tags)
-            run_id = tracking.open_run(client, experiment_id, record)
-            optimizer, variables = plan.optimizer.of_member(k)
-            select = model.member_selector(k, variables)
-            members.append(Member(run_id, plan.schedules[k], k, job.name, select=select, optimizer=optimizer))
+            record = run_record(client, experiment_id, job, pack_tags(pack_id, len(jobs), k))
+            members.append(pack_member(plan, k, tracking.open_run(client, experiment_id, record), job.name))
         history = fit_epochs(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             watching.callbacks(client, cfg, members, dataset),

@@ -49,6 +49,7 @@ from lrsweep.tracking.runs import (
     log_summary,
     open_run,
     record_reuse,
+    set_tags,
     sweep_tags,
 )
 from lrsweep.tracking.stale import (
@@ -69,6 +70,7 @@ from lrsweep.tracking.tags import (
     TAG_CONFIG_HASH,
     TAG_ERROR,
     TAG_FAILED_JOB_PREFIX,
+    TAG_HALVING,
     TAG_HOST,
     TAG_JOB_NUM,
     TAG_NEVER_STARTED,
@@ -84,6 +86,8 @@ from lrsweep.tracking.tags import (
     TAG_ROLE,
     TAG_SCHEDULE,
     TAG_STALE,
+    TAG_STOPPED_EPOCH,
+    TAG_STOPPED_RUNG,
     TAG_SWEEP_DIR,
     TAG_SWEEP_ID,
     TAG_VALIDATION,
@@ -91,9 +95,10 @@ from lrsweep.tracking.tags import (
 
 __all__ = [
     "HISTORY_METRICS", "NOTE_LIMIT", "PARAM_LIMIT", "STALE_GRACE",
-    "TAG_CONFIG_HASH", "TAG_ERROR", "TAG_FAILED_JOB_PREFIX", "TAG_HOST", "TAG_JOB_NUM", "TAG_NEVER_STARTED",
-    "TAG_NOTE", "TAG_OPTIMIZER", "TAG_OVERRIDES", "TAG_PACK", "TAG_PACK_MEMBER", "TAG_PACK_SIZE", "TAG_PARENT",
-    "TAG_PROCESS", "TAG_REUSED_PREFIX", "TAG_ROLE", "TAG_SCHEDULE", "TAG_STALE", "TAG_SWEEP_DIR", "TAG_SWEEP_ID",
+    "TAG_CONFIG_HASH", "TAG_ERROR", "TAG_FAILED_JOB_PREFIX", "TAG_HALVING", "TAG_HOST", "TAG_JOB_NUM",
+    "TAG_NEVER_STARTED", "TAG_NOTE", "TAG_OPTIMIZER", "TAG_OVERRIDES", "TAG_PACK", "TAG_PACK_MEMBER", "TAG_PACK_SIZE",
+    "TAG_PARENT", "TAG_PROCESS", "TAG_REUSED_PREFIX", "TAG_ROLE", "TAG_SCHEDULE", "TAG_STALE", "TAG_STOPPED_EPOCH",
+    "TAG_STOPPED_RUNG", "TAG_SWEEP_DIR", "TAG_SWEEP_ID",
     "TAG_VALIDATION",
     "Claim", "RunRecord", "Settled", "SweepRuns",
     "as_store_error", "check_server", "claims", "close_run", "close_run_after", "connect", "connect_config",
@@ -102,7 +107,7 @@ __all__ = [
     "job_run", "job_tags",
     "latest_run", "latest_sweep_id", "load_sweep", "log_metrics", "log_summary", "mark_stale", "metric_histories",
     "normalize_uri", "note_full_disk_said", "open_run", "owner_tags", "process_gone", "process_token",
-    "record_reuse", "reused_runs",
+    "record_reuse", "reused_runs", "set_tags",
     "search_all", "settle_running", "store", "store_failure_message", "store_full",
     "sweep_runs", "sweep_tags",
 ]  # fmt: skip

@@ -17,6 +17,7 @@ from lrsweep.tracking.tags import (
     TAG_PARENT,
     TAG_REUSED_PREFIX,
     TAG_ROLE,
+    TAG_STOPPED_EPOCH,
     TAG_SWEEP_ID,
 )
 
@@ -31,9 +32,11 @@ def latest_run(client: MlflowClient, experiment_id: str, query: str) -> Run | No
 
 
 def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -> Run | None:
-    """The latest FINISHED job run with this config hash, if any."""
+    """The latest FINISHED job run with this config hash that trained to its end (successive halving stops runs
+    FINISHED, tagged `TAG_STOPPED_EPOCH`: those are not results to reuse), if any."""
     query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
-    return latest_run(client, experiment_id, query)
+    runs = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, order_by=["start_time DESC"])
+    return next((run for run in runs if TAG_STOPPED_EPOCH not in run.data.tags), None)
 
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:

@@ -81,6 +81,11 @@ def open_run(client: MlflowClient, experiment_id: str, record: RunRecord) -> str
     return run_id
 
 
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Sets a run's tags in one call."""
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
 def close_run(client: MlflowClient, run_id: str, name: str, error: BaseException | None = None) -> str:
     """Ends a run: FINISHED without an error, KILLED for an interrupt, FAILED (tag `lrsweep.error`) for anything else.
 

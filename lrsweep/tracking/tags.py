@@ -20,6 +20,9 @@ TAG_NEVER_STARTED = "lrsweep.never_started"  # on a sweep's parent: the job numb
 TAG_PACK = "lrsweep.pack"  # the pack a run trained in (`<sweep id>/pack<n>`); absent for a run trained alone
 TAG_PACK_SIZE = "lrsweep.pack_size"  # how many runs trained in that pack
 TAG_PACK_MEMBER = "lrsweep.pack_member"  # this run's position in it
+TAG_HALVING = "lrsweep.halving"  # on every run of a sweep trained by successive halving: "eta=3 min_epochs=1 rule=..."
+TAG_STOPPED_RUNG = "lrsweep.halving.stopped_rung"  # on a run halving stopped (FINISHED): the rung, 1-based
+TAG_STOPPED_EPOCH = "lrsweep.halving.stopped_epoch"  # ... and how many epochs it trained
 TAG_NOTE = "mlflow.note.content"  # a run's description, Markdown, shown on its page in the UI
 TAG_OPTIMIZER = "lrsweep.optimizer"  # the optimizer's class, `keras.optimizers.Adam` (config `optimizer._target_`)
 TAG_VALIDATION = "lrsweep.validation"  # what val_* was measured on, `Dataset.validation`: "held-out 10000 of train"

@@ -27,7 +27,8 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     A member diverges when the loss Keras reports for it (the epoch's running mean) is NaN or infinite, or above
     `factor` times its starting loss: its loss before any update, measured at train begin on the same fixed
-    examples for every member (`reference_examples`, `member_losses`). With float32 an exploding run may stay
+    examples for every member (`reference_examples`, `member_losses`), or kept from where training started (a
+    member going on in another pack: `Member.starting_loss`). With float32 an exploding run may stay
     finite on one backend (TensorFlow: SGD at LR 1e9 ends with loss 7.5e32) and turn NaN on another (JAX); the
     factor catches both at the same batch, with the same message (`divergence_message`), the loss being recorded
     as tags `lrsweep.diverged.loss` and `lrsweep.diverged.starting_loss` and in the log. `factor` None: only a
@@ -66,9 +67,13 @@ class StopOnDivergence(keras.callbacks.Callback):
     def on_train_begin(self, logs=None) -> None:
         if self.factor is None or self.reference is None:
             return
-        self.starting_losses = member_losses(self.model, *self.reference, self.members)
-        for member, start in zip(self.members, self.starting_losses, strict=True):
-            log.debug("%s: starting loss %.6g, divergence above %.6g", member.name, start, self.factor * start)
+        if any(member.starting_loss is None for member in self.members):  # else measured where training started
+            measured = member_losses(self.model, *self.reference, self.members)
+            for member, start in zip(self.members, measured, strict=True):
+                if member.starting_loss is None:
+                    member.starting_loss = start
+                    log.debug("%s: starting loss %.6g, divergence above %.6g", member.name, start, self.factor * start)
+        self.starting_losses = [member.starting_loss for member in self.members]
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch = epoch

@@ -1,0 +1,99 @@
+"""A pack member's training state taken out of its pack and put into another: what lets a pack shrink to the
+members that go on (successive halving) while each goes on exactly as it would have.
+
+A member's state is its solo model's variables (weights, BatchNorm statistics, random states), its optimizer's slots
+(Adam's moments, Adagrad's accumulators, ...) for each of its trainable variables, and the step count its schedule
+and its optimizer's bias correction read. The new pack is built from solo models holding the variables
+(`restore_variables`, before `lrsweep.ml.stacking.stack`), then its optimizer gets the slots and step count
+(`restore_optimizer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from lrsweep.ml import keras_adapter
+from lrsweep.ml.packing import MemberBlocks, NotPackable, PackedOptimizer, solo_variables
+
+
+@dataclass
+class MemberState:
+    """One member's state between two stretches of training (`capture`)."""
+
+    variables: list[np.ndarray]  # its solo model's, in `solo_variables` order
+    slots: dict[str, list[np.ndarray]]  # optimizer slot list -> one array per trainable variable, in their order
+    iterations: int  # optimizer steps taken
+
+
+def member_slot_variables(model: MemberBlocks, optimizer: PackedOptimizer, member: int) -> tuple[dict, list[int]]:
+    """The optimizer slot lists that hold member `member`'s state, and the positions in them (and in the model's
+    `trainable_variables`: the indices) of the variables of its block, in solo order.
+
+    Raises:
+        NotPackable: the optimizer keeps state lrsweep cannot carry from one pack to another.
+    """
+    inner, indices = optimizer.of_member(member)
+    try:
+        slots = keras_adapter.state_slots(inner)
+    except ValueError as e:
+        raise NotPackable(f"{e}, so a member's state cannot move to another pack") from None
+    block = model.block_of(member)
+    positions = [(position, index) for position, index in enumerate(indices) if model.variable_blocks[index] == block]
+    return slots, positions
+
+
+def capture(model: MemberBlocks, optimizer: PackedOptimizer, member: int) -> MemberState:
+    """Member `member`'s state in the pack (`model`, trained by `optimizer`), as copies."""
+    slots, positions = member_slot_variables(model, optimizer, member)
+    values = {
+        name: [np.array(model.member_values(i, ops.convert_to_numpy(variables[p]), member)) for p, i in positions]
+        for name, variables in slots.items()
+    }
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+    return MemberState(model.member_variables(member), values, iterations)
+
+
+def restore_variables(solo_models: Sequence[keras.Model], states: Sequence[MemberState | None]) -> None:
+    """Sets each solo model's variables to its member's captured ones (None: left as built)."""
+    for model, state in zip(solo_models, states, strict=True):
+        if state is None:
+            continue
+        for variable, value in zip(solo_variables(model), state.variables, strict=True):
+            variable.assign(value)
+
+
+def restore_optimizer(model: MemberBlocks, optimizer: PackedOptimizer, states: Sequence[MemberState | None]) -> None:
+    """Puts each member's captured slots and the step count into a pack's built optimizer; members with no state
+    (None) keep fresh slots. Every member with a state must have taken the same number of steps.
+
+    Raises:
+        ValueError: the members' step counts differ (they cannot share one optimizer step).
+    """
+    counts = {state.iterations for state in states if state is not None}
+    if len(counts) > 1:
+        raise ValueError(f"a pack's members must have taken the same number of steps. Received: {sorted(counts)}")
+    if not counts:
+        return
+    updates: dict[int, np.ndarray] = {}  # id(slot variable) -> its new value
+    variables: dict[int, keras.Variable] = {}
+    for member, state in enumerate(states):
+        if state is None:
+            continue
+        slots, positions = member_slot_variables(model, optimizer, member)
+        for name, slot_list in slots.items():
+            for (p, index), value in zip(positions, state.slots[name], strict=True):
+                slot = slot_list[p]
+                array = updates.setdefault(id(slot), np.array(ops.convert_to_numpy(slot)))
+                variables[id(slot)] = slot
+                model.put_member_values(index, array, member, value)
+    for key, array in updates.items():
+        variables[key].assign(array)
+    (count,) = counts
+    optimizer.iterations.assign(count)
+    for inner in optimizer.optimizers:
+        inner.iterations.assign(count)
