@@ -1,0 +1,64 @@
+"""A pack member's state moved into another pack (successive halving's shrinking packs): the member goes on there
+as it would have in its first pack, for each kind of pack and each optimizer's slots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrsweep.ml import member_state
+from lrsweep.ml.training import fit_epochs
+from lrsweep.run import pack
+from tests import equivalence
+
+# Measured (JAX, each case below): a moved member's variables and optimizer slots after its second epoch equal the
+# same member's in its first pack exactly (largest difference 0.0). Allowed: float32 rounding, should a smaller
+# pack's products be summed in another order on another machine.
+TOLERANCE = 1e-6
+
+
+def fit(plan, dataset, start: int, end: int, batch_size: int) -> None:
+    fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, [], initial_epoch=start)
+
+
+def largest_gap(a: member_state.MemberState, b: member_state.MemberState) -> float:
+    arrays = [*zip(a.variables, b.variables, strict=True)]
+    arrays += [pair for name in a.slots for pair in zip(a.slots[name], b.slots[name], strict=True)]
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in arrays)
+
+
+# mixed: the fused MLP, Adam, SGD with momentum and Adadelta side by side; functional: a user's CNN with BatchNorm
+# (its moving statistics) and the mixed optimizers, mapped over members; vit_post: dropout (each member's random
+# state is one of its variables).
+@pytest.mark.parametrize("case", ["mixed", "functional", "vit_post"])
+def test_members_moved_to_a_smaller_pack_go_on_as_in_their_first_pack(case, tmp_path):
+    jobs = equivalence.jobs(case, f"sqlite:///{tmp_path}/unused.db")  # ordered by seed: 0, 0, 1
+    dataset, batch_size = jobs[0].data(), int(jobs[0].cfg.training.batch_size)
+    first = pack.build_pack(jobs, dataset, equivalence.other_models())
+    fit(first, dataset, 0, 1, batch_size)
+    states = [member_state.capture(first.model, first.optimizer, k) for k in range(3)]
+    assert {s.iterations for s in states} == {len(dataset.x_train) // batch_size}
+    fit(first, dataset, 1, 2, batch_size)
+    stayed = [member_state.capture(first.model, first.optimizer, k) for k in range(3)]
+
+    moved = [0, 2]  # one of the two seed-0 members (the other stops) and the seed-1 member: new blocks and groups
+    second = pack.build_pack([jobs[k] for k in moved], dataset, equivalence.other_models(), [states[k] for k in moved])
+    fit(second, dataset, 1, 2, batch_size)
+    for i, k in enumerate(moved):
+        went_on = member_state.capture(second.model, second.optimizer, i)
+        assert went_on.iterations == stayed[k].iterations
+        assert set(went_on.slots) == set(stayed[k].slots) and went_on.slots  # every slot list, not none
+        gap = largest_gap(went_on, stayed[k])
+        assert gap <= TOLERANCE, (case, k, gap)
+    # ...and not as a member that started afresh would: the state did move.
+    assert largest_gap(states[0], stayed[0]) > 100 * TOLERANCE
+
+
+def test_a_pack_refuses_members_that_took_different_numbers_of_steps(tmp_path):
+    jobs = equivalence.jobs("adam", f"sqlite:///{tmp_path}/unused.db")[:2]
+    dataset = jobs[0].data()
+    plan = pack.build_pack(jobs, dataset)
+    states = [member_state.capture(plan.model, plan.optimizer, k) for k in range(2)]
+    states[1].iterations = 8
+    with pytest.raises(ValueError, match=r"same number of steps. Received: \[0, 8\]"):
+        pack.build_pack(jobs, dataset, "auto", states)
