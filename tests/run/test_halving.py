@@ -13,8 +13,14 @@ from lrsweep.core.halving import going_on
 from tests.conftest import TINY, job_runs, store, train
 
 GRID = [
-    "schedule=linear", "schedule.initial_lr=0.001,0.005", "schedule.final_lr=0.01,0.02", "training.seed=0,1",
-    "training.epochs=5", "training.verbose=0", "backend=jax", *TINY,
+    "schedule=linear",
+    "schedule.initial_lr=0.001,0.005",
+    "schedule.final_lr=0.01,0.02",
+    "training.seed=0,1",
+    "training.epochs=5",
+    "training.verbose=0",
+    "backend=jax",
+    *TINY,
 ]  # fmt: skip  (conftest.grid_sweep's jobs)
 EPOCHS = 5
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -90,7 +96,8 @@ def test_halving_stops_the_behind_at_each_rung_and_every_run_matches_the_full_gr
                 if c in kept:
                     assert tracking.TAG_STOPPED_EPOCH not in tags or int(tags[tracking.TAG_STOPPED_EPOCH]) > epoch
                 else:
-                    assert (tags[tracking.TAG_STOPPED_RUNG], tags[tracking.TAG_STOPPED_EPOCH]) == (str(rung), str(epoch))
+                    where = (tags[tracking.TAG_STOPPED_RUNG], tags[tracking.TAG_STOPPED_EPOCH])
+                    assert where == (str(rung), str(epoch))
         alive = kept
 
 
@@ -107,7 +114,7 @@ def test_a_stopped_run_is_never_reused_as_a_result_and_the_report_lists_it_apart
     packs = {run.data.tags[tracking.TAG_PACK].rsplit("/", 1)[-1] for run in runs}
     assert packs == {"rung1-pack1", "rung1-pack2", "rung1-pack3"}  # 8 runs, at most 3 a pack
     out = result.stdout + result.stderr
-    assert "Stopped by successive halving, so not ranked above (behind at a rung, not finished): 3 configurations" in out
+    assert "Stopped by successive halving, so not ranked above (behind at a rung, not finished): 3 config" in out
     assert out.count("Rung ") >= 3 and "Rung 1 (epoch 1): 2 of 4 configurations go on, 4 runs stopped" in out
     summary = (tmp_path / "multirun" / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 2  # the header and the one configuration that finished

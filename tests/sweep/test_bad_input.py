@@ -149,8 +149,11 @@ CASES: list[tuple[str, list[str], str]] = [
         "`hydra.launcher.other_models` must be one of auto, vmap, unroll, alone",
     ),
     ("sweep halving eta 1", [*SWEEP, "hydra.launcher.halving.eta=1", "training.seed=0,1"], "halving.eta"),
-    ("sweep halving rule typo", [*SWEEP, "hydra.launcher.halving.eta=3", "hydra.launcher.halving.rule=median",
-                                 "training.seed=0,1"], "hydra.launcher.halving.rule"),
+    (
+        "sweep halving rule typo",
+        [*SWEEP, "hydra.launcher.halving.eta=3", "hydra.launcher.halving.rule=median", "training.seed=0,1"],
+        "hydra.launcher.halving.rule",
+    ),
     (
         "sweep halving on a cluster",
         [*SWEEP, "hydra.launcher.halving.eta=3", "hydra.launcher.cluster=local", "training.seed=0,1"],
