@@ -379,6 +379,40 @@ def plot_seeds(report: SweepReport):
     return fig
 
 
+def plot_rungs(report: SweepReport):
+    """Successive halving: each configuration's mean validation curve up to where it stopped (grey, ending in a
+    cross), those that trained to the end in colour, and a dashed line at each rung.
+
+    Returns None when halving stopped nothing.
+    """
+    if not report.stopped:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.0))
+    for config in report.stopped:
+        epochs, means, _ = config.curve(RANK_METRIC)
+        ax.plot(epochs, means, color="0.6", lw=1, marker="x", markevery=[len(epochs) - 1], zorder=2)
+    finished, note = _shown(report)
+    for i, config in enumerate(c for c in finished if c.curve(RANK_METRIC)[0]):  # none: every seed failed
+        epochs, means, _ = config.curve(RANK_METRIC)
+        ax.plot(epochs, means, label=config.label, **_style(i))
+    rungs = sorted({run.stopped_epoch for config in report.stopped for run in config.runs})
+    for rung in rungs:  # a run that trained E epochs was ranked after epoch E - 1 (0-based)
+        ax.axvline(rung - 1, color="0.3", ls="--", lw=0.8, zorder=1)
+    _epoch_axis(ax)
+    ax.set_ylabel(f"{RANK_METRIC}, mean over seeds ({report.validation})")
+    ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    stopped = Line2D([], [], color="0.6", marker="x", label=f"stopped ({plural(len(report.stopped), 'configuration')})")
+    ax.legend(handles=[*handles, stopped], fontsize="small", loc="lower right")
+    ranked = ", ".join(str(r) for r in rungs)
+    ax.set_title(f"Successive halving: ranked after epochs {ranked} (1-based){note}")
+    fig.tight_layout()
+    return fig
+
+
 def plot_samples(x, y, class_names: Sequence[str]):
     """The tutorial's first four training images with their class names."""
     plt = pyplot()

@@ -46,6 +46,7 @@ def write(report: SweepReport, out_dir: Path) -> list[Path]:
         ("curves", draw.plot_curves(report)),
         ("seeds", draw.plot_seeds(report)),
         ("heatmap", draw.plot_heatmap(report)),
+        ("rungs", draw.plot_rungs(report)),
     )
     for name, figure in figures:
         if figure is not None:
@@ -66,6 +67,8 @@ FIGURE_CAPTIONS = {
     "seeds.png": f"Each seed's final {RANK_METRIC}, the mean with its 95% confidence interval, coloured by verdict.",
     "heatmap.png": f"Mean final {RANK_METRIC} over the grid; hatched cells diverged; the red line is the largest LR at "
     "which every seed trains.",
+    "rungs.png": f"Successive halving: each configuration's mean {RANK_METRIC} up to where it stopped (grey) or to "
+    "the end (colour); dashed lines at the rungs.",
     "lr_range.png": "LR range test: smoothed training loss against the learning rate.",
 }
 _VERDICT_CLASS = {stats.BEST: "best", stats.TIED: "tied", stats.WORSE_UNCORRECTED: "uncorrected", stats.WORSE: "worse"}

@@ -119,3 +119,23 @@ def test_a_stopped_run_is_never_reused_as_a_result_and_the_report_lists_it_apart
     summary = (tmp_path / "multirun" / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 2  # the header and the one configuration that finished
     assert not math.isnan(float(summary[1].split(",")[summary[0].split(",").index("val_accuracy_mean")]))
+
+
+def test_the_rung_figure_draws_every_configuration_to_where_it_stopped(halving_sweep):
+    from lrsweep import tracking as t
+    from lrsweep.analysis import figures, report
+
+    tmp_path, _ = halving_sweep
+    client, experiment_id = store(tmp_path)
+    built = report.build(t.load_sweep(client, experiment_id, t.latest_sweep_id(client, experiment_id)))
+    assert [len(c.runs) for c in built.stopped] == [2, 2, 2] and len(built.configurations) == 1
+    assert [c.runs[0].stopped_epoch for c in built.stopped] == [2, 1, 1]  # most epochs first
+    figure = figures.plot_rungs(built)
+    lines = figure.axes[0].get_lines()
+    grey = [line for line in lines if line.get_color() == "0.6" and len(line.get_xdata())]
+    assert sorted(len(line.get_xdata()) for line in grey) == [1, 1, 2]  # each stopped curve ends at its rung
+    coloured = [line for line in lines if line.get_label() == built.configurations[0].label]
+    assert len(coloured) == 1 and list(coloured[0].get_xdata()) == [0, 1, 2, 3, 4]
+    dashed = [line for line in lines if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in dashed) == [0, 1]  # ranked after epochs 1 and 2 (1-based)
+    assert (tmp_path / "multirun" / "report" / "rungs.png").is_file()
