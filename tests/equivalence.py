@@ -132,7 +132,7 @@ def histories(client, experiment_id: str, name: str) -> dict[str, list[float]]:
     } | {"status": run.info.status, "metrics": sorted(run.data.metrics)}
 
 
-def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
+def one_step(optimizer: str, store_uri: str, how: str | None = None) -> dict[str, float]:
     """Initial weights and weights after one update, member by member against its solo model.
 
     Returns:
@@ -147,7 +147,7 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
 
     prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
-    plan = pack.build_pack(prepared, dataset, other_models())
+    plan = pack.build_pack(prepared, dataset, how or other_models())
     model = plan.model
     batch = prepared[0].cfg.training.batch_size
     x, y = training.epoch_data(dataset, plan.seeds, 0)
@@ -173,8 +173,10 @@ def one_step(optimizer: str, store_uri: str) -> dict[str, float]:
     return {"initial": initial_diff, "step": step_diff}
 
 
-def compare(optimizer: str, folder: str) -> dict:
-    """Trains the three members alone and as one pack into one store; returns both runs' per-epoch histories."""
+def compare(optimizer: str, folder: str, how: str | None = None) -> dict:
+    """Trains the three members alone and as one pack into one store; returns both runs' per-epoch histories.
+
+    `how`: `hydra.launcher.other_models` for a model other than the MLP (default: `other_models()`)."""
     from lrsweep import tracking
     from lrsweep.run import experiment, pack
 
@@ -188,12 +190,12 @@ def compare(optimizer: str, folder: str) -> dict:
     for job in prepared:
         job.name = f"{job.name}-packed"
         packed_names.append(job.name)
-    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", other_models())
+    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", how or other_models())
     return {
         "outcomes": [str(o) for o in outcomes],
         "solo": [histories(client, experiment_id, n) for n in solo_names],
         "packed": [histories(client, experiment_id, n) for n in packed_names],
-        "one_step": one_step(optimizer, store_uri),
+        "one_step": one_step(optimizer, store_uri, how),
     }
 
 

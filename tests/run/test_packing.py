@@ -25,6 +25,12 @@ def test_a_pack_matches_its_members_solo_runs_on_jax(tmp_path, optimizer):
 
 
 @pytest.mark.timeout(600)
+def test_an_unrolled_pack_matches_its_members_solo_runs_on_jax(tmp_path):
+    # other_models=unroll on JAX: one copy of a user's BatchNorm CNN per member, with the three mixed optimizers.
+    equivalence.check(equivalence.compare("functional", str(tmp_path), "unroll"), "functional")
+
+
+@pytest.mark.timeout(600)
 def test_a_sweep_packs_by_default_and_its_runs_read_like_solo_runs(tmp_path):
     overrides = ["schedule=linear", "schedule.initial_lr=0.001,0.005", "training.seed=0,1", "backend=jax",
                  "training.epochs=2", "training.verbose=0", *TINY]  # fmt: skip
