@@ -224,6 +224,7 @@ def run_record(
         "lrsweep.data_source": dataset.source,
         tracking.TAG_VALIDATION: dataset.validation,
         "mlflow.source.name": "train.py",
+        **identity.flatten(job.resolved["tracking"].get("tags") or {}),  # `tracking.tags`: the user's, the sweeper's
         **(extra_tags or {}),
     }
     artifacts = {
