@@ -139,9 +139,12 @@ class SearchSpace:
 
 def distribution(override: Any) -> BaseDistribution:
     """The Optuna distribution of a sweep override (`interval`, `tag(log, interval)`, `choice`, `range`)."""
-    from hydra.core.override_parser.types import Transformer
+    from hydra.core.override_parser.types import Glob, Transformer
 
     key, value = override.get_key_element(), override.value()
+    cannot = f"`{key}`: Optuna cannot search {override.input_line}; use interval(a, b), choice(x, y) or range(a, b)."
+    if isinstance(value, Glob):  # config-group options listed from Hydra's repository, which this sweeper does not read
+        raise ValueError(cannot)
     if override.is_interval_sweep():
         log_scale = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -156,9 +159,7 @@ def distribution(override: Any) -> BaseDistribution:
         if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
             return IntDistribution(values[0], values[-1], step=value.step)
         return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
-    raise ValueError(
-        f"`{key}`: Optuna cannot search {override.input_line}; use interval(a, b), choice(x, y) or range(a, b)."
-    )
+    raise ValueError(cannot)
 
 
 def open_study(settings: Settings) -> optuna.Study:
