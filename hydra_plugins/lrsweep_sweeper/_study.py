@@ -34,7 +34,8 @@ from lrsweep.tracking.tags import TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL
 log = logging.getLogger(__name__)
 
 STORAGE_FILE = "optuna.db"  # the study's SQLite file, beside the MLflow store's
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # trials that count toward n_trials
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+NOT_RUN = "lrsweep.not_run"  # user attribute of a FAIL trial whose batch never ran (refused, interrupted): why
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -172,14 +173,21 @@ def open_study(settings: Settings) -> optuna.Study:
     if storage and (database := sqlite_path(storage)) is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
     sampler = instantiate(settings.sampler) if settings.sampler else None
-    study = optuna.create_study(
-        storage=storage,
-        sampler=sampler,
-        pruner=instantiate(settings.pruner) if settings.pruner else None,
-        study_name=settings.study_name,
-        direction=settings.direction,
-        load_if_exists=True,
-    )
+    pruner = instantiate(settings.pruner) if settings.pruner else None
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=settings.study_name,
+            direction=settings.direction,
+            load_if_exists=True,
+        )
+    except Exception as e:  # a URL SQLAlchemy cannot parse, a database it cannot open
+        raise SystemExit(
+            f"lrsweep: the Optuna study could not be opened in hydra.sweeper.storage={storage}: {first_line(e)}. "
+            "Give a database URL (sqlite:///path/optuna.db), auto (beside the MLflow store) or null (in memory)."
+        ) from e
     wanted = optuna.study.StudyDirection[settings.direction.upper()]
     if study.direction != wanted:
         raise SystemExit(
@@ -197,19 +205,24 @@ def open_study(settings: Settings) -> optuna.Study:
 
 
 def finished(study: optuna.Study) -> int:
-    """How many of the study's trials ended (completed, pruned or failed): they count toward n_trials."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """How many of the study's trials ran and ended (completed, pruned or failed): they count toward n_trials.
+
+    Trials of a batch that never ran (`NOT_RUN`) do not, nor trials a killed process left RUNNING.
+    """
+    return sum(NOT_RUN not in trial.user_attrs for trial in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 @contextlib.contextmanager
 def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[None]:
-    """Around a batch's launch: if it raises (a refused batch, Ctrl-C), its trials are told FAIL before the error
-    goes on, so that the study holds no trial left running for a resumed search to count or wait on."""
+    """Around a batch's launch: if it raises (a refused batch, Ctrl-C), its trials are told FAIL, marked `NOT_RUN`
+    with the error's first line, before the error goes on: the study holds no trial left running, and a resumed
+    search does not count them."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         for trial in trials:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the error that stopped the batch is the one to report
+                trial.set_user_attr(NOT_RUN, first_line(e))
                 study.tell(trial, state=TrialState.FAIL)
         raise
 

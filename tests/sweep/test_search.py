@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.lrsweep_sweeper._study import SearchSpace, default_storage
+from hydra_plugins.lrsweep_sweeper._study import NOT_RUN, SearchSpace, default_storage, failed_if_raised, finished
 from lrsweep import tracking
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
@@ -41,6 +41,9 @@ def test_search_config_is_a_tpe_study_maximising_over_the_warmup():
     assert sweeper.params["schedule.warmup.initial_lr"].startswith("tag(log,")
     assert cfg.schedule._target_ == "lrsweep.schedules.warmup_then_decay"
     assert cfg.tracking.tags == {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        tagged = compose(config_name="config", overrides=["+tracking.tags.team=vision", "++tracking.tags.a.b=1"])
+    assert tagged.tracking.tags == {"team": "vision", "a": {"b": 1}}  # a run's tags `team` and `a.b`
     assert int(optuna.__version__.split(".")[0]) >= 4  # ask-and-tell with fixed distributions, SQLAlchemy 2
 
 
@@ -81,6 +84,25 @@ def test_a_search_space_optuna_cannot_search_is_one_line_naming_it(lines, messag
     with pytest.raises(ValueError) as raised:
         SearchSpace.parse(lines)
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_trials_that_never_ran_are_failed_and_do_not_count_toward_n_trials():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    held = optuna.create_study()  # in memory: the same trial states as in SQLite
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    completed, failed = held.ask(space), held.ask(space)
+    held.tell(completed, 0.5)
+    held.tell(failed, state=TrialState.FAIL)  # its job ran and failed (e.g. diverged)
+    refused = [held.ask(space), held.ask(space)]
+    with pytest.raises(SystemExit), failed_if_raised(held, refused):
+        raise SystemExit("lrsweep: 2 of 2 jobs of this sweep cannot run, so none was started:")
+    assert [t.state for t in held.trials] == [TrialState.COMPLETE] + [TrialState.FAIL] * 3
+    assert [t.user_attrs.get(NOT_RUN) for t in held.trials[2:]] == [
+        "lrsweep: 2 of 2 jobs of this sweep cannot run, so none was started:"
+    ] * 2
+    assert finished(held) == 2
+    running = held.ask(space)  # as a killed process leaves it: neither counted nor waited on
+    assert running.number == 4 and finished(held) == 2
 
 
 def test_optuna_search_on_tiny_data_produces_mlflow_runs(tmp_path):
