@@ -2,8 +2,8 @@
 grammar, the study opened or resumed, trials turned into job overrides and told their jobs' outcomes, the best
 trial written out.
 
-The search space is Hydra's sweep grammar, as hydra-optuna-sweeper read it: `interval(a, b)` is a float (an int
-when both ends are) in [a, b], `tag(log, interval(a, b))` the same on a log scale, `choice(x, y)` and `x,y` a
+The search space is Hydra's sweep grammar, as hydra-optuna-sweeper read it: `interval(a, b)` is a float in [a, b]
+(Hydra reads both ends as floats), `tag(log, interval(a, b))` the same on a log scale, `choice(x, y)` and `x,y` a
 categorical, `range(a, b, step)` the values Hydra's basic sweeper would run (b excluded), as ints or stepped floats.
 """
 
@@ -54,17 +54,17 @@ class Settings:
 
     @classmethod
     def checked(cls, settings: Mapping[str, Any], tracking_uri: str) -> Settings:
-        """The settings, `storage: auto` made `default_storage(tracking_uri)`; a bad one raises a ValueError
-        naming it."""
+        """The settings, `storage: auto` made `default_storage(tracking_uri)`.
+
+        Raises:
+            ValueError: naming the first setting that cannot work, e.g. "`hydra.sweeper.n_trials` must be an
+                integer >= 1. Received: hydra.sweeper.n_trials=0".
+        """
         checks.check_count("hydra.sweeper.n_trials", settings["n_trials"], 1)
         checks.check_count("hydra.sweeper.n_jobs", settings["n_jobs"], 1, " (trials per batch)")
         checks.check_number("hydra.sweeper.max_failure_rate", settings["max_failure_rate"], 0.0, 1.0)
         checks.check_choice("hydra.sweeper.direction", settings["direction"], ["minimize", "maximize"])
-        storage = settings["storage"]
-        if storage is not None and not isinstance(storage, str):
-            raise ValueError(f"`hydra.sweeper.storage` must be a database URL, auto or null. Received: {storage!r}")
-        if storage == "auto":
-            storage = default_storage(tracking_uri)
+        storage = default_storage(tracking_uri) if settings["storage"] == "auto" else settings["storage"]
         return cls(**{**settings, "storage": storage})
 
 
@@ -147,10 +147,7 @@ def distribution(override: Any) -> BaseDistribution:
     if isinstance(value, Glob):  # config-group options listed from Hydra's repository, which this sweeper does not read
         raise ValueError(cannot)
     if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
     if override.is_range_sweep():

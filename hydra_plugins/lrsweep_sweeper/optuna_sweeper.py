@@ -24,10 +24,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OptunaSweeperConf:
-    """`hydra.sweeper.*` of `hydra/sweeper=optuna`; the keys of hydra-optuna-sweeper, which this plugin replaces.
+    """`hydra.sweeper.*` of `hydra/sweeper=optuna`: the keys of hydra-optuna-sweeper, which this plugin replaces (its
+    `custom_search_space` aside), and `pruner`.
 
-    `storage: auto` is `sqlite:///<folder of the MLflow store>/optuna.db`; null keeps the study in memory.
-    `pruner` (an Optuna pruner's `_target_` and arguments) is handed to the study; nothing reports to it yet.
+    Attributes:
+        sampler: an Optuna sampler's `_target_` and arguments (TPE by default). A resumed study's sampler gets
+            `seed + trials so far`: the same seed would propose the first trials again.
+        pruner: an Optuna pruner's `_target_` and arguments, handed to the study; nothing reports to it yet.
+        direction: minimize or maximize what the task function returns.
+        study_name: the study in `storage`: the same name resumes it; null lets Optuna name a new one.
+        storage: a database URL; auto: `sqlite:///<folder of the MLflow store>/optuna.db`; null: in memory.
+        n_trials: the trials the study holds when the search ends, those of earlier runs of the command included.
+        n_jobs: trials asked and launched at a time: one batch (one pack with the packed launcher).
+        max_failure_rate: the search stops after a batch in which a larger share of the trials failed.
+        params: the search space, `key: <Hydra sweep>` (`interval(a, b)`, `tag(log, interval(a, b))`, `choice(...)`,
+            `range(...)`), read before the command line's overrides.
     """
 
     _target_: str = "hydra_plugins.lrsweep_sweeper.optuna_sweeper.OptunaSweeper"
@@ -50,7 +61,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSw
 
 class OptunaSweeper(Sweeper):
     """Asks an Optuna study for `n_jobs` trials, launches them as one batch, tells each its job's value; repeats
-    until the study holds `n_trials` finished trials. See `OptunaSweeperConf` for the arguments."""
+    until the study holds `n_trials` trials that ran. The arguments are `OptunaSweeperConf`'s."""
 
     def __init__(
         self,
