@@ -217,9 +217,11 @@ def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[N
     try:
         yield
     except BaseException as e:
+        stopped = isinstance(e, SystemExit) and not isinstance(e.code, str)  # Ctrl-C: SystemExit(130), said before
+        why = f"the search stopped (exit status {e.code})" if stopped else first_line(e)
         for trial in trials:
             with contextlib.suppress(Exception):  # the error that stopped the batch is the one to report
-                trial.set_user_attr(NOT_RUN, first_line(e))
+                trial.set_user_attr(NOT_RUN, why)
                 study.tell(trial, state=TrialState.FAIL)
         raise
 
