@@ -10,11 +10,13 @@ import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lrsweep_sweeper._study import NOT_RUN, SearchSpace, default_storage, failed_if_raised, finished
 from lrsweep import tracking
+from lrsweep.core import identity
 from tests.conftest import CONF_DIR, TINY, job_runs, store, train
 
 SEARCH = ["+experiment=warmup_search", "backend=jax", "training.epochs=1", "training.verbose=0", *TINY]
@@ -43,7 +45,12 @@ def test_search_config_is_a_tpe_study_maximising_over_the_warmup():
     assert cfg.tracking.tags == {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         tagged = compose(config_name="config", overrides=["+tracking.tags.team=vision", "++tracking.tags.a.b=1"])
+        plain = compose(config_name="config")
     assert tagged.tracking.tags == {"team": "vision", "a": {"b": 1}}  # a run's tags `team` and `a.b`
+    # Tags are no params and no part of what identifies a configuration: resume finds a FINISHED run by its values.
+    tagged, plain = (OmegaConf.to_container(c, resolve=True) for c in (tagged, plain))
+    assert identity.config_hash(tagged) == identity.config_hash(plain)
+    assert identity.job_params(tagged, {}) == identity.job_params(plain, {})
     assert int(optuna.__version__.split(".")[0]) >= 4  # ask-and-tell with fixed distributions, SQLAlchemy 2
 
 
