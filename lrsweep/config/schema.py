@@ -13,10 +13,10 @@ themselves stay in the YAML files (`MISSING` here). Importing `lrsweep` register
 they are there whenever Hydra composes.
 
 Only what each option file holds is declared, plus the keys given a default here (`training.divergence_factor`,
-`tracking.http_timeout`, `tracking.http_max_retries`): a field its YAML file lacks adds a key to every run's resolved
-config, and outside `core.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made before would
-no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`, a ViT's `width`
-a multiple of its `heads`) stay in the schedules' and models' own checks.
+`tracking.http_timeout`, `tracking.http_max_retries`, `tracking.tags`): a field its YAML file lacks adds a key to every
+run's resolved config, and outside `core.identity.NON_RESULT_KEYS` that changes the run's config hash, so runs made
+before would no longer be recognised as done. Relations between values (`max_lr > min_lr`, `min_lr <= peak_lr`, a
+ViT's `width` a multiple of its `heads`) stay in the schedules' and models' own checks.
 """
 
 from __future__ import annotations
@@ -102,6 +102,8 @@ class Tracking:
     effective_lr: bool = spec()
     http_timeout: int = spec(10, Count(1, " (seconds per HTTP request to a tracking server)"))
     http_max_retries: int = spec(2, Number(0, 10))  # an int (the type); at most 10: minutes of retries already
+    # More tags on each job run, `+tracking.tags.team=vision`; nested keys are dotted (`lrsweep.optuna.trial`).
+    tags: dict[str, Any] = field(default_factory=dict)
 
 
 # Optimizers: the Keras constructor's arguments that the option files set -----------------------------------------

@@ -215,6 +215,8 @@ def run_record(
     dataset = job.data()
     params = identity.job_params(job.resolved, job.context.choices)
     tags = {
+        # `tracking.tags` (the user's, a sweeper's) first: lrsweep's own tags, which resume and reports read, win
+        **identity.flatten(job.resolved["tracking"].get("tags") or {}),
         **tracking.job_tags(client, experiment_id, job.context),
         tracking.TAG_CONFIG_HASH: job.config_hash,
         tracking.TAG_OPTIMIZER: str(job.resolved["optimizer"]["_target_"]),

@@ -26,7 +26,7 @@ MLP_TARGET = "lrsweep.model.build_mlp"  # the tutorial's MLP: packs fused, howev
 log = logging.getLogger(__name__)
 
 # What may differ between the members of one pack; anything else in the resolved config splits packs.
-MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name")
+MEMBER_KEYS = ("schedule", "optimizer.learning_rate", "training.seed", "tracking.run_name", "tracking.tags")
 # With one of these optimizers a job's whole optimizer is its member's own (a pack holds several side by side),
 # apart from the settings that act across members.
 PACKABLE_TARGETS = frozenset(f"keras.optimizers.{cls.__name__}" for cls in PACKABLE_OPTIMIZERS)

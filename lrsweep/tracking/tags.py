@@ -27,6 +27,8 @@ TAG_NOTE = "mlflow.note.content"  # a run's description, Markdown, shown on its 
 TAG_OPTIMIZER = "lrsweep.optimizer"  # the optimizer's class, `keras.optimizers.Adam` (config `optimizer._target_`)
 TAG_VALIDATION = "lrsweep.validation"  # what val_* was measured on, `Dataset.validation`: "held-out 10000 of train"
 TAG_SCHEDULE = "lrsweep.schedule"  # the schedule's function, `lrsweep.schedules.linear_warmup` (`schedule._target_`)
+TAG_OPTUNA_TRIAL = "lrsweep.optuna.trial"  # the Optuna trial a run is (hydra/sweeper=optuna), its number in the study
+TAG_OPTUNA_STUDY = "lrsweep.optuna.study"  # the name of that trial's study
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param's value
 NOTE_LIMIT = 5000
 # The per-epoch metrics a report reads back as histories.

@@ -43,7 +43,7 @@ def test_basic_sweeper_jobs_are_the_cartesian_product_in_the_command_lines_order
 
 
 def test_planned_jobs_is_none_for_another_sweeper(hydra_config):
-    config = hydra_config("hydra.sweeper._target_=hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    config = hydra_config("hydra.sweeper._target_=hydra_plugins.lrsweep_sweeper.optuna_sweeper.OptunaSweeper")
     assert planned_jobs(config) is None
 
 

@@ -1,0 +1,276 @@
+"""The Optuna side of `hydra/sweeper=optuna`: its settings checked, the search space read from Hydra's override
+grammar, the study opened or resumed, trials turned into job overrides and told their jobs' outcomes, the best
+trial written out.
+
+The search space is Hydra's sweep grammar, as hydra-optuna-sweeper read it: `interval(a, b)` is a float in [a, b]
+(Hydra reads both ends as floats), `tag(log, interval(a, b))` the same on a log scale, `choice(x, y)` and `x,y` a
+categorical, `range(a, b, step)` the values Hydra's basic sweeper would run (b excluded), as ints or stepped floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import Trial, TrialState
+
+from lrsweep.core import checks
+from lrsweep.core.errors import first_line
+from lrsweep.tracking.location import sqlite_path
+from lrsweep.tracking.tags import TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL
+
+log = logging.getLogger(__name__)
+
+STORAGE_FILE = "optuna.db"  # the study's SQLite file, beside the MLflow store's
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+NOT_RUN = "lrsweep.not_run"  # user attribute of a FAIL trial whose batch never ran (refused, interrupted): why
+RESULTS_FILE = "optimization_results.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`hydra.sweeper.*` checked, with the storage's URL (None: in memory)."""
+
+    sampler: Any
+    pruner: Any
+    direction: str
+    study_name: str | None
+    storage: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+
+    @classmethod
+    def checked(cls, settings: Mapping[str, Any], tracking_uri: str) -> Settings:
+        """The settings, `storage: auto` made `default_storage(tracking_uri)`.
+
+        Raises:
+            ValueError: naming the first setting that cannot work, e.g. "`hydra.sweeper.n_trials` must be an
+                integer >= 1. Received: hydra.sweeper.n_trials=0".
+        """
+        checks.check_count("hydra.sweeper.n_trials", settings["n_trials"], 1)
+        checks.check_count("hydra.sweeper.n_jobs", settings["n_jobs"], 1, " (trials per batch)")
+        checks.check_number("hydra.sweeper.max_failure_rate", settings["max_failure_rate"], 0.0, 1.0)
+        checks.check_choice("hydra.sweeper.direction", settings["direction"], ["minimize", "maximize"])
+        storage = default_storage(tracking_uri) if settings["storage"] == "auto" else settings["storage"]
+        return cls(**{**settings, "storage": storage})
+
+
+def default_storage(tracking_uri: str) -> str:
+    """`sqlite:///<folder of the MLflow store>/optuna.db` (absolute): the folder of a SQLite store's file, a file
+    store's own folder, or the working directory for a tracking server (its store is elsewhere)."""
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        folder = database.parent
+    elif tracking_uri.startswith("file:"):
+        folder = Path(urlparse(tracking_uri).path)
+    elif "://" not in tracking_uri:
+        folder = Path(tracking_uri).expanduser()
+    else:
+        folder = Path()
+    return f"sqlite:///{folder.absolute() / STORAGE_FILE}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The Optuna distribution of each swept key, and the overrides every trial passes on as they are."""
+
+    distributions: dict[str, BaseDistribution]
+    fixed: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, lines: Sequence[str]) -> SearchSpace:
+        """Reads `hydra.sweeper.params` and the command line's overrides, in that order (a later line for a key
+        replaces an earlier one). Raises a ValueError naming a line Optuna cannot search, or no search at all."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import OverrideParseException
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(list(lines))
+        except OverrideParseException as e:
+            raise ValueError(f"`hydra.sweeper.params` or the command line: {first_line(e)}") from e
+        entries: dict[str, BaseDistribution | str] = {}
+        for override in parsed:
+            key = override.get_key_element()
+            entries.pop(key, None)
+            entries[key] = distribution(override) if override.is_sweep_override() else override.input_line
+        distributions = {k: v for k, v in entries.items() if isinstance(v, BaseDistribution)}
+        if not distributions:
+            raise ValueError(
+                "`hydra.sweeper.params` has nothing to search: give a key an interval(a, b), choice(x, y) or "
+                f"range(a, b). Received: {' '.join(lines) or 'no params'}"
+            )
+        return cls(distributions, tuple(v for v in entries.values() if isinstance(v, str)))
+
+    def probe(self) -> list[str]:
+        """One job's overrides with each swept key at its lowest value (its first choice): to compose once before
+        any trial is asked."""
+        lows = {
+            name: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low
+            for name, d in self.distributions.items()
+        }
+        return [*(f"{name}={value}" for name, value in lows.items()), *self.fixed]
+
+    def overrides(self, trial: Trial, study_name: str, sweep_dir: Path, job_num: int) -> list[str]:
+        """The job overrides of an asked trial: its values, the fixed overrides, and the trial's number and study as
+        MLflow tags (`tracking.tags`, no part of the run's identity). The trial notes its sweep folder and job."""
+        trial.set_user_attr("lrsweep.sweep_dir", str(sweep_dir))
+        trial.set_user_attr("lrsweep.job_num", job_num)
+        plain = re.fullmatch(r"[\w.-]+", study_name)
+        quoted = study_name if plain else "'" + study_name.replace("'", "\\'") + "'"  # Hydra's quoted value
+        return [
+            *(f"{name}={trial.params[name]}" for name in self.distributions),
+            *self.fixed,
+            f"++tracking.tags.{TAG_OPTUNA_TRIAL}={trial.number}",
+            f"++tracking.tags.{TAG_OPTUNA_STUDY}={quoted}",
+        ]
+
+
+def distribution(override: Any) -> BaseDistribution:
+    """The Optuna distribution of a sweep override (`interval`, `tag(log, interval)`, `choice`, `range`)."""
+    from hydra.core.override_parser.types import Glob, Transformer
+
+    key, value = override.get_key_element(), override.value()
+    cannot = f"`{key}`: Optuna cannot search {override.input_line}; use interval(a, b), choice(x, y) or range(a, b)."
+    if isinstance(value, Glob):  # config-group options listed from Hydra's repository, which this sweeper does not read
+        raise ValueError(cannot)
+    if override.is_interval_sweep():
+        return FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator())
+        if not values or value.step < 0:
+            raise ValueError(f"`{key}`: {override.input_line} must run upwards through one value or more.")
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            return IntDistribution(values[0], values[-1], step=value.step)
+        return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
+    raise ValueError(cannot)
+
+
+def open_study(settings: Settings) -> optuna.Study:
+    """Creates the study, or loads it from its storage (the same `study_name`): it resumes where it stopped.
+
+    A resumed study's seeded sampler is seeded with `seed + trials so far`: the first seed would propose the
+    first trials' values again. Logs the storage and the optuna-dashboard command once.
+    """
+    storage = settings.storage
+    if storage and (database := sqlite_path(storage)) is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    sampler = instantiate(settings.sampler) if settings.sampler else None
+    pruner = instantiate(settings.pruner) if settings.pruner else None
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=settings.study_name,
+            direction=settings.direction,
+            load_if_exists=True,
+        )
+    except Exception as e:  # a URL SQLAlchemy cannot parse, a database it cannot open
+        raise SystemExit(
+            f"lrsweep: the Optuna study could not be opened in hydra.sweeper.storage={storage}: {first_line(e)}. "
+            "Give a database URL (sqlite:///path/optuna.db), auto (beside the MLflow store) or null (in memory)."
+        ) from e
+    wanted = optuna.study.StudyDirection[settings.direction.upper()]
+    if study.direction != wanted:
+        raise SystemExit(
+            f"lrsweep: study {study.study_name!r} in {storage} is set to {study.direction.name.lower()}, not "
+            f"hydra.sweeper.direction={settings.direction}. Give the search another hydra.sweeper.study_name."
+        )
+    so_far = len(study.trials)
+    seed = settings.sampler.get("seed") if settings.sampler else None
+    if so_far and seed is not None:
+        study.sampler = instantiate(settings.sampler, seed=seed + so_far)
+    log.info("Optuna study %r, %d trials so far, in %s", study.study_name, so_far, storage or "memory")
+    if storage:
+        log.info("To watch it: optuna-dashboard %s", storage)
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    """How many of the study's trials ran and ended (completed, pruned or failed): they count toward n_trials.
+
+    Trials of a batch that never ran (`NOT_RUN`) do not, nor trials a killed process left RUNNING.
+    """
+    return sum(NOT_RUN not in trial.user_attrs for trial in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+@contextlib.contextmanager
+def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[None]:
+    """Around a batch's launch: if it raises (a refused batch, Ctrl-C), its trials are told FAIL, marked `NOT_RUN`
+    with the error's first line, before the error goes on: the study holds no trial left running, and a resumed
+    search does not count them."""
+    try:
+        yield
+    except BaseException as e:
+        stopped = isinstance(e, SystemExit) and not isinstance(e.code, str)  # Ctrl-C: SystemExit(130), said before
+        why = f"the search stopped (exit status {e.code})" if stopped else first_line(e)
+        for trial in trials:
+            with contextlib.suppress(Exception):  # the error that stopped the batch is the one to report
+                trial.set_user_attr(NOT_RUN, why)
+                study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+def tell(study: optuna.Study, trials: Sequence[Trial], returns: Sequence[JobReturn]) -> int:
+    """Tells each trial its job's value, or FAIL with the job's error (user attribute `lrsweep.error`); returns how
+    many failed."""
+    failed = 0
+    for trial, job_return in zip(trials, returns, strict=True):
+        value, problem = outcome(job_return)
+        if problem is None:
+            study.tell(trial, value)
+            continue
+        failed += 1
+        log.warning("Trial %d failed: %s", trial.number, problem)
+        trial.set_user_attr("lrsweep.error", problem)
+        study.tell(trial, state=TrialState.FAIL)
+    return failed
+
+
+def outcome(job_return: JobReturn) -> tuple[float | None, str | None]:
+    """(the job's value, None), or (None, why there is none): its error, or a return value that is no number."""
+    from lrsweep.sweep.hydra_adapter import job_error
+
+    if job_return.status != JobStatus.COMPLETED:
+        return None, first_line(job_error(job_return) or RuntimeError("the job did not complete"))
+    returned = job_return.return_value
+    try:
+        value = float(returned)
+    except (TypeError, ValueError):
+        return None, f"the job returned {returned!r}, not a number"
+    return (value, None) if math.isfinite(value) else (None, f"the job returned {value}")
+
+
+def write_results(study: optuna.Study, sweep_dir: Path) -> None:
+    """Writes the study's best trial so far to `<sweep_dir>/optimization_results.yaml` and logs it."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.warning("No trial of study %r has completed: no best value yet.", study.study_name)
+        return
+    best = study.best_trial
+    results = {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "best_trial": best.number,
+        "best_params": best.params,
+        "best_value": best.value,
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+    log.info("Best trial: #%d of study %r", best.number, study.study_name)
+    log.info("Best parameters: %s", best.params)
+    log.info("Best value: %s", best.value)
