@@ -16,4 +16,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# A venv made before lrsweep had its own Optuna sweeper may still hold hydra-optuna-sweeper, whose plugin of the same
+# name (hydra/sweeper=optuna) would compete with it.
+.venv/bin/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 echo "lrsweep is set up in .venv"

@@ -27,6 +27,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import Trial, TrialState
 
 from lrsweep.core import checks
+from lrsweep.core import trials as judges
 from lrsweep.core.errors import first_line
 from lrsweep.tracking.location import sqlite_path
 from lrsweep.tracking.tags import TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL
@@ -226,12 +227,43 @@ def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[N
         raise
 
 
-def tell(study: optuna.Study, trials: Sequence[Trial], returns: Sequence[JobReturn]) -> int:
-    """Tells each trial its job's value, or FAIL with the job's error (user attribute `lrsweep.error`); returns how
-    many failed."""
+@contextlib.contextmanager
+def judged(study: optuna.Study, trials: Sequence[Trial], pruning: bool) -> Iterator[dict[int, judges.Judge]]:
+    """Around a batch's launch, with a pruner: each trial's judge registered (`lrsweep.core.trials`), so that its
+    run reports its val_accuracy after every epoch (`trial.report`) and stops when `trial.should_prune()` says so.
+    Yields the judges by trial number (none without a pruner)."""
+    registered: dict[int, judges.Judge] = {}
+    if pruning:
+        for trial in trials:
+
+            def report(value: float, epoch: int, trial: Trial = trial) -> bool:
+                trial.report(value, epoch)
+                return trial.should_prune()
+
+            registered[trial.number] = judges.Judge(report)
+            judges.register(judges.key(study.study_name, trial.number), registered[trial.number])
+    try:
+        yield registered
+    finally:
+        judges.unregister(judges.key(study.study_name, number) for number in registered)
+
+
+def tell(
+    study: optuna.Study,
+    trials: Sequence[Trial],
+    returns: Sequence[JobReturn],
+    registered: Mapping[int, judges.Judge] | None = None,
+) -> int:
+    """Tells each trial its job's value, PRUNED if its pruner stopped its run (`judged`), or FAIL with the job's
+    error (user attribute `lrsweep.error`); returns how many failed."""
     failed = 0
     for trial, job_return in zip(trials, returns, strict=True):
         value, problem = outcome(job_return)
+        judge = (registered or {}).get(trial.number)
+        if problem is None and judge is not None and judge.pruned_epoch is not None:
+            trial.set_user_attr("lrsweep.pruned_after_epoch", judge.pruned_epoch + 1)
+            study.tell(trial, state=TrialState.PRUNED)  # its last reported value is the one Optuna keeps
+            continue
         if problem is None:
             study.tell(trial, value)
             continue

@@ -209,7 +209,8 @@ class SweepReport:
         return lines + others + self.stopped_lines()
 
     def stopped_lines(self) -> list[str]:
-        """One line on the configurations successive halving stopped, if any: where, and their score there."""
+        """One line on the configurations stopped early (successive halving, a pruner), if any: where, and their
+        score there."""
         if not self.stopped:
             return []
         parts = []
@@ -218,7 +219,7 @@ class SweepReport:
             parts.append(f"{config.label} (epoch {config.runs[0].stopped_epoch}, {RANK_METRIC} {mean:.4f})")
         shown = errors.listed(parts, "; ", STOPPED_LISTED)
         return [
-            f"Stopped by successive halving, so not ranked above (behind at a rung, not finished): "
+            f"Stopped early by successive halving or the search's pruner (behind, not finished), so not ranked above: "
             f"{plural(len(self.stopped), 'configuration')}: {shown}."
         ]
 

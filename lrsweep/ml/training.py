@@ -133,6 +133,9 @@ class Member:
     # Its loss before training, on the divergence rule's reference examples (`StopOnDivergence`): measured when
     # training starts, kept when it goes on in another pack.
     starting_loss: float | None = None
+    # The search trial judging it (`lrsweep.core.trials.key`), and whether its pruner stopped it (at `stopped_epoch`).
+    trial: str | None = None
+    pruned: bool = False
 
     def key(self, metric: str) -> str:
         return metric if self.index is None else f"{metric}_{self.index}"

@@ -31,6 +31,7 @@ from lrsweep.run.job import (
     prepare,
     run_record,
     steps_per_epoch,
+    trial_key,
 )
 
 # `instantiate` and `prepare` too: scripts and tests written against this module name them here.
@@ -149,7 +150,7 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
     )  # fmt: skip
     record = run_record(client, experiment_id, job)
     with tracking.job_run(client, experiment_id, record.name, record.params, record.tags, record.artifacts) as run_id:
-        member = Member(run_id=run_id, schedule=lr, name=job.name)
+        member = Member(run_id=run_id, schedule=lr, name=job.name, trial=trial_key(cfg))
         history = fit_epochs(
             model,
             dataset,

@@ -174,9 +174,7 @@ def train_stretch(
     cfg, dataset = jobs[0].cfg, jobs[0].data()
     plan = pack.build_pack(jobs, dataset, other_models, [seat.state for seat in seats])
     pack.describe(plan, jobs, dataset, pack_id)
-    members = [
-        pack.pack_member(plan, k, seat.run_id, seat.job.name, seat.starting_loss) for k, seat in enumerate(seats)
-    ]
+    members = [pack.pack_member(plan, k, seat.run_id, seat.job, seat.starting_loss) for k, seat in enumerate(seats)]
     if start == 0:
         for k, seat in enumerate(seats):
             tracking.set_tags(client, seat.run_id, pack.pack_tags(pack_id, len(seats), k))

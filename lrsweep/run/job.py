@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lrsweep import tracking
 from lrsweep.config import schema
-from lrsweep.core import errors, identity
+from lrsweep.core import errors, identity, trials
 from lrsweep.core.checks import MAX_STEPS, check_lr
 from lrsweep.ml import keras_adapter
 from lrsweep.ml.data import Dataset
@@ -233,3 +233,10 @@ def run_record(
         "overrides.yaml": yaml.safe_dump(list(job.context.overrides), default_flow_style=False),
     }
     return tracking.RunRecord(job.name, params, tags, artifacts)
+
+
+def trial_key(cfg: DictConfig) -> str | None:
+    """The search trial a job is (`lrsweep.core.trials.key`), from the tags its sweeper gave it, or None."""
+    tags = identity.flatten(cfg.tracking.get("tags") or {})
+    study, trial = tags.get(tracking.TAG_OPTUNA_STUDY), tags.get(tracking.TAG_OPTUNA_TRIAL)
+    return trials.key(study, trial) if study is not None and trial is not None else None

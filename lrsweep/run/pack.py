@@ -16,7 +16,7 @@ from lrsweep.ml.schedules import KerasSchedule
 from lrsweep.ml.stacking import PackPlan, stack
 from lrsweep.ml.training import Member, fit_epochs
 from lrsweep.run import watching
-from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, compile_args, run_record
+from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, compile_args, run_record, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,14 @@ def describe(plan: PackPlan, jobs: Sequence[Job], dataset: Dataset, pack_id: str
     )  # fmt: skip
 
 
-def pack_member(plan: PackPlan, k: int, run_id: str, name: str, starting_loss: float | None = None) -> Member:
-    """Member k of a pack, reporting to its run `run_id`."""
+def pack_member(plan: PackPlan, k: int, run_id: str, job: Job, starting_loss: float | None = None) -> Member:
+    """Member k of a pack, job `job`, reporting to its run `run_id`."""
     optimizer, variables = plan.optimizer.of_member(k)
     select = plan.model.member_selector(k, variables)
-    return Member(run_id, plan.schedules[k], k, name, select=select, optimizer=optimizer, starting_loss=starting_loss)
+    return Member(
+        run_id, plan.schedules[k], k, job.name, select=select, optimizer=optimizer, starting_loss=starting_loss,
+        trial=trial_key(job.cfg),
+    )  # fmt: skip
 
 
 def pack_tags(pack_id: str, size: int, k: int) -> dict[str, str]:
@@ -86,7 +89,7 @@ def train_pack(
     try:
         for k, job in enumerate(jobs):
             record = run_record(client, experiment_id, job, pack_tags(pack_id, len(jobs), k))
-            members.append(pack_member(plan, k, tracking.open_run(client, experiment_id, record), job.name))
+            members.append(pack_member(plan, k, tracking.open_run(client, experiment_id, record), job))
         history = fit_epochs(
             model, dataset, plan.seeds, cfg.training.batch_size, cfg.training.epochs,
             watching.callbacks(client, cfg, members, dataset),
@@ -101,5 +104,6 @@ def train_pack(
     final = history[-1]
     for member in members:
         tracking.close_run(client, member.run_id, member.name, member.error)
-        outcomes.append(member.error if member.error is not None else float(final[member.key("val_accuracy")]))
+        logs = history[member.stopped_epoch] if member.pruned else final  # a pruned member: where it stopped
+        outcomes.append(member.error if member.error is not None else float(logs[member.key("val_accuracy")]))
     return outcomes

@@ -18,6 +18,7 @@ from lrsweep.run.callbacks import (
     EffectiveLRLogger,
     MlflowEpochLogger,
     MlflowStepLogger,
+    PruneTrials,
     RangeTestRecorder,
     StopOnDivergence,
     StopOnInterrupt,
@@ -46,6 +47,8 @@ def callbacks(
         MlflowEpochLogger(client, members),
         MlflowStepLogger(client, members, cfg.tracking.log_every_n_steps),
     ]
+    if any(member.trial is not None for member in members):  # a search's trials: their pruner may stop them
+        watching.append(PruneTrials(members, client))
     if cfg.tracking.effective_lr:
         watching.append(EffectiveLRLogger(client, members))
     if cfg.training.verbose not in (0, "0"):

@@ -28,6 +28,7 @@ TAG_OPTIMIZER = "lrsweep.optimizer"  # the optimizer's class, `keras.optimizers.
 TAG_VALIDATION = "lrsweep.validation"  # what val_* was measured on, `Dataset.validation`: "held-out 10000 of train"
 TAG_SCHEDULE = "lrsweep.schedule"  # the schedule's function, `lrsweep.schedules.linear_warmup` (`schedule._target_`)
 TAG_OPTUNA_TRIAL = "lrsweep.optuna.trial"  # the Optuna trial a run is (hydra/sweeper=optuna), its number in the study
+TAG_OPTUNA_PRUNED = "lrsweep.optuna.pruned"  # "true" on a trial's run its pruner stopped (with TAG_STOPPED_EPOCH)
 TAG_OPTUNA_STUDY = "lrsweep.optuna.study"  # the name of that trial's study
 PARAM_LIMIT = 6000  # characters MLflow keeps of a param's value
 NOTE_LIMIT = 5000

@@ -217,3 +217,36 @@ def test_failed_trials_are_failed_in_optuna_and_too_many_stop_the_search(tmp_pat
     runs = job_runs(client, experiment_id).values()
     assert trial_tags(runs) == [0, 1] and {r.info.status for r in runs} == {"FAILED"}
     assert not (tmp_path / "multirun" / "optimization_results.yaml").exists()  # no trial completed: no best one
+
+
+def test_a_pruner_stops_the_trials_behind_inside_their_packs(tmp_path):
+    # ThresholdPruner: a trial whose val_accuracy after an epoch is below 0.6 is pruned. Packs of 2 trials: a pruned
+    # member is frozen while the other trains on, and a pack whose members are all pruned stops.
+    train(
+        tmp_path, "+experiment=warmup_grid_search", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.6, n_warmup_steps: 0}",
+        "backend=jax", "training.epochs=3", *TINY,
+    )  # fmt: skip
+    client, experiment_id = store(tmp_path)
+    runs = {int(r.data.tags[tracking.TAG_OPTUNA_TRIAL]): r for r in job_runs(client, experiment_id).values()}
+    study = optuna.load_study(study_name="warmup_grid_search", storage=default_storage(str(tmp_path / "mlruns")))
+    states = {trial.number: trial.state for trial in study.trials}
+    assert sorted(runs) == sorted(states) == list(range(6))
+    for number, run in runs.items():
+        history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)
+        assert run.info.status == "FINISHED"
+        if history[0].value < 0.6:  # pruned after its first epoch: no more epochs, no test score
+            assert states[number] == TrialState.PRUNED
+            assert len(history) == 1 and run.data.tags[tracking.TAG_OPTUNA_PRUNED] == "true"
+            assert run.data.tags[tracking.TAG_STOPPED_EPOCH] == "1" and "test_accuracy" not in run.data.metrics
+            assert study.trials[number].intermediate_values == {0: history[0].value}
+        else:
+            assert states[number] == TrialState.COMPLETE and len(history) == 3
+            assert study.trials[number].value == pytest.approx(history[-1].value)
+            assert tracking.TAG_OPTUNA_PRUNED not in run.data.tags and "test_accuracy" in run.data.metrics
+    packs: dict[str, set] = {}
+    for number, run in runs.items():
+        packs.setdefault(run.data.tags[tracking.TAG_PACK], set()).add(states[number])
+    # With seed 0: a pack whose trials were both pruned (it stopped after epoch 1), and one with one of each.
+    assert {TrialState.PRUNED} in packs.values() and {TrialState.PRUNED, TrialState.COMPLETE} in packs.values()

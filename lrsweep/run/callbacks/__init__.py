@@ -9,10 +9,12 @@ from lrsweep.ml.divergence import DivergedError, member_losses, reference_exampl
 from lrsweep.run.callbacks.batched_writer import BatchedWriter
 from lrsweep.run.callbacks.effective_lr_logger import EffectiveLRLogger
 from lrsweep.run.callbacks.epoch_logger import MlflowEpochLogger
+from lrsweep.run.callbacks.prune_trials import PruneTrials
 from lrsweep.run.callbacks.range_test_recorder import RangeTestRecorder
 from lrsweep.run.callbacks.step_logger import LR_STEP, MlflowStepLogger
 from lrsweep.run.callbacks.steps import (
     current_lr,
+    freeze_members,
     lr_at_steps,
     optimizer_schedule,
     optimizer_steps,
@@ -31,10 +33,12 @@ __all__ = [
     "EffectiveLRLogger",
     "MlflowEpochLogger",
     "MlflowStepLogger",
+    "PruneTrials",
     "RangeTestRecorder",
     "StopOnDivergence",
     "StopOnInterrupt",
     "current_lr",
+    "freeze_members",
     "lr_at_steps",
     "member_losses",
     "optimizer_schedule",

@@ -56,3 +56,17 @@ def lr_at_steps(schedule: Callable[[Any], Any]) -> Callable[[np.ndarray], np.nda
         return np.asarray(ops.convert_to_numpy(schedule(padded)), dtype=np.float64)[: len(steps)]
 
     return lr_at
+
+
+def freeze_members(model: keras.Model, indices: Sequence[int]) -> None:
+    """Freezes members of a pack (their entries of its optimizer's `alive` mask set to 0 before the next step): a
+    member stopped by a callback would otherwise train on, unlogged. No-op for a solo model or no indices.
+
+    Accessing `model` on JAX syncs the training state into the variables, and the next step reads it back from
+    them, the new mask included."""
+    alive = getattr(model.optimizer, "alive", None)
+    if alive is None or not indices:
+        return
+    mask = np.array(ops.convert_to_numpy(alive))
+    mask[list(indices)] = 0
+    alive.assign(mask)

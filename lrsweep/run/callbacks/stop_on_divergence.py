@@ -8,13 +8,12 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras import ops
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from lrsweep.ml.divergence import DivergedError, divergence_message, member_losses
 from lrsweep.ml.training import Member
-from lrsweep.run.callbacks.steps import optimizer_steps, steps_done
+from lrsweep.run.callbacks.steps import freeze_members, optimizer_steps, steps_done
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,6 @@ class StopOnDivergence(keras.callbacks.Callback):
                 if start is not None:
                     tags.append(RunTag(TAG_STARTING_LOSS, repr(start)))
                 self.client.log_batch(member.run_id, tags=tags)
-        # The pack's optimizer freezes a member only once its gradients are not finite; one stopped by the factor
-        # would otherwise train on, unlogged. Accessing `self.model` on JAX syncs the training state into the
-        # variables, and the next step reads it back from them, the new mask included.
-        alive = getattr(self.model.optimizer, "alive", None)
-        indices = [member.index for member, _, _ in flagged if member.index is not None]
-        if alive is not None and indices:
-            mask = np.array(ops.convert_to_numpy(alive))
-            mask[indices] = 0
-            alive.assign(mask)
+        # The pack's optimizer freezes a member only once its gradients are not finite: one stopped by the factor
+        # is frozen here.
+        freeze_members(self.model, [member.index for member, _, _ in flagged if member.index is not None])
