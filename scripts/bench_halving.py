@@ -1,15 +1,17 @@
-"""Benchmark: successive halving against the full grid it prunes, in one session, from fresh stores.
+"""Benchmark: successive halving and a pruned Optuna search against the full grid, in one session, fresh stores.
 
     .venv/bin/python scripts/bench_halving.py                      # 6x6 warm-up grid x 3 seeds, 9 epochs (~25 min)
-    .venv/bin/python scripts/bench_halving.py --epochs 3 --train-size 5000 --rules quantile   # a quick look
+    .venv/bin/python scripts/bench_halving.py --epochs 3 --train-size 5000 --rules quantile --search 0   # quick
 
 The grid: the linear warm-up (schedule=linear), Adam, initial_lr x final_lr 6 x 6, seeds 0, 1, 2, on the full data
 (50,000 training examples, validation on 10,000 held out), each arm a real `python train.py -m ...` into a fresh
-temporary folder and SQLite store, packed as a user's sweep is. Arms: the full grid, then halving (eta 3, rungs after
-epochs 1 and 3 of 9) with each rule. Per arm: wall time, model-epochs trained (the epochs each run logged), and the
-configuration it ends with as best (best seed-mean final val_accuracy among those that trained to the end); that
-configuration is then compared, on the full grid's runs, with the full grid's best (`lrsweep.core.stats`): tied,
-or worse. Prints a table; asserts nothing. Timings vary by about 20% on a shared 2-core machine.
+temporary folder and SQLite store, packed as a user's sweep is. Arms: the full grid; the pruned Optuna search over
+the same 36 configurations (`+experiment=warmup_grid_search`: TPE, successive-halving pruner, one trial at a time,
+seed 0); halving (eta 3, rungs after epochs 1 and 3 of 9) with each rule. Per arm: wall time, model-epochs trained
+(the epochs each run logged), and the configuration it ends with as best (best seed-mean final val_accuracy among
+those that trained to the end); that configuration is then compared, on the full grid's runs, with the full grid's
+best (`lrsweep.core.stats`): tied, or worse. Prints a table; asserts nothing. Timings vary by about 20% on a shared
+2-core machine.
 """
 
 from __future__ import annotations
@@ -31,16 +33,19 @@ FINAL_LRS = "0.001,0.002,0.005,0.01,0.02,0.05"
 KEYS = ("schedule.initial_lr", "schedule.final_lr")
 
 
-def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, halving: list[str]) -> dict:
-    """One arm: `python train.py -m` over the grid; its wall time and, per configuration, per seed: the epochs
-    trained and the final val_accuracy (None: stopped by halving or failed)."""
+def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, arm: list[str]) -> dict:
+    """One arm: `python train.py -m` over the grid (`arm`: the halving settings) or the search (`arm` starting
+    with +experiment=...); its wall time and, per configuration, per seed: the epochs trained and the final
+    val_accuracy (None: stopped early or failed)."""
     from mlflow.tracking import MlflowClient
 
     store = f"sqlite:///{folder}/mlruns/mlflow.db"
+    grid = [] if arm and arm[0].startswith("+experiment") else [
+        "schedule=linear", f"schedule.initial_lr={INITIAL_LRS}", f"schedule.final_lr={FINAL_LRS}", "training.seed=0,1,2"
+    ]  # fmt: skip
     command = [
         sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={store}", f"hydra.sweep.dir={folder}/sweep",
-        f"backend={backend}", "training.verbose=0", "schedule=linear", f"schedule.initial_lr={INITIAL_LRS}",
-        f"schedule.final_lr={FINAL_LRS}", "training.seed=0,1,2", f"training.epochs={epochs}", *halving,
+        f"backend={backend}", "training.verbose=0", *grid, f"training.epochs={epochs}", *arm,
         *([f"data.train_size={train_size}"] if train_size else []),
     ]  # fmt: skip
     start = time.perf_counter()
@@ -64,7 +69,8 @@ def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, halvi
 
 
 def best(configs: dict) -> tuple[str, str] | None:
-    """The configuration with the best seed-mean final val_accuracy among those all of whose seeds finished."""
+    """The configuration with the best seed-mean final val_accuracy among those all of whose seeds finished (the
+    search trains seed 0 only: its best trial's configuration)."""
     means = {
         key: statistics.fmean(v for _, v in seeds.values())
         for key, seeds in configs.items()
@@ -80,11 +86,14 @@ def main() -> None:
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--rules", default="quantile,stats")
     parser.add_argument("--train-size", type=int, default=None, help="default: the full 50,000")
+    parser.add_argument("--search", type=int, default=30, help="trials of the pruned search (0: no search arm)")
     args = parser.parse_args()
 
     from lrsweep.core import stats
 
     arms = {"full grid": []}
+    if args.search:
+        arms["search, pruned"] = ["+experiment=warmup_grid_search", f"hydra.sweeper.n_trials={args.search}"]
     for rule in args.rules.split(","):
         arms[f"halving eta={args.eta} {rule}"] = [
             f"hydra.launcher.halving.eta={args.eta}",
