@@ -10,8 +10,11 @@ and its optimizer's bias correction read. The new pack is built from solo models
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -97,3 +100,26 @@ def restore_optimizer(model: MemberBlocks, optimizer: PackedOptimizer, states: S
     optimizer.iterations.assign(count)
     for inner in optimizer.optimizers:
         inner.iterations.assign(count)
+
+
+def save(state: MemberState, path: Path, notes: dict) -> None:
+    """Writes a member's state and `notes` (JSON-able) to `path` (.npz), whole or not at all (a temporary file
+    renamed into place)."""
+    arrays = {f"variable_{i}": value for i, value in enumerate(state.variables)}
+    for name, values in state.slots.items():
+        arrays.update({f"slot_{name}_{i}": value for i, value in enumerate(values)})
+    meta = {"variables": len(state.variables), "slots": {k: len(v) for k, v in state.slots.items()}, "notes": notes}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), iterations=np.array(state.iterations), **arrays)
+    os.replace(partial, path)
+
+
+def load(path: Path) -> tuple[MemberState, dict]:
+    """A member's state and the notes `save` wrote with it."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        variables = [data[f"variable_{i}"] for i in range(meta["variables"])]
+        slots = {name: [data[f"slot_{name}_{i}"] for i in range(n)] for name, n in meta["slots"].items()}
+        return MemberState(variables, slots, int(data["iterations"])), meta["notes"]

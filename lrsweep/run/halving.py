@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 from mlflow.tracking import MlflowClient
@@ -29,8 +29,9 @@ from lrsweep.ml.packed_mlp import mlp_spec
 from lrsweep.ml.packing import NotPackable, check_optimizer
 from lrsweep.ml.range_test import is_range_test
 from lrsweep.ml.training import Member, fit_epochs
-from lrsweep.run import experiment, pack, watching
+from lrsweep.run import experiment, pack, rung_checkpoints, watching
 from lrsweep.run.job import Job, build_model, build_optimizer, run_record
+from lrsweep.run.rung_checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,23 @@ class Seat:
 
     job: Job
     run_id: str
+    epoch: int = 0  # epochs trained
     state: MemberState | None = None
     starting_loss: float | None = None
-    score: float = math.nan  # val_accuracy at the last epoch it trained
+    scores: dict[int, float] = field(default_factory=dict)  # val_accuracy by epoch (0-based), at the rungs at least
     error: Exception | None = None  # diverged
     stopped: bool = False
+    earlier: bool = False  # stopped by an earlier run of this sweep (its run reused as it is)
+    packed: bool = False  # its run has its first pack's tags
 
     @property
     def going(self) -> bool:
         return self.error is None and not self.stopped
+
+    @property
+    def score(self) -> float:
+        """Its last val_accuracy (NaN when it diverged)."""
+        return self.scores.get(self.epoch - 1, math.nan) if self.error is None else math.nan
 
 
 def configuration(job: Job) -> str:
@@ -99,7 +108,8 @@ def train(
     sweep_name: str,
     other_models: str = "auto",
 ) -> list[float | Exception]:
-    """Trains a sweep's jobs by successive halving, holding their configurations' claims.
+    """Trains a sweep's jobs by successive halving, holding their configurations' claims; an interrupted run of the
+    same sweep goes on from its last completed rung (`lrsweep.run.rung_checkpoints`).
 
     Args:
         jobs: the jobs to train (checked: `check`).
@@ -115,7 +125,7 @@ def train(
     client, experiment_id = tracking.connect_config(cfg.tracking)
     with experiment.store_failures(cfg.tracking.uri), experiment.claimed(jobs, client, experiment_id) as reused:
         todo = [job for k, job in enumerate(jobs) if k not in reused]
-        seats = open_seats(todo, client, experiment_id, halving)
+        seats = [seat_of(job, client, experiment_id, halving) for job in todo]
         try:
             train_rungs(seats, halving, plan_packs, sweep_name, client, other_models)
         except BaseException as e:
@@ -126,16 +136,35 @@ def train(
         for seat in seats:
             if seat.going:
                 tracking.close_run(client, seat.run_id, seat.job.name)
+                rung_checkpoints.drop(seat.job, halving.describe())
     results = iter(seat.error if seat.error is not None else seat.score for seat in seats)
     return [reused[k] if k in reused else next(results) for k in range(len(jobs))]
 
 
-def open_seats(jobs: Sequence[Job], client: MlflowClient, experiment_id: str, halving: Halving) -> list[Seat]:
-    seats = []
-    for job in jobs:
-        record = run_record(client, experiment_id, job, {tracking.TAG_HALVING: halving.describe()})
-        seats.append(Seat(job, tracking.open_run(client, experiment_id, record)))
-    return seats
+def seat_of(job: Job, client: MlflowClient, experiment_id: str, halving: Halving) -> Seat:
+    """A job's seat: stopped, if an earlier run of this halving sweep stopped its configuration (that run is
+    reused); going on from the checkpoint an interrupted run left (in a new run holding its metrics so far); or
+    from the start, in a new run."""
+    settings = halving.describe()
+    if not job.cfg.resume:  # resume=false: from the start, whatever an earlier run left
+        rung_checkpoints.drop(job, settings)
+    stopped = tracking.find_stopped(client, experiment_id, job.config_hash, settings) if job.cfg.resume else None
+    if stopped is not None:
+        tracking.record_reuse(client, experiment_id, job.context, stopped)
+        epoch = int(stopped.data.tags[tracking.TAG_STOPPED_EPOCH])
+        scores = {m.step: m.value for m in client.get_metric_history(stopped.info.run_id, "val_accuracy")}
+        log.info("%s: stopped at epoch %d by an earlier run of this sweep (%s)", job.name, epoch, stopped.info.run_id)
+        return Seat(job, stopped.info.run_id, epoch, scores=scores, stopped=True, earlier=True)
+    record = run_record(client, experiment_id, job, {tracking.TAG_HALVING: settings})
+    run_id = tracking.open_run(client, experiment_id, record)
+    checkpoint = rung_checkpoints.load(job, settings)
+    if checkpoint is None:
+        return Seat(job, run_id)
+    rung_checkpoints.take_over(client, checkpoint, run_id)
+    log.info("%s: goes on from epoch %d, where run %s stopped", job.name, checkpoint.epoch, checkpoint.run_id)
+    return Seat(
+        job, run_id, checkpoint.epoch, checkpoint.state, checkpoint.starting_loss, dict(checkpoint.scores)
+    )  # fmt: skip
 
 
 def train_rungs(
@@ -146,38 +175,49 @@ def train_rungs(
     client: MlflowClient,
     other_models: str,
 ) -> None:
-    """Every rung: the seats that go on, packed afresh and trained to the rung's epoch, then ranked."""
+    """Every rung: the seats that go on and are not there yet, packed afresh (by the epoch each starts from) and
+    trained to the rung's epoch, then ranked with those an earlier run of the sweep stopped there."""
     epochs = int(seats[0].job.cfg.training.epochs)
     points = rungs(epochs, halving.min_epochs, halving.eta)
     log.info("Successive halving (%s): ranked after epochs %s", halving.describe(), points[:-1])
-    start = 0
     for rung, end in enumerate(points, start=1):
         interrupts.check()
         going = [seat for seat in seats if seat.going]
-        by_job = {id(seat.job): seat for seat in going}
-        for k, jobs in enumerate(plan_packs([seat.job for seat in going]), start=1):
-            pack_id = f"{sweep_name}/rung{rung}-pack{k}"
-            train_stretch([by_job[id(job)] for job in jobs], start, end, end == epochs, client, pack_id, other_models)
-        for seat in going:
+        behind = [seat for seat in going if seat.epoch < end]
+        for start in sorted({seat.epoch for seat in behind}):
+            group = [seat for seat in behind if seat.epoch == start]
+            by_job = {id(seat.job): seat for seat in group}
+            for k, jobs in enumerate(plan_packs([seat.job for seat in group]), start=1):
+                pack_id = f"{sweep_name}/rung{rung}-pack{k}" + (f"-from{start}" if start else "")
+                stretch = [by_job[id(job)] for job in jobs]
+                train_stretch(stretch, end, end == epochs, client, pack_id, other_models)
+        for seat in behind:
             if seat.error is not None:
                 tracking.close_run(client, seat.run_id, seat.job.name, seat.error)
+                rung_checkpoints.drop(seat.job, halving.describe())
         if end < epochs:
-            stop_behind([seat for seat in going if seat.going or seat.error], halving, rung, end, client)
-        start = end
+            ranked = [*going, *(seat for seat in seats if seat.earlier and seat.epoch >= end)]  # as first ranked
+            stop_behind(ranked, halving, rung, end, client)
+            for seat in going:  # what a rerun goes on from, should this one be interrupted
+                if seat.going and seat.epoch == end and seat.state is not None:
+                    checkpoint = Checkpoint(seat.state, end, seat.run_id, seat.scores, seat.starting_loss)
+                    rung_checkpoints.save(seat.job, halving.describe(), checkpoint)
 
 
 def train_stretch(
-    seats: Sequence[Seat], start: int, end: int, last: bool, client: MlflowClient, pack_id: str, other_models: str
+    seats: Sequence[Seat], end: int, last: bool, client: MlflowClient, pack_id: str, other_models: str
 ) -> None:
-    """Trains a pack of seats from epoch `start` to `end` (exclusive), each from its state; keeps their new states."""
+    """Trains a pack of seats (all at one epoch) to epoch `end`, each from its state; keeps their new states."""
+    start = seats[0].epoch
     jobs = [seat.job for seat in seats]
     cfg, dataset = jobs[0].cfg, jobs[0].data()
     plan = pack.build_pack(jobs, dataset, other_models, [seat.state for seat in seats])
     pack.describe(plan, jobs, dataset, pack_id)
     members = [pack.pack_member(plan, k, seat.run_id, seat.job, seat.starting_loss) for k, seat in enumerate(seats)]
-    if start == 0:
-        for k, seat in enumerate(seats):
+    for k, seat in enumerate(seats):
+        if not seat.packed:  # its first pack
             tracking.set_tags(client, seat.run_id, pack.pack_tags(pack_id, len(seats), k))
+            seat.packed = True
     batch_size = int(cfg.training.batch_size)
     callbacks = watching.callbacks(client, cfg, members, dataset)
     history = fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, callbacks, initial_epoch=start)
@@ -185,13 +225,16 @@ def train_stretch(
         watching.log_test_metrics(client, plan.model, dataset, members, batch_size, end - 1)
     for seat, member in zip(seats, members, strict=True):
         state = None if last else member_state.capture(plan.model, plan.optimizer, member.index)
-        keep(seat, member, history[-1], state)
+        keep(seat, member, history[-1], end, state)
 
 
-def keep(seat: Seat, member: Member, logs: dict, state: MemberState | None) -> None:
+def keep(seat: Seat, member: Member, logs: dict, epoch: int, state: MemberState | None) -> None:
+    """What a seat takes from its stretch ending at `epoch`: its score there, its error, its state."""
     seat.starting_loss = member.starting_loss
     seat.error = member.error
-    seat.score = float(logs[member.key("val_accuracy")]) if member.error is None else math.nan
+    seat.epoch = epoch
+    if member.error is None:
+        seat.scores[epoch - 1] = float(logs[member.key("val_accuracy")])
     seat.state = state
 
 
@@ -200,12 +243,13 @@ def stop_behind(seats: Sequence[Seat], halving: Halving, rung: int, epoch: int, 
     ends the runs of those that do not go on, FINISHED, tagged with the rung and epoch."""
     scores: dict[str, dict[int, float]] = {}
     for seat in seats:
-        scores.setdefault(configuration(seat.job), {})[seat.job.seed] = seat.score
+        scores.setdefault(configuration(seat.job), {})[seat.job.seed] = rung_checkpoints.score(seat.scores, epoch)
     kept = set(going_on(scores, halving.eta, halving.rule))
     stopped = [seat for seat in seats if seat.going and configuration(seat.job) not in kept]
     for seat in stopped:
         seat.stopped = True
-        seat.state = None
+        seat.state, seat.epoch = None, epoch
+        rung_checkpoints.drop(seat.job, halving.describe())
         tags = {tracking.TAG_STOPPED_RUNG: str(rung), tracking.TAG_STOPPED_EPOCH: str(epoch)}
         tracking.set_tags(client, seat.run_id, tags)
         tracking.close_run(client, seat.run_id, seat.job.name)

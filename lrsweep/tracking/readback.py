@@ -13,6 +13,7 @@ from lrsweep.tracking import mlflow_adapter
 from lrsweep.tracking.tags import (
     HISTORY_METRICS,
     TAG_CONFIG_HASH,
+    TAG_HALVING,
     TAG_JOB_NUM,
     TAG_PARENT,
     TAG_REUSED_PREFIX,
@@ -37,6 +38,17 @@ def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -
     query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
     runs = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, order_by=["start_time DESC"])
     return next((run for run in runs if TAG_STOPPED_EPOCH not in run.data.tags), None)
+
+
+def find_stopped(client: MlflowClient, experiment_id: str, config_hash_: str, halving: str) -> Run | None:
+    """The latest run with this config hash that successive halving with these settings (`TAG_HALVING`) stopped
+    (FINISHED, tagged `TAG_STOPPED_EPOCH`), if any: a rerun of the same halving sweep keeps it stopped."""
+    query = (
+        f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED' "
+        f"and tags.`{TAG_HALVING}` = '{halving}'"
+    )
+    runs = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, order_by=["start_time DESC"])
+    return next((run for run in runs if TAG_STOPPED_EPOCH in run.data.tags), None)
 
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:

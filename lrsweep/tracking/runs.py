@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from lrsweep.tracking.tags import (
 )
 
 log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 1000  # metric points per `log_batch`: MLflow's limit
 
 
 def sweep_tags(sweep_dir: str | None) -> dict[str, str]:
@@ -84,6 +86,20 @@ def open_run(client: MlflowClient, experiment_id: str, record: RunRecord) -> str
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     """Sets a run's tags in one call."""
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+def copy_metrics(client: MlflowClient, source: str, target: str, keep: Callable[[str, int], bool]) -> int:
+    """Copies run `source`'s metric points that `keep(key, step)` accepts to run `target` (timestamps and values as
+    they were); returns how many."""
+    points = [
+        Metric(key, m.value, m.timestamp, m.step)
+        for key in client.get_run(source).data.metrics
+        for m in client.get_metric_history(source, key)
+        if keep(key, m.step)
+    ]
+    for start in range(0, len(points), BATCH_LIMIT):
+        client.log_batch(target, metrics=points[start : start + BATCH_LIMIT])
+    return len(points)
 
 
 def close_run(client: MlflowClient, run_id: str, name: str, error: BaseException | None = None) -> str:

@@ -358,11 +358,20 @@ def test_every_value_an_experiment_sweeps_composes_in_range(experiment):
     """Each preset's sweep, every value of every swept key at least once (job i takes each key's value i)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         hydra_cfg = compose(config_name="config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
-    params = {key: str(values).split(",") for key, values in (hydra_cfg.hydra.sweeper.get("params") or {}).items()}
-    if experiment != "warmup_search":  # the Optuna search's params are distributions, not lists
-        for i in range(max(map(len, params.values()), default=0)):
-            job = [f"{key}={values[i % len(values)]}" for key, values in params.items()]
-            schema.check(compose_config(f"+experiment={experiment}", *job))
+    swept = hydra_cfg.hydra.sweeper.get("params") or {}
+    if hydra_cfg.hydra.sweeper._target_.endswith("OptunaSweeper"):  # distributions: each choice, or both ends
+        from hydra_plugins.lrsweep_sweeper._study import SearchSpace
+
+        space = SearchSpace.parse([f"{key}={value}" for key, value in swept.items()])
+        params = {
+            key: [str(c) for c in getattr(d, "choices", [])] or [str(d.low), str(d.high)]
+            for key, d in space.distributions.items()
+        }
+    else:
+        params = {key: str(values).split(",") for key, values in swept.items()}
+    for i in range(max(map(len, params.values()), default=0)):
+        job = [f"{key}={values[i % len(values)]}" for key, values in params.items()]
+        schema.check(compose_config(f"+experiment={experiment}", *job))
     schema.check(compose_config(f"+experiment={experiment}"))
 
 
