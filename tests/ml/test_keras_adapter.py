@@ -271,3 +271,42 @@ def test_sublayers_lists_nested_layers_that_model_layers_does_not():
     assert "attention" in names and "out" in names
     assert {"query", "key", "value", "attention_output"} <= set(names)  # inside the attention layer
     assert not {"query", "key"} & {layer.name for layer in model.layers}
+
+
+# STATE_SLOTS: every slot list holding an optimizer's state (what a member moved between packs takes along) ------
+
+
+@pytest.mark.parametrize(
+    ("cls", "settings", "expected"),
+    [
+        (keras.optimizers.SGD, {"momentum": 0.9}, {"momentums"}),
+        (keras.optimizers.SGD, {}, set()),
+        (keras.optimizers.Adam, {}, {"_momentums", "_velocities"}),
+        (keras.optimizers.Adam, {"amsgrad": True}, {"_momentums", "_velocities", "_velocity_hats"}),
+        (keras.optimizers.Adagrad, {}, {"_accumulators"}),
+        (keras.optimizers.Adadelta, {}, {"_accumulated_grads", "_accumulated_delta_vars"}),
+        (
+            keras.optimizers.RMSprop,
+            {"momentum": 0.5, "centered": True},
+            {"_velocities", "_momentums", "_average_gradients"},
+        ),
+    ],
+)
+def test_state_slots_hold_every_slot_variable_one_per_trainable_variable(cls, settings, expected):
+    variables = [keras.Variable(np.ones((3, 2), "float32")), keras.Variable(np.zeros((2,), "float32"))]
+    optimizer = cls(learning_rate=0.01, **settings)
+    optimizer.build(variables)
+    slots = keras_adapter.state_slots(optimizer)
+    assert set(slots) == expected
+    for slot_list in slots.values():
+        assert [tuple(v.shape) for v in slot_list] == [(3, 2), (2,)]
+    # Nothing else: the optimizer's own variables are its step count and LR.
+    held = sum(len(v) for v in slots.values())
+    assert len(optimizer.variables) == held + len(keras_adapter.OWN_VARIABLES)
+
+
+def test_an_optimizer_whose_state_lrsweep_does_not_know_is_refused():
+    optimizer = keras.optimizers.Nadam(0.01)
+    optimizer.build([keras.Variable(np.ones((2,), "float32"))])
+    with pytest.raises(ValueError, match="does not know where Nadam keeps its state"):
+        keras_adapter.state_slots(optimizer)
