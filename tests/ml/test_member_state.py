@@ -12,9 +12,10 @@ from lrsweep.run import pack
 from tests import equivalence
 
 # Measured (JAX, each case below): a moved member's variables and optimizer slots after its second epoch equal the
-# same member's in its first pack exactly (largest difference 0.0). Allowed: float32 rounding, should a smaller
-# pack's products be summed in another order on another machine.
-TOLERANCE = 1e-6
+# same member's in its first pack exactly when the test runs alone (largest difference 0.0); in the full suite, its
+# process having run other tests first, vit_post differed by 5.7e-6 (float32 rounding of a step XLA compiled
+# otherwise). A state that did not move differs by far more (the last assertion).
+TOLERANCE = 1e-5
 
 
 def fit(plan, dataset, start: int, end: int, batch_size: int) -> None:
