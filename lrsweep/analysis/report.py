@@ -307,9 +307,11 @@ def build(sweep: tracking.SweepRuns) -> SweepReport:
         )
         configurations.append(Configuration(named, members, label))
     configurations.sort(key=lambda c: (c.stat(RANK_METRIC)[2] == 0, -_nan_to(c.stat(RANK_METRIC)[0], -1.0)))
-    stopped = [c for c in configurations if all(r.stopped_epoch is not None for r in c.runs)]
+    stopped, ranked = [], []
+    for config in configurations:
+        (stopped if all(r.stopped_epoch is not None for r in config.runs) else ranked).append(config)
     stopped.sort(key=lambda c: -c.runs[0].stopped_epoch)  # stable: the best first within a rung
-    configurations = [c for c in configurations if c not in stopped]
+    configurations = ranked
     comparisons = stats.compare_to_best({c.label: c.samples() for c in configurations})
     return SweepReport(sweep.sweep_id, jobs, swept, configurations, comparisons, stopped)
 

@@ -50,15 +50,26 @@ def member_slot_variables(model: MemberBlocks, optimizer: PackedOptimizer, membe
     return slots, positions
 
 
-def capture(model: MemberBlocks, optimizer: PackedOptimizer, member: int) -> MemberState:
-    """Member `member`'s state in the pack (`model`, trained by `optimizer`), as copies."""
-    slots, positions = member_slot_variables(model, optimizer, member)
-    values = {
-        name: [np.array(model.member_values(i, ops.convert_to_numpy(variables[p]), member)) for p, i in positions]
-        for name, variables in slots.items()
-    }
+def capture(model: MemberBlocks, optimizer: PackedOptimizer, members: Sequence[int]) -> list[MemberState]:
+    """The states of members `members` in the pack (`model`, trained by `optimizer`), as copies; each slot
+    variable is read once for all of them."""
+    arrays: dict[int, np.ndarray] = {}  # id(slot variable) -> its value
+
+    def value(variable: keras.Variable) -> np.ndarray:
+        if id(variable) not in arrays:
+            arrays[id(variable)] = ops.convert_to_numpy(variable)
+        return arrays[id(variable)]
+
     iterations = int(ops.convert_to_numpy(optimizer.iterations))
-    return MemberState(model.member_variables(member), values, iterations)
+    states = []
+    for member in members:
+        slots, positions = member_slot_variables(model, optimizer, member)
+        values = {
+            name: [np.array(model.member_values(i, value(variables[p]), member)) for p, i in positions]
+            for name, variables in slots.items()
+        }
+        states.append(MemberState(model.member_variables(member), values, iterations))
+    return states
 
 
 def restore_variables(solo_models: Sequence[keras.Model], states: Sequence[MemberState | None]) -> None:

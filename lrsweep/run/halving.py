@@ -58,7 +58,11 @@ class Seat:
     @property
     def score(self) -> float:
         """Its last val_accuracy (NaN when it diverged)."""
-        return self.scores.get(self.epoch - 1, math.nan) if self.error is None else math.nan
+        return self.score_at(self.epoch) if self.error is None else math.nan
+
+    def score_at(self, epoch: int) -> float:
+        """Its val_accuracy after `epoch` epochs (NaN if not known: it diverged before)."""
+        return self.scores.get(epoch - 1, math.nan)
 
 
 def configuration(job: Job) -> str:
@@ -223,8 +227,8 @@ def train_stretch(
     history = fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, callbacks, initial_epoch=start)
     if last:
         watching.log_test_metrics(client, plan.model, dataset, members, batch_size, end - 1)
-    for seat, member in zip(seats, members, strict=True):
-        state = None if last else member_state.capture(plan.model, plan.optimizer, member.index)
+    states = [None] * len(seats) if last else member_state.capture(plan.model, plan.optimizer, range(len(seats)))
+    for seat, member, state in zip(seats, members, states, strict=True):
         keep(seat, member, history[-1], end, state)
 
 
@@ -241,11 +245,12 @@ def keep(seat: Seat, member: Member, logs: dict, epoch: int, state: MemberState 
 def stop_behind(seats: Sequence[Seat], halving: Halving, rung: int, epoch: int, client: MlflowClient) -> None:
     """Ranks the configurations at a rung (their seeds' scores; a diverged seed counts as `DIVERGED_SCORE`) and
     ends the runs of those that do not go on, FINISHED, tagged with the rung and epoch."""
+    configurations = [configuration(seat.job) for seat in seats]
     scores: dict[str, dict[int, float]] = {}
-    for seat in seats:
-        scores.setdefault(configuration(seat.job), {})[seat.job.seed] = rung_checkpoints.score(seat.scores, epoch)
+    for seat, key in zip(seats, configurations, strict=True):
+        scores.setdefault(key, {})[seat.job.seed] = seat.score_at(epoch)
     kept = set(going_on(scores, halving.eta, halving.rule))
-    stopped = [seat for seat in seats if seat.going and configuration(seat.job) not in kept]
+    stopped = [seat for seat, key in zip(seats, configurations, strict=True) if seat.going and key not in kept]
     for seat in stopped:
         seat.stopped = True
         seat.state, seat.epoch = None, epoch

@@ -11,7 +11,6 @@ interrupted one's metrics up to the rung (`tracking.copy_metrics`) and trains on
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +87,3 @@ def take_over(client: MlflowClient, checkpoint: Checkpoint, run_id: str) -> None
     tracking.copy_metrics(client, checkpoint.run_id, run_id, before)
     tags = {TAG_RESUMED_FROM: checkpoint.run_id, TAG_RESUMED_EPOCH: str(checkpoint.epoch)}
     tracking.set_tags(client, run_id, tags)
-
-
-def score(scores: dict[int, float], epoch: int) -> float:
-    """The val_accuracy after `epoch` epochs (NaN if not known: diverged)."""
-    return scores.get(epoch - 1, math.nan)

@@ -35,20 +35,25 @@ def latest_run(client: MlflowClient, experiment_id: str, query: str) -> Run | No
 def find_finished(client: MlflowClient, experiment_id: str, config_hash_: str) -> Run | None:
     """The latest FINISHED job run with this config hash that trained to its end (successive halving stops runs
     FINISHED, tagged `TAG_STOPPED_EPOCH`: those are not results to reuse), if any."""
-    query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, order_by=["start_time DESC"])
-    return next((run for run in runs if TAG_STOPPED_EPOCH not in run.data.tags), None)
+    return _latest_finished(client, experiment_id, config_hash_, stopped=False)
 
 
 def find_stopped(client: MlflowClient, experiment_id: str, config_hash_: str, halving: str) -> Run | None:
     """The latest run with this config hash that successive halving with these settings (`TAG_HALVING`) stopped
     (FINISHED, tagged `TAG_STOPPED_EPOCH`), if any: a rerun of the same halving sweep keeps it stopped."""
-    query = (
-        f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED' "
-        f"and tags.`{TAG_HALVING}` = '{halving}'"
-    )
+    also = f"tags.`{TAG_HALVING}` = '{halving}'"
+    return _latest_finished(client, experiment_id, config_hash_, stopped=True, also=also)
+
+
+def _latest_finished(
+    client: MlflowClient, experiment_id: str, config_hash_: str, stopped: bool, also: str = ""
+) -> Run | None:
+    """The latest FINISHED run with this config hash (and matching `also`, a further search clause) that was
+    stopped early (`TAG_STOPPED_EPOCH`), or that was not."""
+    query = f"tags.`{TAG_CONFIG_HASH}` = '{config_hash_}' and attributes.status = 'FINISHED'"
+    query += f" and {also}" if also else ""
     runs = client.search_runs([experiment_id], query, max_results=SEARCH_PAGE, order_by=["start_time DESC"])
-    return next((run for run in runs if TAG_STOPPED_EPOCH in run.data.tags), None)
+    return next((run for run in runs if (TAG_STOPPED_EPOCH in run.data.tags) == stopped), None)
 
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:

@@ -37,16 +37,17 @@ def test_members_moved_to_a_smaller_pack_go_on_as_in_their_first_pack(case, tmp_
     dataset, batch_size = jobs[0].data(), int(jobs[0].cfg.training.batch_size)
     first = pack.build_pack(jobs, dataset, equivalence.other_models())
     fit(first, dataset, 0, 1, batch_size)
-    states = [member_state.capture(first.model, first.optimizer, k) for k in range(3)]
+    states = member_state.capture(first.model, first.optimizer, range(3))
     assert {s.iterations for s in states} == {len(dataset.x_train) // batch_size}
     fit(first, dataset, 1, 2, batch_size)
-    stayed = [member_state.capture(first.model, first.optimizer, k) for k in range(3)]
+    stayed = member_state.capture(first.model, first.optimizer, range(3))
 
     moved = [0, 2]  # one of the two seed-0 members (the other stops) and the seed-1 member: new blocks and groups
     second = pack.build_pack([jobs[k] for k in moved], dataset, equivalence.other_models(), [states[k] for k in moved])
     fit(second, dataset, 1, 2, batch_size)
+    went = member_state.capture(second.model, second.optimizer, range(len(moved)))
     for i, k in enumerate(moved):
-        went_on = member_state.capture(second.model, second.optimizer, i)
+        went_on = went[i]
         assert went_on.iterations == stayed[k].iterations
         assert set(went_on.slots) == set(stayed[k].slots) and went_on.slots  # every slot list, not none
         gap = largest_gap(went_on, stayed[k])
@@ -59,7 +60,7 @@ def test_a_pack_refuses_members_that_took_different_numbers_of_steps(tmp_path):
     jobs = equivalence.jobs("adam", f"sqlite:///{tmp_path}/unused.db")[:2]
     dataset = jobs[0].data()
     plan = pack.build_pack(jobs, dataset)
-    states = [member_state.capture(plan.model, plan.optimizer, k) for k in range(2)]
+    states = member_state.capture(plan.model, plan.optimizer, range(2))
     states[1].iterations = 8
     with pytest.raises(ValueError, match=r"same number of steps. Received: \[0, 8\]"):
         pack.build_pack(jobs, dataset, "auto", states)
