@@ -179,6 +179,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     for server in _fork_servers.values():
         server.close()
+    if _empty_store is not None:  # the template store's folder in /tmp (`seed_store`): nothing left behind
+        shutil.rmtree(_empty_store.parent, ignore_errors=True)
 
 
 _empty_store: Path | None = None
