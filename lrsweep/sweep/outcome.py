@@ -13,7 +13,10 @@ from lrsweep.core.errors import listed
 from lrsweep.tracking import Settled
 
 SUMMARY_PREFIX = "sweep/"  # the parent's metrics: their own section in MLflow's chart view, apart from the jobs'
-BEST = "best_configuration"
+# The parent's params: never a name a job's run has, so that grouping the runs by a param (MLflow's "Group by
+# choice.strategy") makes one group per value, not one more group of the parent's comma-joined values.
+PARAM_PREFIX = "sweep."
+BEST = f"{PARAM_PREFIX}best_configuration"
 
 
 def sorted_by_job(runs: list[report.JobRun]) -> list[report.JobRun]:
@@ -29,10 +32,9 @@ def sorted_by_job(runs: list[report.JobRun]) -> list[report.JobRun]:
 def summary(built: report.SweepReport, failed_jobs: int = 0) -> tuple[dict[str, str], dict[str, float]]:
     """The sweep at a glance, for its parent run: (params, metrics).
 
-    Params: each swept key with the values swept, comma-joined in job order, under the name the jobs' runs carry
-    it as, so the sweep's row and its jobs' rows share a column (`choice.strategy` for `+strategy=...`,
-    `schedule.initial_lr`); the seeds as `training.seed` (`0,1,2`); `best_configuration`, the best configuration's
-    label. Metrics (`sweep/...`): `runs`, `configurations`, `failed` (runs that did not finish, and jobs that
+    Params, each under `sweep.`: each swept key with the values swept, comma-joined in job order, named as the jobs'
+    runs carry it (`sweep.choice.strategy` for `+strategy=...`, `sweep.schedule.initial_lr`); the seeds as
+    `sweep.training.seed` (`0,1,2`); `sweep.best_configuration`, the best configuration's label. Metrics (`sweep/...`): `runs`, `configurations`, `failed` (runs that did not finish, and jobs that
     failed before opening one), `diverged`, `reused`, and the best configuration's `best_val_accuracy_mean`,
     `_std` (2+ seeds) and `best_n`.
     """
@@ -46,9 +48,9 @@ def summary(built: report.SweepReport, failed_jobs: int = 0) -> tuple[dict[str, 
         seen = dict.fromkeys(run.overrides.get(key, run.params.get(key)) for run in runs)
         return ",".join(str(v) for v in seen if v is not None)
 
-    params = {param_key(key): values(key) for key in built.swept}
+    params = {PARAM_PREFIX + param_key(key): values(key) for key in built.swept}
     if len(seeds := values(report.SEED_KEY).split(",")) > 1:
-        params[report.SEED_KEY] = ",".join(seeds)
+        params[PARAM_PREFIX + report.SEED_KEY] = ",".join(seeds)
     metrics = {
         "runs": len(built.runs),
         "configurations": len(built.configurations),

@@ -42,15 +42,17 @@ def test_the_sweep_run_carries_what_was_swept_and_its_summary(tutorial):
     client, parent, runs = tutorial
     assert parent.info.status == "FINISHED"
     params, metrics = parent.data.params, parent.data.metrics
-    # The swept values, under the name the jobs carry them as (one column in the runs table), in job order.
-    assert params["choice.strategy"] == "adam_constant,adam_linear,adagrad,adadelta"
-    assert params["training.seed"] == "0,1"
+    # The swept values, named as the jobs carry them, under `sweep.` (grouping the runs by choice.strategy makes
+    # one group per strategy, the parent apart), in job order.
+    assert params["sweep.choice.strategy"] == "adam_constant,adam_linear,adagrad,adadelta"
+    assert params["sweep.training.seed"] == "0,1"
+    assert not {k for k in params if not k.startswith("sweep.")}
     # The summary, recomputed from the job runs.
     by_strategy: dict[str, list[float]] = {}
     for run in runs.values():
         by_strategy.setdefault(run.data.params["choice.strategy"], []).append(run.data.metrics["val_accuracy"])
     best = max(by_strategy, key=lambda s: statistics.fmean(by_strategy[s]))
-    assert params["best_configuration"] == f"strategy={best}"
+    assert params["sweep.best_configuration"] == f"strategy={best}"
     assert metrics["sweep/best_val_accuracy_mean"] == pytest.approx(statistics.fmean(by_strategy[best]), abs=1e-12)
     assert metrics["sweep/best_val_accuracy_std"] == pytest.approx(statistics.stdev(by_strategy[best]), abs=1e-12)
     # On this tiny data Adagrad and Adadelta at LR 0.001 may end no better than chance (final loss >= ln 10): the
@@ -129,9 +131,9 @@ def test_failures_divergence_and_names_a_sweep_would_repeat(tmp_path):
     assert len(failed) == 2 and all(r.data.params["optimizer.learning_rate"] == "1000000000.0" for r in failed)
     (parent,) = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
     assert parent.info.status == "FAILED"
-    assert parent.data.params["optimizer.learning_rate"] == "0.01,1000000000.0"
-    assert parent.data.params["data.train_size"] == "256,512"
-    assert "training.seed" not in parent.data.params  # one seed: nothing swept
+    assert parent.data.params["sweep.optimizer.learning_rate"] == "0.01,1000000000.0"
+    assert parent.data.params["sweep.data.train_size"] == "256,512"
+    assert "sweep.training.seed" not in parent.data.params  # one seed: nothing swept
     metrics = parent.data.metrics
     assert (metrics["sweep/runs"], metrics["sweep/configurations"]) == (4.0, 4.0)
     assert (metrics["sweep/failed"], metrics["sweep/diverged"], metrics["sweep/best_n"]) == (2.0, 2.0, 1.0)
@@ -139,6 +141,6 @@ def test_failures_divergence_and_names_a_sweep_would_repeat(tmp_path):
     finished = [r for r in runs.values() if r.info.status == "FINISHED"]
     best = max(finished, key=lambda r: r.data.metrics["val_accuracy"])
     assert metrics["sweep/best_val_accuracy_mean"] == best.data.metrics["val_accuracy"]
-    assert parent.data.params["best_configuration"] == (
+    assert parent.data.params["sweep.best_configuration"] == (
         f"learning_rate=0.01, train_size={best.data.params['data.train_size']}"
     )
