@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
-from lrsweep.analysis import files, range_test, report
+from lrsweep.analysis import files, headline, range_test, report
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -58,8 +58,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     out_dir = args.out or Path("reports") / sweep_id
     paths = files.write(built, out_dir)
     print(f"Sweep {sweep_id}: {len(built.runs)} runs, {len(built.configurations)} configurations")
-    print(built.table())
-    print("\n".join(built.verdicts()))
+    print("\n".join(headline.answer(built, files.range_suggestion(out_dir))))
+    if not headline.range_test_only(built):
+        print(f"\n{built.table()}")
+        print("\n".join(built.verdicts()))
     print("\n".join(f"wrote {p}" for p in paths))
     parent = tracking.find_sweep_run(client, experiment_id, sweep_id)
     if args.log and parent is not None:

@@ -8,20 +8,15 @@ from collections.abc import Iterable, Sequence
 
 from lrsweep import tracking
 from lrsweep.analysis.report import (
-    LR_KEY,
     RANK_METRIC,
     SEEDS_SHOWN,
     Configuration,
     JobRun,
     SweepReport,
-    grid_axes,
-    grid_cells,
-    largest_training_column,
     plural,
-    short_key,
-    short_number,
 )
 from lrsweep.core import stats
+from lrsweep.ml.data import VALIDATION_IS_TEST
 
 
 def pyplot():
@@ -34,10 +29,12 @@ def pyplot():
 
 
 def _epoch_axis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
+    """Epochs counted from 1 (the data stay at MLflow's step = the 0-based epoch; the labels add 1)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (0-based, as logged)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x + 1:g}"))
+    ax.set_xlabel("epoch (1-based; MLflow step = epoch - 1)")
 
 
 def _log_if_spans_decades(ax, values: Iterable[float]) -> None:
@@ -50,6 +47,25 @@ def _log_if_spans_decades(ax, values: Iterable[float]) -> None:
             ax.set_yscale("symlog", linthresh=min(positive))
         else:
             ax.set_yscale("log")
+            _readable_log_ticks(ax, positive)
+
+
+def _readable_log_ticks(ax, positive: Sequence[float]) -> None:
+    """On a log axis spanning less than two decades, ticks at 1, 2 and 5 x each power of 10 labelled as plain
+    numbers (0.002, 0.005, 0.01), so that a value can be read off; wider axes keep matplotlib's 10^k."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if max(positive) / min(positive) < 100:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def validation_set(report: SweepReport) -> str:
+    """What the `val_*` panels were measured on, in a title's words: "test set" (data.validation_size=null, the
+    tutorial's way) or "held-out" (part of the training set kept out)."""
+    sets = [VALIDATION_IS_TEST if part == VALIDATION_IS_TEST else "held-out" for part in report.validation.split(" / ")]
+    return " / ".join(dict.fromkeys(sets))
 
 
 LINES_SHOWN = 10  # configurations drawn in lr.png and curves.png (the best ones): a phase diagram has 45
@@ -99,16 +115,23 @@ def _percent_range(low: float, high: float) -> str:
 
 
 def _style(i: int) -> dict:
-    """Line i of the ranked configurations: its own colour, dashes and marker; later lines thinner with smaller
-    markers, drawn on top, so that lines which coincide (the same schedule) all stay visible."""
+    """Line i of the ranked configurations: its own colour, dashes and marker (colour and marker together differ
+    for the first 100); later lines thinner with smaller markers, drawn on top, so that lines which coincide (the
+    same schedule) all stay visible."""
     return {
         "color": f"C{i % 10}",
         "linestyle": _DASHES[i % len(_DASHES)],
-        "marker": _MARKERS[i % len(_MARKERS)],
+        "marker": _MARKERS[(i + i // 10) % len(_MARKERS)],
         "markersize": max(3.0, 12.0 - 2.5 * i),
         "linewidth": max(0.8, 3.2 - 0.5 * i),
         "zorder": 2 + i,
     }
+
+
+def styles(report: SweepReport) -> dict[str, dict]:
+    """{configuration label: its line style}, the same in every figure of the report: by rank over the ranked
+    configurations, then the stopped ones (`_style`)."""
+    return {c.label: _style(i) for i, c in enumerate([*report.configurations, *report.stopped])}
 
 
 def _shown(report: SweepReport) -> tuple[list[Configuration], str]:
@@ -124,11 +147,12 @@ def plot_lr(report: SweepReport):
     gradient) and the share of parameters left out of its quantiles."""
     plt = pyplot()
     shown, note = _shown(report)
-    families: dict[str, list[tuple[int, Configuration]]] = {}
-    for i, config in enumerate(shown):
+    style = styles(report)
+    families: dict[str, list[Configuration]] = {}
+    for config in shown:
         if config.curve("effective_lr/p50")[0]:
             name = next((n for n in map(optimizer_name, config.runs) if n), "optimizer not recorded")
-            families.setdefault(name, []).append((i, config))
+            families.setdefault(name, []).append(config)
     panels = 1 + len(families)
     ncols, nrows = min(2, panels), math.ceil(panels / 2)
     fig, axes = plt.subplots(
@@ -136,10 +160,10 @@ def plot_lr(report: SweepReport):
     )
     ax = axes[0][0]
     seen = []
-    for i, config in enumerate(shown):
+    for config in shown:
         steps, lrs, _ = config.curve("lr")
         if steps:
-            ax.plot(steps, lrs, label=config.label, **_style(i))
+            ax.plot(steps, lrs, label=config.label, **style[config.label])
             seen += lrs
     _log_if_spans_decades(ax, seen)
     ax.set(title="Learning rate set by the schedule" + note, ylabel="learning rate")
@@ -148,15 +172,18 @@ def plot_lr(report: SweepReport):
         ax.legend(fontsize="small")
     for ax, (name, members) in zip(axes.flat[1:], families.items(), strict=False):
         many = len(members) > LEGEND_LINES  # then no bands (they would hide each other), no legend but the left one
-        for i, config in members:
+        for config in members:
             steps, p50, _ = config.curve("effective_lr/p50")
-            ax.plot(steps, p50, label=config.label, **_style(i))
+            ax.plot(steps, p50, label=config.label, **style[config.label])
             _, p10, _ = config.curve("effective_lr/p10")
             _, p90, _ = config.curve("effective_lr/p90")
             if not many and len(p10) == len(p90) == len(steps):
-                ax.fill_between(steps, p10, p90, color=_style(i)["color"], alpha=0.15)
+                ax.fill_between(steps, p10, p90, color=style[config.label]["color"], alpha=0.15)
         ax.set_yscale("log")
-        excluded = excluded_fraction([c for _, c in members])
+        drawn = [v for line in ax.get_lines() for v in line.get_ydata() if v > 0 and math.isfinite(v)]
+        if drawn:
+            _readable_log_ticks(ax, drawn)
+        excluded = excluded_fraction(members)
         reason = "no gradient yet" + (", or m < 1e-30" if name == "Adam" else "")
         left_out = (
             f"{_percent_range(*excluded[:2])} of parameters left out ({excluded[2]}): {reason}"
@@ -214,6 +241,45 @@ CURVE_METRICS = {
 }
 
 
+def curve_title(report: SweepReport, metric: str) -> str:
+    """A curves.png panel's title: a validation one names its set, "Validation loss (test set)"."""
+    return CURVE_METRICS[metric] + (f" ({validation_set(report)})" if metric.startswith("val_") else "")
+
+
+def _spans(epochs: Sequence[int]) -> str:
+    """[1, 2, 3, 5] -> "epochs 1-3, 5"; [2] -> "epoch 2"."""
+    runs: list[list[int]] = []
+    for epoch in epochs:
+        if runs and epoch == runs[-1][-1] + 1:
+            runs[-1].append(epoch)
+        else:
+            runs.append([epoch])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs]
+    return ("epochs " if len(epochs) > 1 else "epoch ") + ", ".join(parts)
+
+
+def ranking_note(report: SweepReport) -> str:
+    """What the ranking reads, in words: the mean final val_accuracy, at the last epoch only (1-based, as the
+    figures' axes); and the earlier epochs at which the two leading configurations were in the other order."""
+    ranked = [c for c in report.configurations if c.curve(RANK_METRIC)[0]]
+    if not ranked:
+        return ""
+    steps, _, _ = ranked[0].curve(RANK_METRIC)
+    note = f"The ranking uses the last epoch only: mean {RANK_METRIC} at epoch {steps[-1] + 1}"
+    if len(ranked) < 2:
+        return note
+    first, second = (dict(zip(*c.curve(RANK_METRIC)[:2], strict=True)) for c in ranked[:2])
+    common = sorted(set(first) & set(second))
+    if not common:
+        return note
+    ahead = first[common[-1]] >= second[common[-1]]  # the order at the last epoch both reached
+    leader, trailer = (ranked[1], ranked[0]) if ahead else (ranked[0], ranked[1])
+    other = [t + 1 for t in common[:-1] if (first[t] < second[t] if ahead else first[t] > second[t])]
+    if other:
+        note += f"; {leader.label} led {trailer.label} at {_spans(other)}"
+    return note
+
+
 def plot_curves(report: SweepReport):
     """Train and validation loss and accuracy per epoch: one line per configuration, a band of ±1 std over seeds.
 
@@ -223,6 +289,7 @@ def plot_curves(report: SweepReport):
     """
     plt = pyplot()
     shown, note = _shown(report)
+    style = styles(report)
     drawn = [c for c in shown if any(c.curve(m)[0] for m in CURVE_METRICS)]
     leading, which = leading_configurations(report, drawn)
     nrows = 2 if leading else 1
@@ -232,110 +299,50 @@ def plot_curves(report: SweepReport):
     )  # fmt: skip
     for j, metric in enumerate(CURVE_METRICS):
         for ax in axes[:, j]:
-            for i, config in enumerate(shown):
+            for config in shown:
                 steps, means, stds = config.curve(metric)
                 if not steps:
                     continue
-                style = _style(i) | {"linewidth": 1.8, "markersize": 5}
-                ax.plot(steps, means, label=f"{config.label} (n={len(config.finished)})", **style)
+                line = style[config.label] | {"linewidth": 1.8, "markersize": 5}
+                ax.plot(steps, means, label=f"{config.label} (n={len(config.finished)})", **line)
                 if len(config.finished) > 1:
                     lows = [m - s for m, s in zip(means, stds, strict=True)]
                     highs = [m + s for m, s in zip(means, stds, strict=True)]
-                    ax.fill_between(steps, lows, highs, color=style["color"], alpha=0.15)
+                    ax.fill_between(steps, lows, highs, color=line["color"], alpha=0.15)
             unit = "cross-entropy" if "loss" in metric else "fraction correct"
             ax.set_ylabel(f"{metric} ({unit})")
             ax.grid(alpha=0.3)
             _epoch_axis(ax)
-        axes[0][j].set_title(CURVE_METRICS[metric])
+        axes[0][j].set_title(curve_title(report, metric))
         if leading:
             limits = _zoom_limits(leading, metric)
             if limits is not None:  # within the whole panel's: a zoom never zooms out
                 whole = axes[0][j].get_ylim()
                 axes[1][j].set_ylim(max(limits[0], whole[0]), min(limits[1], whole[1]))
-            axes[1][j].set_title(f"{CURVE_METRICS[metric]}: zoom")
+            axes[1][j].set_title(f"{curve_title(report, metric)}: zoom")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small")
     title = "Sweep " + report.sweep_id if report.sweep_id else "Training curves"
     zoom = f"\nsecond row: the same lines, y-limits from {which}" if leading else ""
-    fig.suptitle(f"{title}: mean ± std over seeds{note}{zoom}")
+    ranking = ranking_note(report)
+    fig.suptitle(f"{title}: mean ± std over seeds{note}{zoom}" + (f"\n{ranking}" if ranking else ""))
     return fig
 
 
-def plot_heatmap(report: SweepReport):
-    """Mean final val_accuracy over a grid of two numeric swept keys, one panel per value of any other swept key.
-
-    Cells where a run diverged (its loss not finite or above `training.divergence_factor` x its start, or no
-    better than chance) are hatched and say how many of their runs did; cells with no finished run are grey. When
-    the columns are a learning rate, a red line marks, per row, the largest LR at which every run trained: with
-    rows = warm-up length, the warm-up phase diagram.
-    Returns None when the sweep is not such a grid.
-    """
-    axes_keys = grid_axes(report)
-    if axes_keys is None:
-        return None
-    row_key, col_key, facet_keys = axes_keys
-    facets = list(dict.fromkeys(tuple(c.values[k] for k in facet_keys) for c in report.configurations))
-    plt = pyplot()
-    from matplotlib.patches import Patch, Rectangle
-
-    row_values, col_values, _ = grid_cells(report, row_key, col_key, {})
-    width, height = 1.25 * len(col_values) + 3, 0.8 * len(row_values) + 2.2
-    fig, axes = plt.subplots(
-        1, len(facets), figsize=(width * len(facets) + 1, height), squeeze=False, layout="constrained"
-    )
-    is_lr = bool(LR_KEY.search(col_key))
-    # From chance (a uniform guess over the 10 classes) to the best cell, so that the trained cells differ.
-    finished_means = [c.stat(RANK_METRIC)[0] for c in report.configurations if c.finished]
-    top = max((m for m in finished_means if math.isfinite(m)), default=1.0)
-    low = min(0.1, top - 0.01)
-    for ax, facet_values in zip(axes[0], facets, strict=True):
-        facet = dict(zip(facet_keys, facet_values, strict=True))
-        _, _, grid = grid_cells(report, row_key, col_key, facet)
-        means = [[cell.mean if cell is not None else math.nan for cell in row] for row in grid]
-        image = ax.imshow(means, cmap="viridis", aspect="auto", vmin=low, vmax=top)
-        for i, row in enumerate(grid):
-            for j, cell in enumerate(row):
-                if cell is None:
-                    continue
-                if cell.finished == 0:  # no value to colour by
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.6"))
-                    text, colour = "-", "black"
-                else:
-                    red, green, blue, _ = image.cmap(image.norm(cell.mean))
-                    colour = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
-                    text = f"{cell.mean:.3f}"
-                if cell.diverged:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="red", lw=0))
-                    text += f"\n✗ {cell.diverged}/{cell.runs}"
-                if cell.failed:
-                    text += f"\nfailed {cell.failed}/{cell.runs}"
-                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize="small")
-        if is_lr:
-            boundary = [largest_training_column(row) for row in grid]
-            xs, ys = [], []
-            for i, j in enumerate(boundary):
-                x = (j if j is not None else -1) + 0.5
-                xs += [x, x]
-                ys += [i - 0.5, i + 0.5]
-            ax.plot(xs, ys, color="red", lw=2.5, label="largest LR at which every seed trains")
-        ax.set_xticks(range(len(col_values)), [short_number(v) for v in col_values])
-        ax.set_yticks(range(len(row_values)), [short_number(v) for v in row_values])
-        title = ", ".join(f"{short_key(k, report.swept)}={v}" for k, v in facet.items())
-        ax.set(xlabel=col_key, ylabel=row_key, title=title or None)
-    handles = [Patch(facecolor="white", edgecolor="red", hatch="///", label="diverged in ✗ k/n runs")]
-    if is_lr:
-        handles.append(axes[0][0].get_lines()[0])
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
-    fig.colorbar(image, ax=list(axes[0]), label=f"final {RANK_METRIC} (mean over seeds)")
-    fig.suptitle(
-        f"Final {RANK_METRIC} (mean over seeds, {report.validation})\ndiverged: loss blew up, or no better than chance"
-    )
-    return fig
+VERDICT_FILL = {
+    stats.BEST: "full",
+    stats.TIED: "full",
+    stats.NO_TEST: "full",
+    stats.WORSE_UNCORRECTED: "left",
+    stats.WORSE: "none",
+}
+FILL_NAMES = {"full": "filled", "left": "half-filled", "none": "hollow"}
 
 
 def plot_seeds(report: SweepReport):
-    """Each seed's final val_accuracy as a dot per configuration, the mean with its 95% CI, the verdict as colour.
+    """Each seed's final val_accuracy as a small marker per configuration, the mean (large) with its 95% CI: in the
+    configuration's colour and marker as in the other figures; the verdict under its name and as the markers' fill.
 
     Returns None when no configuration has a finished run.
     """
@@ -344,34 +351,41 @@ def plot_seeds(report: SweepReport):
         return None
     shown = configs[:SEEDS_SHOWN]  # the leading ones: a phase diagram has dozens
     plt = pyplot()
-    colours = {
-        stats.BEST: "tab:green",
-        stats.TIED: "tab:blue",
-        stats.WORSE_UNCORRECTED: "tab:orange",
-        stats.WORSE: "tab:red",
-    }
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 3), 4.8))
+    style = styles(report)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 3), 5.2))
+    names, fills = [], {}  # {fill: the verdicts shown by it}
     for x, config in enumerate(shown):
         samples = config.samples()
         verdict = report.comparisons[config.label].verdict if config.label in report.comparisons else stats.NO_TEST
-        colour = colours.get(verdict, "0.4")
+        fill = VERDICT_FILL.get(verdict, "full")
+        fills.setdefault(fill, {})[verdict] = None
+        names.append(f"{config.label}\n{verdict}")
+        marker = {"color": style[config.label]["color"], "marker": style[config.label]["marker"], "fillstyle": fill}
         values = list(samples.values())
         offsets = [0.08 * (k - (len(values) - 1) / 2) for k in range(len(values))]
-        ax.scatter([x + o for o in offsets], values, color=colour, alpha=0.6, s=22, zorder=3)
+        xs = [x + o for o in offsets]
+        ax.plot(xs, values, ls="", markersize=5, alpha=0.7, zorder=3, label=f"{config.label} (seeds)", **marker)
         mean = statistics.fmean(values)
         low, high = stats.mean_interval(values)
         if math.isnan(low):
-            ax.plot([x - 0.25, x + 0.25], [mean, mean], color=colour, lw=2)
+            ax.plot([x - 0.25, x + 0.25], [mean, mean], color=marker["color"], lw=2)
         else:
-            ax.errorbar(x + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="D", color=colour, capsize=4, zorder=4)
-    ax.set_xticks(range(len(shown)), [c.label for c in shown], rotation=30 if len(shown) > 3 else 0, ha="right")
+            ax.errorbar(
+                x + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="none", ecolor=marker["color"], capsize=4
+            )
+        ax.plot([x + 0.3], [mean], ls="", markersize=9, markeredgewidth=1.5, zorder=4, label=config.label, **marker)
+    turned = {"rotation": 30, "ha": "right", "rotation_mode": "anchor", "multialignment": "right"}
+    ax.set_xticks(range(len(shown)), names, **(turned if len(shown) > 3 else {"multialignment": "center"}))
     ax.set(ylabel=f"final {RANK_METRIC} ({report.validation})")
     ax.grid(axis="y", alpha=0.3)
     from matplotlib.lines import Line2D
 
-    legend = [Line2D([], [], marker="o", ls="", color="0.4", alpha=0.6, label="one seed")]
-    legend.append(Line2D([], [], marker="D", color="0.4", label="mean, 95% CI"))
-    legend += [Line2D([], [], marker="s", ls="", color=c, label=v) for v, c in colours.items()]
+    legend = [Line2D([], [], marker="o", ls="", color="0.4", markersize=5, label="one seed")]
+    legend.append(Line2D([], [], marker="o", ls="-", color="0.4", markersize=9, label="mean, 95% CI"))
+    for fill, name in FILL_NAMES.items():  # only the verdicts some configuration has
+        if fill in fills:
+            label = f"{name}: {', '.join(fills[fill])}"
+            legend.append(Line2D([], [], marker="o", ls="", color="0.4", markersize=9, fillstyle=fill, label=label))
     ax.legend(handles=legend, fontsize="small", loc="best")
     title = f"Sweep {report.sweep_id}: final {RANK_METRIC} per seed" if report.sweep_id else f"Final {RANK_METRIC}"
     ax.set_title(title + (f" (the best {len(shown)} of {len(configs)} configurations)" if shown != configs else ""))
@@ -379,25 +393,35 @@ def plot_seeds(report: SweepReport):
     return fig
 
 
+STOPPED_LEGEND = 6  # stopped configurations named in rungs.png's legend (the later ones drawn all the same)
+
+
 def plot_rungs(report: SweepReport):
-    """Successive halving: each configuration's mean validation curve up to where it stopped (grey, ending in a
-    cross), those that trained to the end in colour, and a dashed line at each rung.
+    """Successive halving: each configuration's mean validation curve, in its colour and marker as in the other
+    figures: a stopped one thin and dotted up to where it stopped, ending in a cross; those that trained to the end
+    full; a dashed grey line at each rung.
 
     Returns None when halving stopped nothing.
     """
     if not report.stopped:
         return None
     plt = pyplot()
+    style = styles(report)
     fig, ax = plt.subplots(figsize=(8.5, 5.0))
-    for config in report.stopped:
-        epochs, means, _ = config.curve(RANK_METRIC)
-        ax.plot(epochs, means, color="0.6", lw=1, marker="x", markevery=[len(epochs) - 1], zorder=2)
     finished, note = _shown(report)
-    for i, config in enumerate(c for c in finished if c.curve(RANK_METRIC)[0]):  # none: every seed failed
+    for config in (c for c in finished if c.curve(RANK_METRIC)[0]):  # none: every seed failed
         epochs, means, _ = config.curve(RANK_METRIC)
-        ax.plot(epochs, means, label=config.label, **_style(i))
+        ax.plot(epochs, means, label=config.label, **style[config.label])
+    for k, config in enumerate(report.stopped):
+        epochs, means, _ = config.curve(RANK_METRIC)
+        label = f"{config.label} (stopped after epoch {config.runs[0].stopped_epoch})"
+        ax.plot(
+            epochs, means, color=style[config.label]["color"], ls=":", lw=1.2, marker="x", markersize=8,
+            markeredgewidth=2, markevery=[len(epochs) - 1] if epochs else None, zorder=2,
+            label=label if k < STOPPED_LEGEND else f"_{label}",
+        )  # fmt: skip
     rungs = sorted({run.stopped_epoch for config in report.stopped for run in config.runs})
-    for rung in rungs:  # a run that trained E epochs was ranked after epoch E - 1 (0-based)
+    for rung in rungs:  # a run that trained E epochs was ranked after epoch E (1-based), at step E - 1
         ax.axvline(rung - 1, color="0.3", ls="--", lw=0.8, zorder=1)
     _epoch_axis(ax)
     ax.set_ylabel(f"{RANK_METRIC}, mean over seeds ({report.validation})")
@@ -405,10 +429,12 @@ def plot_rungs(report: SweepReport):
     from matplotlib.lines import Line2D
 
     handles, _ = ax.get_legend_handles_labels()
-    stopped = Line2D([], [], color="0.6", marker="x", label=f"stopped ({plural(len(report.stopped), 'configuration')})")
-    ax.legend(handles=[*handles, stopped], fontsize="small", loc="lower right")
+    stopped = f"dotted, x: stopped ({plural(len(report.stopped), 'configuration')}"
+    stopped += f", the first {STOPPED_LEGEND} named)" if len(report.stopped) > STOPPED_LEGEND else ")"
+    handles.append(Line2D([], [], color="0.4", ls=":", marker="x", markeredgewidth=2, label=stopped))
+    ax.legend(handles=handles, fontsize="small", loc="lower right")
     ranked = ", ".join(str(r) for r in rungs)
-    ax.set_title(f"Successive halving: ranked after epochs {ranked} (1-based){note}")
+    ax.set_title(f"Successive halving: ranked after epochs {ranked}{note}")
     fig.tight_layout()
     return fig
 

@@ -174,10 +174,11 @@ class SweepReport:
         others = [m for m in (*FINAL_METRICS, *self.test_metrics) if m != RANK_METRIC]
         header += [f"{m} (mean ± std)" for m in others] + ["n", "failed", "diverged", "reused"]
         body = []
+        tied = sum(c.verdict == stats.TIED for c in self.comparisons.values())
         for config, row in zip(self.configurations, self.rows(), strict=True):
             cells = [row["rank"], *([short_number(config.values[k]) for k in self.swept] or [config.label])]
             cells.append(_mean_std(row[f"{RANK_METRIC}_mean"], row[f"{RANK_METRIC}_std"]))
-            cells += _comparison_cells(self.comparisons.get(config.label))
+            cells += _comparison_cells(self.comparisons.get(config.label), tied)
             cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in others]
             body.append([*cells, row["n"], row["failed"], row["diverged"], row["reused"]])
         return header, body
@@ -228,11 +229,12 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _comparison_cells(comparison: stats.Comparison | None) -> list[str]:
+def _comparison_cells(comparison: stats.Comparison | None, tied: int = 0) -> list[str]:
+    """The vs-best interval, p and verdict cells; the best says how many are tied with it (a lead, not a win)."""
     if comparison is None:
         return ["-", "-", "no finished run"]
     if comparison.verdict == stats.BEST:
-        return ["-", "-", stats.BEST]
+        return ["-", "-", f"{stats.BEST} (tied with {tied})" if tied else stats.BEST]
     if not comparison.test:
         return [f"{comparison.difference:+.4f}", "-", f"{stats.NO_TEST} (n={comparison.n})"]
     interval = f"{comparison.difference:+.4f} [{comparison.low:+.4f}, {comparison.high:+.4f}]"
@@ -295,6 +297,12 @@ def build(sweep: tracking.SweepRuns) -> SweepReport:
             jobs[-1].overrides = overrides  # as this sweep's job asked for it
     for job in jobs:
         job.history = sweep.histories.get(job.run_id, {})
+    return from_jobs(sweep.sweep_id, jobs)
+
+
+def from_jobs(sweep_id: str | None, jobs: list[JobRun]) -> SweepReport:
+    """Groups runs by configuration, seed aside, ranks the finished ones and compares them to the best; the
+    configurations stopped early are listed apart."""
     swept = swept_keys(jobs)
     groups: dict[tuple[str | None, ...], list[JobRun]] = {}
     for job in jobs:
@@ -313,7 +321,7 @@ def build(sweep: tracking.SweepRuns) -> SweepReport:
     stopped.sort(key=lambda c: -c.runs[0].stopped_epoch)  # stable: the best first within a rung
     configurations = ranked
     comparisons = stats.compare_to_best({c.label: c.samples() for c in configurations})
-    return SweepReport(sweep.sweep_id, jobs, swept, configurations, comparisons, stopped)
+    return SweepReport(sweep_id, jobs, swept, configurations, comparisons, stopped)
 
 
 def _nan_to(value: float, default: float) -> float:
@@ -330,6 +338,9 @@ def _numeric(values: Iterable[str]) -> list[float] | None:
 LR_KEY = re.compile(r"(^|[._])(lr|learning_rate)$")
 
 
+CHANCE_ACCURACY = 0.1  # a uniform guess over the 10 classes, as CHANCE_LOSS = ln 10
+
+
 @dataclass
 class Cell:
     """One cell of a two-parameter grid: its configurations' runs pooled."""
@@ -339,10 +350,13 @@ class Cell:
     finished: int
     diverged: int  # finished no better than chance, or failed on a NaN/inf loss
     failed: int  # failed for another reason (a crash), or killed
+    lowest: float = math.nan  # the lowest final val_accuracy of its finished runs (nan: none, or one lacks it)
+    bar: float = CHANCE_ACCURACY  # the final val_accuracy every run must reach to train (`trains_bar`)
 
     @property
     def trains(self) -> bool:
-        return self.finished > 0 and self.diverged == 0 and self.finished == self.runs
+        """Every run finished, none diverged, and every one's final val_accuracy reached the bar."""
+        return 0 < self.finished == self.runs and self.diverged == 0 and self.lowest >= self.bar
 
 
 def grid_axes(report: SweepReport) -> tuple[str, str, list[str]] | None:
@@ -363,24 +377,53 @@ def grid_axes(report: SweepReport) -> tuple[str, str, list[str]] | None:
 def grid_cells(
     report: SweepReport, row_key: str, col_key: str, facet: dict[str, str]
 ) -> tuple[list[str], list[str], list[list[Cell | None]]]:
-    """Row values, column values (numerically sorted) and the cells of one facet (None: not in the sweep)."""
+    """Row values, column values (numerically sorted) and the cells of one facet (None: not in the sweep), each with
+    the report's `trains_bar`."""
 
     def ordered(key: str) -> list[str]:
         return sorted({c.values[key] for c in report.configurations}, key=lambda v: float(v))
 
     row_values, col_values = ordered(row_key), ordered(col_key)
+    bar = trains_bar(report)
     grid: list[list[Cell | None]] = [[None] * len(col_values) for _ in row_values]
     for config in report.configurations:
         if any(config.values[k] != v for k, v in facet.items()):
             continue
         mean, _, _ = config.stat(RANK_METRIC)
         failed = sum(r.status != "FINISHED" and not r.diverged for r in config.runs)
-        cell = Cell(mean, len(config.runs), len(config.finished), config.diverged, failed)
+        finals = [r.final.get(RANK_METRIC, math.nan) for r in config.finished]
+        lowest = math.nan if not finals or any(map(math.isnan, finals)) else min(finals)
+        cell = Cell(mean, len(config.runs), len(config.finished), config.diverged, failed, lowest, bar)
         grid[row_values.index(config.values[row_key])][col_values.index(config.values[col_key])] = cell
     return row_values, col_values, grid
 
 
 def largest_training_column(row: Sequence[Cell | None]) -> int | None:
-    """The index of the largest column value whose every run trained (finished, none diverged), or None."""
+    """The index of the largest column value whose cell trains (`Cell.trains`), or None."""
     trained = [j for j, cell in enumerate(row) if cell is not None and cell.trains]
     return max(trained) if trained else None
+
+
+def best_cell_mean(report: SweepReport) -> float:
+    """The best configuration's mean final val_accuracy (a cell is one configuration of the grid), nan without any."""
+    means = [c.stat(RANK_METRIC)[0] for c in report.configurations]
+    return max((m for m in means if math.isfinite(m)), default=math.nan)
+
+
+def trains_bar(report: SweepReport) -> float:
+    """The final val_accuracy each run of a cell must reach for the cell to train: halfway from chance
+    (CHANCE_ACCURACY) to the best cell's mean; chance when nothing finished."""
+    best = best_cell_mean(report)
+    return CHANCE_ACCURACY + max(best - CHANCE_ACCURACY, 0.0) / 2 if math.isfinite(best) else CHANCE_ACCURACY
+
+
+def boundary_definition(report: SweepReport) -> str:
+    """The heatmap's boundary in words, with the numbers a reader can check it by."""
+    best = best_cell_mean(report)
+    halfway = f"halfway from chance {CHANCE_ACCURACY:.2f} to the best cell's {best:.3f}"
+    if not math.isfinite(best):
+        halfway = "chance: no run finished"
+    return (
+        f"largest target LR at which every seed finished, none diverged and each reached final {RANK_METRIC} >= "
+        f"{trains_bar(report):.3f} ({halfway})"
+    )

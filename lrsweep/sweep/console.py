@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lrsweep import tracking
-from lrsweep.analysis import report
+from lrsweep.analysis import headline, report
 from lrsweep.sweep.outcome import Outcome
 
 
-def headline(built: report.SweepReport, outcome: Outcome, interrupted: str | None) -> str:
+def status_line(built: report.SweepReport, outcome: Outcome, interrupted: str | None) -> str:
     """`Sweep <id>: 8 runs in 4 configurations; ...`: the counts, the reused runs, an interrupt, what did not finish."""
     parts = [f"\nSweep {built.sweep_id}: {len(built.runs)} runs in {len(built.configurations)} configurations"]
     if outcome.reused:
@@ -24,12 +24,6 @@ def headline(built: report.SweepReport, outcome: Outcome, interrupted: str | Non
     return "; ".join(parts)
 
 
-def print_table(line: str, built: report.SweepReport) -> None:
-    """The headline and the table: what is printed even when the report's files could not be written."""
-    print(line)
-    print(built.table())
-
-
 def print_report(
     line: str,
     built: report.SweepReport,
@@ -39,14 +33,18 @@ def print_report(
     run_id: str,
     attached: bool = True,
 ) -> None:
-    """The headline, the table, the 10 verdicts closest to the best, the range test's suggestion, the files.
+    """The counts, the sweep's answer in words, the table, the 10 verdicts closest to the best, the range test's
+    suggestion, the files. A range test's answer is its suggestion: no table of runs that explode on purpose.
 
     `paths` empty: the report's files could not be written; `attached` False: the store could not take them.
     """
-    print_table(line, built)
-    print("\n".join(built.verdicts(limit=10)))
-    if suggestion:
-        print(f"\n{suggestion}")
+    print(line)
+    print("\n".join(headline.answer(built, suggestion)))
+    if not headline.range_test_only(built):
+        print(f"\n{built.table()}")
+        print("\n".join(built.verdicts(limit=10)))
+        if suggestion:
+            print(f"\n{suggestion}")
     where = f"{out_dir} ({', '.join(p.name for p in paths)})" if paths else f"not written to {out_dir}"
     mlflow = f"MLflow parent run {run_id}" if attached or not paths else f"not attached to MLflow parent run {run_id}"
     print(f"Report: {where}; {mlflow}")

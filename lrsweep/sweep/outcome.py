@@ -34,7 +34,8 @@ def summary(built: report.SweepReport, failed_jobs: int = 0) -> tuple[dict[str, 
 
     Params, each under `sweep.`: each swept key with the values swept, comma-joined in job order, named as the jobs'
     runs carry it (`sweep.choice.strategy` for `+strategy=...`, `sweep.schedule.initial_lr`); the seeds as
-    `sweep.training.seed` (`0,1,2`); `sweep.best_configuration`, the best configuration's label. Metrics (`sweep/...`): `runs`, `configurations`, `failed` (runs that did not finish, and jobs that
+    `sweep.training.seed` (`0,1,2`); `sweep.best_configuration`, the best configuration's label. Metrics
+    (`sweep/...`): `runs`, `configurations`, `failed` (runs that did not finish, and jobs that
     failed before opening one), `diverged`, `reused`, and the best configuration's `best_val_accuracy_mean`,
     `_std` (2+ seeds) and `best_n`.
     """

@@ -111,7 +111,7 @@ class Sweep:
                 + listed([f"{r.info.run_name} ({r.info.status})" for r in loaded.superseded], ", ")
             )
         outcome = judge(built, parent.data.tags, settled, self.expected_jobs, interrupts.requested())
-        line = console.headline(built, outcome, interrupts.requested())
+        line = console.status_line(built, outcome, interrupts.requested())
         failures = console.Failures(self.client.tracking_uri)
         for run_id, error in settled.store_errors.items():
             if not failures.add(error):

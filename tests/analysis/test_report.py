@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lrsweep import tracking
-from lrsweep.analysis import figures, report
+from lrsweep.analysis import figures, heatmap, report
 from tests.conftest import ROOT, TINY, train
 
 
@@ -91,14 +91,14 @@ def test_figures_have_one_line_per_configuration_and_a_four_cell_heatmap(grid_sw
     for ax in curves.axes:
         assert len(ax.get_lines()) == 4 and len(ax.collections) == 4  # a band across the 2 seeds per line
 
-    heatmap = figures.plot_heatmap(built)
-    (ax, _colorbar) = heatmap.axes
+    figure = heatmap.plot_heatmap(built)
+    (ax, _colorbar) = figure.axes
     assert ax.images[0].get_array().shape == (2, 2)
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 4
     expected = {f"{c.stat('val_accuracy')[0]:.3f}" for c in built.configurations}
     assert set(cells) == expected
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("schedule.final_lr", "schedule.initial_lr")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("target LR (schedule.final_lr)", "schedule.initial_lr")
 
 
 def test_report_rebuilds_from_mlflow_alone(grid_sweep, tmp_path):

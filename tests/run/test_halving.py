@@ -133,8 +133,10 @@ def test_the_rung_figure_draws_every_configuration_to_where_it_stopped(halving_s
     assert [c.runs[0].stopped_epoch for c in built.stopped] == [2, 1, 1]  # most epochs first
     figure = figures.plot_rungs(built)
     lines = figure.axes[0].get_lines()
-    grey = [line for line in lines if line.get_color() == "0.6" and len(line.get_xdata())]
-    assert sorted(len(line.get_xdata()) for line in grey) == [1, 1, 2]  # each stopped curve ends at its rung
+    stopped = [line for line in lines if line.get_linestyle() == ":" and line.get_marker() == "x"]
+    assert sorted(len(line.get_xdata()) for line in stopped) == [1, 1, 2]  # each stopped curve ends at its rung
+    style = figures.styles(built)  # in its own colour, as in the other figures
+    assert [line.get_color() for line in stopped] == [style[c.label]["color"] for c in built.stopped]
     coloured = [line for line in lines if line.get_label() == built.configurations[0].label]
     assert len(coloured) == 1 and list(coloured[0].get_xdata()) == [0, 1, 2, 3, 4]
     dashed = [line for line in lines if line.get_linestyle() == "--"]

@@ -229,6 +229,12 @@ def test_three_seeds_pack_into_one_model_with_the_solo_runs_losses(tmp_path):
     # The sweep's report ends with the suggestion over the 3 seeds and holds its files.
     assert "LR range test:" in result.stdout and "adam: steepest " in result.stdout and "over 3 seeds" in result.stdout
     assert {"lr_range.png", "lr_range.csv"} <= {p.name for p in (packed / "multirun" / "report").iterdir()}
+    # The suggestion is the answer, right after the counts: no ranking of runs that explode on purpose.
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Sweep multirun: 3 runs"))
+    assert lines[start + 1].startswith("LR range test: 3 runs, 1 configuration.")
+    assert not any(line.startswith("rank ") for line in lines)
+    assert "| rank |" not in (packed / "multirun" / "report" / "summary.md").read_text()
     train(solo, "+experiment=lr_range", *SMALL, "training.seed=0,1,2", "hydra/launcher=basic")
     packed_client, packed_experiment = store(packed)
     solo_client, solo_experiment = store(solo)

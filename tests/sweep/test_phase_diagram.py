@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from lrsweep import tracking
-from lrsweep.analysis import figures, report
+from lrsweep.analysis import heatmap, report
 from tests.conftest import TINY, train
 
 
@@ -52,7 +52,7 @@ def test_the_diagram_marks_diverged_cells_and_the_boundary(phase_sweep):
     assert col_values == ["0.003", "10.0", "100.0"]
     assert [[cell.diverged for cell in row] for row in grid] == [[0, 2, 2], [0, 2, 2]]
     assert [report.largest_training_column(row) for row in grid] == [0, 0]
-    figure = figures.plot_heatmap(built)
+    figure = heatmap.plot_heatmap(built)
     ax = figure.axes[0]
     texts = [t.get_text() for t in ax.texts]
     assert sum("✗ 2/2" in t for t in texts) == 4 and len(texts) == 6
