@@ -28,7 +28,7 @@ def pyplot():
     return plt
 
 
-def _epoch_axis(ax) -> None:
+def epoch_axis(ax) -> None:
     """Epochs counted from 1 (the data stay at MLflow's step = the 0-based epoch; the labels add 1)."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -134,7 +134,7 @@ def styles(report: SweepReport) -> dict[str, dict]:
     return {c.label: _style(i) for i, c in enumerate([*report.configurations, *report.stopped])}
 
 
-def _shown(report: SweepReport) -> tuple[list[Configuration], str]:
+def shown_configurations(report: SweepReport) -> tuple[list[Configuration], str]:
     """The configurations a line figure draws (the best LINES_SHOWN) and what the title says when not all."""
     shown = report.configurations[:LINES_SHOWN]
     total = len(report.configurations)
@@ -146,7 +146,7 @@ def plot_lr(report: SweepReport):
     effective per-parameter step size (definitions differ: Adam's is a step per unit of m, the others' per unit of
     gradient) and the share of parameters left out of its quantiles."""
     plt = pyplot()
-    shown, note = _shown(report)
+    shown, note = shown_configurations(report)
     style = styles(report)
     families: dict[str, list[Configuration]] = {}
     for config in shown:
@@ -167,7 +167,7 @@ def plot_lr(report: SweepReport):
             seen += lrs
     _log_if_spans_decades(ax, seen)
     ax.set(title="Learning rate set by the schedule" + note, ylabel="learning rate")
-    _epoch_axis(ax)
+    epoch_axis(ax)
     if seen:  # no run logged an LR (none got far, e.g. a full disk): an empty panel, without matplotlib's warning
         ax.legend(fontsize="small")
     for ax, (name, members) in zip(axes.flat[1:], families.items(), strict=False):
@@ -197,7 +197,7 @@ def plot_lr(report: SweepReport):
         ax.set_ylabel(f"{name} effective LR")
         if not many:
             ax.legend(fontsize="small")
-        _epoch_axis(ax)
+        epoch_axis(ax)
     for ax in axes.flat[panels:]:
         fig.delaxes(ax)
     fig.suptitle(f"Sweep {report.sweep_id}" if report.sweep_id else "Learning rates")
@@ -288,7 +288,7 @@ def plot_curves(report: SweepReport):
     whatever the range of the worst.
     """
     plt = pyplot()
-    shown, note = _shown(report)
+    shown, note = shown_configurations(report)
     style = styles(report)
     drawn = [c for c in shown if any(c.curve(m)[0] for m in CURVE_METRICS)]
     leading, which = leading_configurations(report, drawn)
@@ -312,7 +312,7 @@ def plot_curves(report: SweepReport):
             unit = "cross-entropy" if "loss" in metric else "fraction correct"
             ax.set_ylabel(f"{metric} ({unit})")
             ax.grid(alpha=0.3)
-            _epoch_axis(ax)
+            epoch_axis(ax)
         axes[0][j].set_title(curve_title(report, metric))
         if leading:
             limits = _zoom_limits(leading, metric)
@@ -389,52 +389,6 @@ def plot_seeds(report: SweepReport):
     ax.legend(handles=legend, fontsize="small", loc="best")
     title = f"Sweep {report.sweep_id}: final {RANK_METRIC} per seed" if report.sweep_id else f"Final {RANK_METRIC}"
     ax.set_title(title + (f" (the best {len(shown)} of {len(configs)} configurations)" if shown != configs else ""))
-    fig.tight_layout()
-    return fig
-
-
-STOPPED_LEGEND = 6  # stopped configurations named in rungs.png's legend (the later ones drawn all the same)
-
-
-def plot_rungs(report: SweepReport):
-    """Successive halving: each configuration's mean validation curve, in its colour and marker as in the other
-    figures: a stopped one thin and dotted up to where it stopped, ending in a cross; those that trained to the end
-    full; a dashed grey line at each rung.
-
-    Returns None when halving stopped nothing.
-    """
-    if not report.stopped:
-        return None
-    plt = pyplot()
-    style = styles(report)
-    fig, ax = plt.subplots(figsize=(8.5, 5.0))
-    finished, note = _shown(report)
-    for config in (c for c in finished if c.curve(RANK_METRIC)[0]):  # none: every seed failed
-        epochs, means, _ = config.curve(RANK_METRIC)
-        ax.plot(epochs, means, label=config.label, **style[config.label])
-    for k, config in enumerate(report.stopped):
-        epochs, means, _ = config.curve(RANK_METRIC)
-        label = f"{config.label} (stopped after epoch {config.runs[0].stopped_epoch})"
-        ax.plot(
-            epochs, means, color=style[config.label]["color"], ls=":", lw=1.2, marker="x", markersize=8,
-            markeredgewidth=2, markevery=[len(epochs) - 1] if epochs else None, zorder=2,
-            label=label if k < STOPPED_LEGEND else f"_{label}",
-        )  # fmt: skip
-    rungs = sorted({run.stopped_epoch for config in report.stopped for run in config.runs})
-    for rung in rungs:  # a run that trained E epochs was ranked after epoch E (1-based), at step E - 1
-        ax.axvline(rung - 1, color="0.3", ls="--", lw=0.8, zorder=1)
-    _epoch_axis(ax)
-    ax.set_ylabel(f"{RANK_METRIC}, mean over seeds ({report.validation})")
-    ax.grid(alpha=0.3)
-    from matplotlib.lines import Line2D
-
-    handles, _ = ax.get_legend_handles_labels()
-    stopped = f"dotted, x: stopped ({plural(len(report.stopped), 'configuration')}"
-    stopped += f", the first {STOPPED_LEGEND} named)" if len(report.stopped) > STOPPED_LEGEND else ")"
-    handles.append(Line2D([], [], color="0.4", ls=":", marker="x", markeredgewidth=2, label=stopped))
-    ax.legend(handles=handles, fontsize="small", loc="lower right")
-    ranked = ", ".join(str(r) for r in rungs)
-    ax.set_title(f"Successive halving: ranked after epochs {ranked}{note}")
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 
 from lrsweep.analysis import figures as draw
-from lrsweep.analysis import headline, heatmap
+from lrsweep.analysis import headline, heatmap, rungs
 from lrsweep.analysis.report import FINAL_METRICS, RANK_METRIC, SEED_KEY, SweepReport, plural
 from lrsweep.core import stats
 
@@ -46,7 +46,7 @@ def write(report: SweepReport, out_dir: Path) -> list[Path]:
         ("curves", draw.plot_curves(report)),
         ("seeds", draw.plot_seeds(report)),
         ("heatmap", heatmap.plot_heatmap(report)),
-        ("rungs", draw.plot_rungs(report)),
+        ("rungs", rungs.plot_rungs(report)),
     )
     for name, figure in figures:
         if figure is not None:

@@ -12,16 +12,13 @@ import re
 from collections.abc import Sequence
 
 from lrsweep import tracking
+from lrsweep.analysis.grid import boundary_definition, grid_axes, grid_cells, largest_training_column
 from lrsweep.analysis.range_test import is_range_test_run
 from lrsweep.analysis.report import (
     RANK_METRIC,
     SEED_KEY,
     Configuration,
     SweepReport,
-    boundary_definition,
-    grid_axes,
-    grid_cells,
-    largest_training_column,
     plural,
     short_key,
     short_number,

@@ -7,15 +7,17 @@ import math
 import textwrap
 
 from lrsweep.analysis.figures import optimizer_name, pyplot
-from lrsweep.analysis.report import (
+from lrsweep.analysis.grid import (
     CHANCE_ACCURACY,
     LR_KEY,
-    RANK_METRIC,
-    SweepReport,
     boundary_definition,
     grid_axes,
     grid_cells,
     largest_training_column,
+)
+from lrsweep.analysis.report import (
+    RANK_METRIC,
+    SweepReport,
     plural,
     short_key,
     short_number,

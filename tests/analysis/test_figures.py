@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from lrsweep import tracking
-from lrsweep.analysis import figures, heatmap, report
+from lrsweep.analysis import figures, heatmap, report, rungs
+from lrsweep.analysis import grid as sweep_grid
 from lrsweep.core import stats
 from lrsweep.ml.data import VALIDATION_IS_TEST
 
@@ -83,15 +84,15 @@ def test_a_configuration_has_one_colour_and_marker_in_every_figure(tutorial):
     # Successive halving: the stopped configurations keep their colour, dotted and ending in a cross.
     halved = _halved(tutorial)
     assert figures.styles(halved) == style  # ranked, then stopped: the same order as here
-    rungs = figures.plot_rungs(halved)
-    lines = {line.get_label(): line for line in rungs.axes[0].get_lines()}
+    drawn = rungs.plot_rungs(halved)
+    lines = {line.get_label(): line for line in drawn.axes[0].get_lines()}
     for config in halved.configurations:
         assert (lines[config.label].get_color(), lines[config.label].get_marker()) == expected[config.label]
     for config in halved.stopped:
         line = lines[f"{config.label} (stopped after epoch 1)"]
         assert line.get_color() == expected[config.label][0] and line.get_linestyle() == ":"
         assert line.get_marker() == "x" and len(line.get_xdata()) == 1
-    legend = [t.get_text() for t in rungs.axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in drawn.axes[0].get_legend().get_texts()]
     assert legend[-1] == "dotted, x: stopped (2 configurations)"
 
 
@@ -203,20 +204,20 @@ def _phase_report() -> report.SweepReport:
 
 def test_a_cell_trains_only_when_every_seed_reaches_halfway_from_chance_to_the_best():
     built = _phase_report()
-    assert report.trains_bar(built) == pytest.approx(0.475)  # (0.10 + 0.85) / 2
-    assert report.boundary_definition(built) == (
+    assert sweep_grid.trains_bar(built) == pytest.approx(0.475)  # (0.10 + 0.85) / 2
+    assert sweep_grid.boundary_definition(built) == (
         "largest target LR at which every seed finished, none diverged and each reached final val_accuracy >= 0.475 "
         "(halfway from chance 0.10 to the best cell's 0.850)"
     )
-    rows, cols, facets = report.grid_axes(built)
+    rows, cols, facets = sweep_grid.grid_axes(built)
     assert (rows, cols, facets) == ("schedule.warmup.length", "optimizer.learning_rate", [])
-    _, col_values, grid = report.grid_cells(built, rows, cols, {})
+    _, col_values, grid = sweep_grid.grid_cells(built, rows, cols, {})
     assert col_values == ["0.001", "0.01", "0.1"]
     low = grid[0][1]  # at 0.30, nothing diverged: not training all the same
     assert (low.diverged, low.finished, low.lowest, low.trains) == (0, 2, 0.30, False)
     assert grid[1][2].lowest == 0.20 and not grid[1][2].trains  # one seed short of the bar
     assert [[cell.trains for cell in row] for row in grid] == [[True, False, False], [True, True, False]]
-    assert [report.largest_training_column(row) for row in grid] == [0, 1]
+    assert [sweep_grid.largest_training_column(row) for row in grid] == [0, 1]
     figure = heatmap.plot_heatmap(built)
     ax = figure.axes[0]
     assert ax.get_xlabel() == "target LR (optimizer.learning_rate)"
@@ -226,7 +227,7 @@ def test_a_cell_trains_only_when_every_seed_reaches_halfway_from_chance_to_the_b
     assert list(boundary.get_xdata()) == [0.5, 0.5, 1.5, 1.5]  # after 0.001 without warm-up, after 0.01 with
     (legend,) = figure.legends
     texts = [t.get_text().replace("\n", " ") for t in legend.get_texts()]
-    assert texts[-1] == f"red line: {report.boundary_definition(built)}"
+    assert texts[-1] == f"red line: {sweep_grid.boundary_definition(built)}"
     cells = [t.get_text() for t in ax.texts]
     assert "0.300\nseed 0.300 < bar" in cells and "0.350\nseed 0.200 < bar" in cells
 
@@ -240,11 +241,11 @@ def test_the_grid_heatmap_names_its_axes_optimizer_epochs_and_boundary(grid):
         f"final val_accuracy, mean over seeds ({grid.validation})",
     ]
     best = max(c.stat("val_accuracy")[0] for c in grid.configurations)
-    assert report.trains_bar(grid) == pytest.approx(0.1 + (best - 0.1) / 2)
+    assert sweep_grid.trains_bar(grid) == pytest.approx(0.1 + (best - 0.1) / 2)
     (legend,) = figure.legends
     texts = [t.get_text().replace("\n", " ") for t in legend.get_texts()]
-    assert texts[-1] == f"red line: {report.boundary_definition(grid)}" and f"{best:.3f})" in texts[-1]
-    row_values, col_values, cells = report.grid_cells(grid, "schedule.initial_lr", "schedule.final_lr", {})
+    assert texts[-1] == f"red line: {sweep_grid.boundary_definition(grid)}" and f"{best:.3f})" in texts[-1]
+    row_values, col_values, cells = sweep_grid.grid_cells(grid, "schedule.initial_lr", "schedule.final_lr", {})
     for config in grid.configurations:
         row, column = (
             row_values.index(config.values["schedule.initial_lr"]),
@@ -252,4 +253,4 @@ def test_the_grid_heatmap_names_its_axes_optimizer_epochs_and_boundary(grid):
         )
         lowest = min(r.final["val_accuracy"] for r in config.runs)
         assert cells[row][column].lowest == lowest
-        assert cells[row][column].trains == (lowest >= report.trains_bar(grid))
+        assert cells[row][column].trains == (lowest >= sweep_grid.trains_bar(grid))

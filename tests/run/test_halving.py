@@ -124,14 +124,14 @@ def test_a_stopped_run_is_never_reused_as_a_result_and_the_report_lists_it_apart
 
 def test_the_rung_figure_draws_every_configuration_to_where_it_stopped(halving_sweep):
     from lrsweep import tracking as t
-    from lrsweep.analysis import figures, report
+    from lrsweep.analysis import figures, report, rungs
 
     tmp_path, _ = halving_sweep
     client, experiment_id = store(tmp_path)
     built = report.build(t.load_sweep(client, experiment_id, t.latest_sweep_id(client, experiment_id)))
     assert [len(c.runs) for c in built.stopped] == [2, 2, 2] and len(built.configurations) == 1
     assert [c.runs[0].stopped_epoch for c in built.stopped] == [2, 1, 1]  # most epochs first
-    figure = figures.plot_rungs(built)
+    figure = rungs.plot_rungs(built)
     lines = figure.axes[0].get_lines()
     stopped = [line for line in lines if line.get_linestyle() == ":" and line.get_marker() == "x"]
     assert sorted(len(line.get_xdata()) for line in stopped) == [1, 1, 2]  # each stopped curve ends at its rung

@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from lrsweep import tracking
+from lrsweep.analysis import grid as sweep_grid
 from lrsweep.analysis import heatmap, report
 from tests.conftest import TINY, train
 
@@ -46,12 +47,12 @@ def test_large_learning_rates_diverge_and_small_ones_train(phase_sweep):
 
 def test_the_diagram_marks_diverged_cells_and_the_boundary(phase_sweep):
     tmp_path, _, built = phase_sweep
-    rows, cols, facets = report.grid_axes(built)
+    rows, cols, facets = sweep_grid.grid_axes(built)
     assert (rows, cols, facets) == ("schedule.warmup.length", "optimizer.learning_rate", [])  # LR on the x axis
-    _, col_values, grid = report.grid_cells(built, rows, cols, {})
+    _, col_values, grid = sweep_grid.grid_cells(built, rows, cols, {})
     assert col_values == ["0.003", "10.0", "100.0"]
     assert [[cell.diverged for cell in row] for row in grid] == [[0, 2, 2], [0, 2, 2]]
-    assert [report.largest_training_column(row) for row in grid] == [0, 0]
+    assert [sweep_grid.largest_training_column(row) for row in grid] == [0, 0]
     figure = heatmap.plot_heatmap(built)
     ax = figure.axes[0]
     texts = [t.get_text() for t in ax.texts]
