@@ -243,7 +243,8 @@ def phase_diagram(report: SweepReport, row_key: str, col_key: str, facet_keys: S
         runs = [run for c in report.configurations if all(c.values[k] == v for k, v in facet.items()) for run in c.runs]
         optimizers = sorted({run.tags.get(tracking.TAG_OPTIMIZER, "").rsplit(".", 1)[-1] for run in runs} - {""})
         epochs = sorted({run.params["training.epochs"] for run in runs if "training.epochs" in run.params}, key=int)
-        where = f" ({', '.join([*panel, *optimizers, *(f'{e} epochs' for e in epochs)])})" if panel or runs else ""
+        seeds = plural(len({run.seed for run in runs}), "seed")
+        where = f" ({', '.join([*panel, *optimizers, *(f'{e} epochs' for e in epochs), seeds])})"
         none = next((row for row in rows if float(row) == 0), None)
         known = {row: j for row, j in bounds.items() if j is not None}
         if not known:

@@ -124,7 +124,7 @@ def test_a_phase_diagram_says_where_the_boundary_sits_and_how_far_warmup_moves_i
             jobs += runs_of(overrides, params, ADAM, accuracies, loss=0.5 if trains else 2.5)
     lines = headline.answer(report.from_jobs("p", jobs))
     assert lines[0] == (
-        "Phase diagram (Adam, 3 epochs): the largest target LR that trains is 0.03 without warm-up; warm-up "
+        "Phase diagram (Adam, 3 epochs, 2 seeds): the largest target LR that trains is 0.03 without warm-up; warm-up "
         "(length=1) moves it up by 1 grid step, to 0.1."
     )
     assert lines[1].startswith("Boundary: ")
