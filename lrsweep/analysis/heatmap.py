@@ -49,15 +49,16 @@ def grid_label(report: SweepReport, key: str, column: bool = False) -> str:
 
 
 def heatmap_title(report: SweepReport, row_key: str, col_key: str) -> str:
-    """What the heatmap shows, on two lines: a phase diagram when target LR x warm-up length, the optimizer(s) and
-    the epochs the runs trained; then the metric and the set it was measured on."""
+    """What the heatmap shows, on two lines: a phase diagram when target LR x warm-up length, the model, the
+    optimizer(s) and the epochs the runs trained; then the metric and the set it was measured on."""
     phase = LR_KEY.search(col_key) and ("warmup" in row_key)
     optimizers = " / ".join(dict.fromkeys(sorted(filter(None, map(optimizer_name, report.runs)))))
     epochs = recorded(report, "training.epochs")
     trained = plural(int(epochs[0]), "epoch") if len(epochs) == 1 else f"{' / '.join(epochs) or '?'} epochs"
     head = "Warm-up phase diagram" if phase else "Grid"
+    model = " / ".join(recorded(report, "choice.model"))  # the model option (`model=cnn`), when the runs name one
     return (
-        f"{head}: {optimizers or 'optimizer not recorded'}, {trained}\n"
+        f"{head}: {f'{model}, ' if model else ''}{optimizers or 'optimizer not recorded'}, {trained}\n"
         f"final {RANK_METRIC}, mean over seeds ({report.validation})"
     )
 

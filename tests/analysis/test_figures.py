@@ -194,7 +194,8 @@ def _phase_report() -> report.SweepReport:
     configs = []
     for (length, lr), accuracies in finals.items():
         values = {"optimizer.learning_rate": lr, "schedule.warmup.length": length}
-        params = {"choice.optimizer": "adam", "training.epochs": "3", "schedule.warmup.length_unit": "epoch"}
+        params = {"choice.optimizer": "adam", "choice.model": "cnn", "training.epochs": "3",
+                  "schedule.warmup.length_unit": "epoch"}  # fmt: skip
         runs = []
         for seed, accuracy in enumerate(accuracies):
             name = f"lr{lr}-w{length}-s{seed}"
@@ -224,7 +225,7 @@ def test_a_cell_trains_only_when_every_seed_reaches_halfway_from_chance_to_the_b
     ax = figure.axes[0]
     assert ax.get_xlabel() == "target LR (optimizer.learning_rate)"
     assert ax.get_ylabel() == "warm-up length (epochs)\nschedule.warmup.length"
-    assert figure.get_suptitle().startswith("Warm-up phase diagram: Adam, 3 epochs\nfinal val_accuracy, mean over ")
+    assert figure.get_suptitle().startswith("Warm-up phase diagram: cnn, Adam, 3 epochs\nfinal val_accuracy, mean")
     (boundary,) = [line for line in ax.get_lines() if line.get_color() == "red"]
     assert list(boundary.get_xdata()) == [0.5, 0.5, 1.5, 1.5]  # after 0.001 without warm-up, after 0.01 with
     (legend,) = figure.legends
@@ -239,7 +240,7 @@ def test_the_grid_heatmap_names_its_axes_optimizer_epochs_and_boundary(grid):
     ax = figure.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("target LR (schedule.final_lr)", "schedule.initial_lr")
     assert figure.get_suptitle().splitlines()[:2] == [
-        "Grid: Adam, 5 epochs",
+        "Grid: mlp, Adam, 5 epochs",
         f"final val_accuracy, mean over seeds ({grid.validation})",
     ]
     best = max(c.stat("val_accuracy")[0] for c in grid.configurations)
