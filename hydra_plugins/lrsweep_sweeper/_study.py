@@ -274,6 +274,37 @@ def tell(
     return failed
 
 
+SAME_AS = "lrsweep.same_as_trial"  # user attribute of a trial that repeated an earlier one of its batch
+
+
+def repeats(trials: Sequence[Trial]) -> tuple[list[Trial], dict[Trial, Trial]]:
+    """(the trials of a batch to run, {a trial that repeats one of them: that one}): a sampler may propose the same
+    values twice in one batch (a categorical or stepped space, or TPE's few candidates), which would train the same
+    configuration twice at once. The repeat is told its twin's outcome instead (`tell_repeats`)."""
+    first: dict[tuple, Trial] = {}
+    run, same = [], {}
+    for trial in trials:
+        key = tuple(sorted(trial.params.items()))
+        if key in first:
+            same[trial] = first[key]
+        else:
+            first[key] = trial
+            run.append(trial)
+    return run, same
+
+
+def tell_repeats(study: optuna.Study, same: Mapping[Trial, Trial]) -> None:
+    """Tells each repeated trial what its twin was told (value, PRUNED or FAIL), with user attribute `SAME_AS`."""
+    held = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for trial, twin in same.items():
+        told = held[twin.number]
+        trial.set_user_attr(SAME_AS, twin.number)
+        if told.state == TrialState.COMPLETE:
+            study.tell(trial, told.value)
+        else:
+            study.tell(trial, state=told.state if told.state == TrialState.PRUNED else TrialState.FAIL)
+
+
 def outcome(job_return: JobReturn) -> tuple[float | None, str | None]:
     """(the job's value, None), or (None, why there is none): its error, or a return value that is no number."""
     from lrsweep.sweep.hydra_adapter import job_error

@@ -107,19 +107,21 @@ class OptunaSweeper(Sweeper):
         job_idx = 0
         while to_go > 0:
             trials = [study.ask(space.distributions) for _ in range(min(settings.n_jobs, to_go))]
+            launched, same = search.repeats(trials)  # the same values twice in a batch: trained once
             overrides = [
-                space.overrides(trial, study.study_name, sweep_dir, job_idx + k) for k, trial in enumerate(trials)
+                space.overrides(trial, study.study_name, sweep_dir, job_idx + k) for k, trial in enumerate(launched)
             ]
-            with search.judged(study, trials, settings.pruner is not None) as registered:
+            with search.judged(study, launched, settings.pruner is not None) as registered:
                 with search.failed_if_raised(study, trials):
                     returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
-                failed = search.tell(study, trials, returns, registered)
+                failed = search.tell(study, launched, returns, registered)
+            search.tell_repeats(study, same)
             job_idx += len(returns)
             to_go -= len(trials)
-            if failed / len(trials) > settings.max_failure_rate:
+            if failed / len(launched) > settings.max_failure_rate:
                 search.write_results(study, sweep_dir)
                 raise SystemExit(
-                    f"lrsweep: {failed} of {len(trials)} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"lrsweep: {failed} of {len(launched)} trials failed, more than hydra.sweeper.max_failure_rate="
                     f"{settings.max_failure_rate}: the search stopped (raise it to go on past failed trials)."
                 )
         search.write_results(study, sweep_dir)

@@ -232,7 +232,11 @@ def test_a_pruner_stops_the_trials_behind_inside_their_packs(tmp_path):
     runs = {int(r.data.tags[tracking.TAG_OPTUNA_TRIAL]): r for r in job_runs(client, experiment_id).values()}
     study = optuna.load_study(study_name="warmup_grid_search", storage=default_storage(str(tmp_path / "mlruns")))
     states = {trial.number: trial.state for trial in study.trials}
-    assert sorted(runs) == sorted(states) == list(range(6))
+    twins = {
+        t.number: t.user_attrs["lrsweep.same_as_trial"] for t in study.trials if "lrsweep.same_as_trial" in t.user_attrs
+    }
+    assert sorted(states) == list(range(6)) and sorted(runs) == sorted(set(states) - set(twins))  # repeats: no run
+    assert all(states[number] == states[twin] for number, twin in twins.items())
     for number, run in runs.items():
         history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)
         assert run.info.status == "FINISHED"
@@ -247,6 +251,29 @@ def test_a_pruner_stops_the_trials_behind_inside_their_packs(tmp_path):
             assert tracking.TAG_OPTUNA_PRUNED not in run.data.tags and "test_accuracy" in run.data.metrics
     packs: dict[str, set] = {}
     for number, run in runs.items():
-        packs.setdefault(run.data.tags[tracking.TAG_PACK], set()).add(states[number])
-    # With seed 0: a pack whose trials were both pruned (it stopped after epoch 1), and one with one of each.
+        packs.setdefault(run.data.tags.get(tracking.TAG_PACK, f"alone {number}"), set()).add(states[number])
+    # With seed 0: a pack whose trials were both pruned (it stopped after epoch 1), and one with one of each (a batch
+    # whose two proposals were the same trained one run, alone).
     assert {TrialState.PRUNED} in packs.values() and {TrialState.PRUNED, TrialState.COMPLETE} in packs.values()
+
+
+def test_a_batch_that_proposes_the_same_values_twice_trains_them_once(tmp_path):
+    # 3 trials in one batch over 2 values: at least one proposal repeats another. It is not trained again: it is
+    # told its twin's value, and says whose.
+    train(
+        tmp_path, *SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3", "schedule.peak_lr=choice(0.01, 0.02)",
+        "schedule.warmup.initial_lr=choice(0.001)", "schedule.warmup.length=choice(0.5)",
+    )  # fmt: skip
+    held = study(tmp_path).trials
+    assert [t.state for t in held] == [TrialState.COMPLETE] * 3
+    twins = {t.number: t.user_attrs["lrsweep.same_as_trial"] for t in held if "lrsweep.same_as_trial" in t.user_attrs}
+    launched = [t for t in held if t.number not in twins]
+    assert len(launched) == len({t.params["schedule.peak_lr"] for t in held}) and twins  # one per distinct value
+    for number, twin in twins.items():
+        assert held[number].params == held[twin].params and held[number].value == held[twin].value
+    client, experiment_id = store(tmp_path)
+    runs = list(job_runs(client, experiment_id).values())
+    assert trial_tags(runs) == [t.number for t in launched]  # one run per distinct proposal
+    for run in runs:
+        trial = held[int(run.data.tags[tracking.TAG_OPTUNA_TRIAL])]
+        assert math.isclose(trial.value, run.data.metrics["val_accuracy"], rel_tol=1e-6)
