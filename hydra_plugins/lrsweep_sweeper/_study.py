@@ -295,6 +295,8 @@ def repeats(trials: Sequence[Trial]) -> tuple[list[Trial], dict[Trial, Trial]]:
 
 def tell_repeats(study: optuna.Study, same: Mapping[Trial, Trial]) -> None:
     """Tells each repeated trial what its twin was told (value, PRUNED or FAIL), with user attribute `SAME_AS`."""
+    if not same:  # the usual batch: the study's trials are not read
+        return
     held = {t.number: t for t in study.get_trials(deepcopy=False)}
     for trial, twin in same.items():
         told = held[twin.number]

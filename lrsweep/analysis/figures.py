@@ -354,14 +354,12 @@ def plot_seeds(report: SweepReport):
     style = styles(report)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown) + 3), 5.2))
     names, fills = [], {}  # {fill: the verdicts shown by it}
-    tied = sum(c.verdict == stats.TIED for c in report.comparisons.values())
     for x, config in enumerate(shown):
         samples = config.samples()
         verdict = report.comparisons[config.label].verdict if config.label in report.comparisons else stats.NO_TEST
         fill = VERDICT_FILL.get(verdict, "full")
         fills.setdefault(fill, {})[verdict] = None
-        lead = f"{verdict} (tied with {tied})" if verdict == stats.BEST and tied else verdict  # as in the table
-        names.append(f"{config.label}\n{lead}")
+        names.append(f"{config.label}\n{report.lead() if verdict == stats.BEST else verdict}")  # as in the table
         marker = {"color": style[config.label]["color"], "marker": style[config.label]["marker"], "fillstyle": fill}
         values = list(samples.values())
         offsets = [0.08 * (k - (len(values) - 1) / 2) for k in range(len(values))]

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from lrsweep.analysis.report import RANK_METRIC, SweepReport
+from lrsweep.analysis.report import RANK_METRIC, JobRun, SweepReport
 
 
 def _numeric(values: Iterable[str]) -> list[float] | None:
@@ -111,3 +111,12 @@ def boundary_definition(report: SweepReport) -> str:
         f"largest target LR at which every seed finished, none diverged and each reached final {RANK_METRIC} >= "
         f"{trains_bar(report):.3f} ({halfway})"
     )
+
+
+def recorded(runs: Iterable[JobRun], key: str) -> list[str]:
+    """The values of a param over `runs`, as recorded, each once, numerically sorted when numeric."""
+    values = list(dict.fromkeys(r.params[key] for r in runs if key in r.params))
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return values

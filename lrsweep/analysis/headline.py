@@ -12,7 +12,8 @@ import re
 from collections.abc import Sequence
 
 from lrsweep import tracking
-from lrsweep.analysis.grid import boundary_definition, grid_axes, grid_cells, largest_training_column
+from lrsweep.analysis.figures import optimizer_name
+from lrsweep.analysis.grid import boundary_definition, grid_axes, grid_cells, largest_training_column, recorded
 from lrsweep.analysis.range_test import is_range_test_run
 from lrsweep.analysis.report import (
     RANK_METRIC,
@@ -87,8 +88,8 @@ def plural_unit(value: float, unit: str) -> str:
 
 
 def _peak(params: dict[str, str]) -> str:
-    value = params.get("schedule.peak_lr", params.get("optimizer.learning_rate"))
-    return f"{float(value):g}" if value is not None else "the target LR"
+    value = _target(params)
+    return f"{value:g}" if value is not None else "the target LR"
 
 
 def _constant_lr(config: Configuration) -> float | None:
@@ -105,8 +106,8 @@ def _constant_lr(config: Configuration) -> float | None:
     return float(value) if flat and value is not None else None
 
 
-def _target_lr(config: Configuration) -> float | None:
-    params = config.runs[0].params
+def _target(params: dict[str, str]) -> float | None:
+    """The LR a warm-up ends at: the linear schedule's final_lr, else the peak_lr, else the optimizer's LR."""
     value = params.get("schedule.final_lr", params.get("schedule.peak_lr", params.get("optimizer.learning_rate")))
     return float(value) if value is not None else None
 
@@ -119,7 +120,7 @@ def warmup_pair(report: SweepReport) -> tuple[Configuration, Configuration, int]
         if warmup_of(config) is None:
             continue
         optimizer = config.runs[0].tags.get(tracking.TAG_OPTIMIZER)
-        target = _target_lr(config)
+        target = _target(config.runs[0].params)
         for other in report.configurations:
             lr = _constant_lr(other)
             if (
@@ -187,9 +188,9 @@ def _mean(config: Configuration) -> str:
 def _split(report: SweepReport) -> tuple[Configuration, list[Configuration], list[Configuration]]:
     """The best configuration, those tied with it (not found worse after correction), and the worse."""
     best, *others = report.configurations
-    verdicts = {label: c.verdict for label, c in report.comparisons.items()}
-    tied = [c for c in others if verdicts.get(c.label) in (stats.TIED, stats.WORSE_UNCORRECTED)]
-    worse = [c for c in others if verdicts.get(c.label) == stats.WORSE]
+    compared = [(c, report.comparisons[c.label].verdict) for c in others if c.label in report.comparisons]
+    tied = [c for c, verdict in compared if verdict in (stats.TIED, stats.WORSE_UNCORRECTED)]
+    worse = [c for c, verdict in compared if verdict == stats.WORSE]
     return best, tied, worse
 
 
@@ -241,8 +242,8 @@ def phase_diagram(report: SweepReport, row_key: str, col_key: str, facet_keys: S
         bounds = {row: largest_training_column(cells) for row, cells in zip(rows, grid, strict=True)}
         panel = [f"{short_key(k, report.swept)}={v}" for k, v in facet.items()]
         runs = [run for c in report.configurations if all(c.values[k] == v for k, v in facet.items()) for run in c.runs]
-        optimizers = sorted({run.tags.get(tracking.TAG_OPTIMIZER, "").rsplit(".", 1)[-1] for run in runs} - {""})
-        epochs = sorted({run.params["training.epochs"] for run in runs if "training.epochs" in run.params}, key=int)
+        optimizers = sorted(set(filter(None, map(optimizer_name, runs))))  # as the heatmap's title names them
+        epochs = recorded(runs, "training.epochs")
         seeds = plural(len({run.seed for run in runs}), "seed")
         where = f" ({', '.join([*panel, *optimizers, *(f'{e} epochs' for e in epochs), seeds])})"
         none = next((row for row in rows if float(row) == 0), None)

@@ -14,6 +14,7 @@ from lrsweep.analysis.grid import (
     grid_axes,
     grid_cells,
     largest_training_column,
+    recorded,
 )
 from lrsweep.analysis.report import (
     RANK_METRIC,
@@ -26,15 +27,6 @@ from lrsweep.analysis.report import (
 WARMUP_UNITS = {"epoch": "epochs", "step": "optimizer steps", "fraction": "fraction of all training steps"}
 
 
-def recorded(report: SweepReport, key: str) -> list[str]:
-    """The values of a param over the report's runs, as recorded, each once, numerically sorted when numeric."""
-    values = list(dict.fromkeys(r.params[key] for r in report.runs if key in r.params))
-    try:
-        return sorted(values, key=float)
-    except ValueError:
-        return values
-
-
 def grid_label(report: SweepReport, key: str, column: bool = False) -> str:
     """A heatmap axis in words: an LR on the columns is the target LR ("target LR (optimizer.learning_rate)"); a
     warm-up length gives its unit ("warm-up length (epochs)", the key below); any other key as it is."""
@@ -43,7 +35,7 @@ def grid_label(report: SweepReport, key: str, column: bool = False) -> str:
     if key.endswith("warmup_epochs"):  # the tutorial's linear warm-up: a count of epochs
         return f"warm-up length (epochs)\n{key}"
     if key.endswith("warmup.length"):
-        units = [WARMUP_UNITS.get(u, u) for u in recorded(report, f"{key}_unit")]
+        units = [WARMUP_UNITS.get(u, u) for u in recorded(report.runs, f"{key}_unit")]
         return f"warm-up length ({' / '.join(units) or 'unit not recorded'})\n{key}"
     return key
 
@@ -53,10 +45,10 @@ def heatmap_title(report: SweepReport, row_key: str, col_key: str) -> str:
     optimizer(s) and the epochs the runs trained; then the metric and the set it was measured on."""
     phase = LR_KEY.search(col_key) and ("warmup" in row_key)
     optimizers = " / ".join(dict.fromkeys(sorted(filter(None, map(optimizer_name, report.runs)))))
-    epochs = recorded(report, "training.epochs")
+    epochs = recorded(report.runs, "training.epochs")
     trained = plural(int(epochs[0]), "epoch") if len(epochs) == 1 else f"{' / '.join(epochs) or '?'} epochs"
     head = "Warm-up phase diagram" if phase else "Grid"
-    model = " / ".join(recorded(report, "choice.model"))  # the model option (`model=cnn`), when the runs name one
+    model = " / ".join(recorded(report.runs, "choice.model"))  # the model option (`model=cnn`), when the runs name one
     return (
         f"{head}: {f'{model}, ' if model else ''}{optimizers or 'optimizer not recorded'}, {trained}\n"
         f"final {RANK_METRIC}, mean over seeds ({report.validation})"

@@ -173,14 +173,20 @@ class SweepReport:
         others = [m for m in (*FINAL_METRICS, *self.test_metrics) if m != RANK_METRIC]
         header += [f"{m} (mean ± std)" for m in others] + ["n", "failed", "diverged", "reused"]
         body = []
-        tied = sum(c.verdict == stats.TIED for c in self.comparisons.values())
+        lead = self.lead()
         for config, row in zip(self.configurations, self.rows(), strict=True):
             cells = [row["rank"], *([short_number(config.values[k]) for k in self.swept] or [config.label])]
             cells.append(_mean_std(row[f"{RANK_METRIC}_mean"], row[f"{RANK_METRIC}_std"]))
-            cells += _comparison_cells(self.comparisons.get(config.label), tied)
+            cells += _comparison_cells(self.comparisons.get(config.label), lead)
             cells += [_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in others]
             body.append([*cells, row["n"], row["failed"], row["diverged"], row["reused"]])
         return header, body
+
+    def lead(self) -> str:
+        """The best's verdict as the table and seeds.png show it: `best`, or `best (tied with k)` when k
+        configurations are tied with it (a lead, not a win)."""
+        tied = sum(c.verdict == stats.TIED for c in self.comparisons.values())
+        return f"{stats.BEST} (tied with {tied})" if tied else stats.BEST
 
     def verdicts(self, limit: int | None = None) -> list[str]:
         """The comparisons in words, one line each (the `limit` closest to the best), headed by what ranked them;
@@ -228,12 +234,12 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _comparison_cells(comparison: stats.Comparison | None, tied: int = 0) -> list[str]:
-    """The vs-best interval, p and verdict cells; the best says how many are tied with it (a lead, not a win)."""
+def _comparison_cells(comparison: stats.Comparison | None, lead: str = stats.BEST) -> list[str]:
+    """The vs-best interval, p and verdict cells; the best's verdict is `lead` (`SweepReport.lead`)."""
     if comparison is None:
         return ["-", "-", "no finished run"]
     if comparison.verdict == stats.BEST:
-        return ["-", "-", f"{stats.BEST} (tied with {tied})" if tied else stats.BEST]
+        return ["-", "-", lead]
     if not comparison.test:
         return [f"{comparison.difference:+.4f}", "-", f"{stats.NO_TEST} (n={comparison.n})"]
     interval = f"{comparison.difference:+.4f} [{comparison.low:+.4f}, {comparison.high:+.4f}]"
