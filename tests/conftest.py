@@ -21,6 +21,15 @@ import pytest
 # In-process tests use JAX (faster start-up); subprocess tests choose their backend with `backend=...`.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX's persistent compilation cache (its own feature, read from these variables at `import jax`), one per test
+# session: set here, in the process that starts the test workers, so that they, their train.py processes and the
+# fork servers all share it. Many tests compile the same tiny models' steps; a hit loads the executable XLA built
+# for the first (the same program, so the same numbers) instead of compiling it again.
+_JAX_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="lrsweep-jax-cache-")
+if _JAX_CACHE is not None:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -181,6 +190,8 @@ def pytest_sessionfinish(session, exitstatus):
         server.close()
     if _empty_store is not None:  # the template store's folder in /tmp (`seed_store`): nothing left behind
         shutil.rmtree(_empty_store.parent, ignore_errors=True)
+    if _JAX_CACHE is not None:  # made here, in the session's first process: the workers (if any) have ended
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 _empty_store: Path | None = None
