@@ -13,6 +13,15 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     || echo "warning: could not install dataset-fashion-mnist; set LRSWEEP_DATA_DIR to a folder with the IDX files" >&2
 fi
 
+# PostgreSQL for the tracking server (scripts/tracking_server.sh) and its tests.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "Installing PostgreSQL (Debian package postgresql)..."
+  $sudo apt-get install -y postgresql || { $sudo apt-get update && $sudo apt-get install -y postgresql; } \
+    || echo "warning: could not install postgresql; scripts/tracking_server.sh and its tests need it" >&2
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -1,0 +1,209 @@
+"""A tracking server for many writers: PostgreSQL behind `mlflow server`, artifacts proxied, on 127.0.0.1.
+
+    bash scripts/tracking_server.sh                       # PostgreSQL + mlflow server on 127.0.0.1:5000
+    bash scripts/tracking_server.sh --port 5001 --data /var/lib/lrsweep-tracking
+    python train.py -m ... tracking.uri=http://127.0.0.1:5000
+
+SQLite takes one writer at a time; PostgreSQL takes many. Everything lives in `--data` (default
+`tracking-server/`): the database cluster (`postgres/`, made by `initdb` on the first start), its socket and log,
+and the artifacts (`artifacts/`), which the server proxies (`--artifacts-destination`), so `config.yaml`, the report
+and `report.html` reach it from any machine that reaches the server. A second start reuses all of it.
+
+Who gets in:
+- PostgreSQL listens on no TCP port, only on a Unix socket in `--data/postgres-socket` (mode 0700): the server on this
+  machine is its only client.
+- `mlflow server` binds to 127.0.0.1 unless `--host` says otherwise.
+
+PostgreSQL refuses to run as root; run as root, this script runs it as the `postgres` system user (Debian's
+`postgresql` package makes it), which must be able to reach `--data`.
+
+Ctrl-C (or SIGTERM) stops the MLflow server, then PostgreSQL (`pg_ctl stop -m fast`: committed data is kept).
+Tests start the same pieces from here (`Postgres`, `mlflow_server`), with a PostgreSQL of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATABASE = "mlflow"
+DB_USER = "lrsweep"
+# The MLflow server's own settings: no GenAI job runners (8 processes it would start otherwise).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+class SetupError(RuntimeError):
+    """A one-line reason the server cannot start, with the fix."""
+
+
+def postgres_binary(name: str) -> str:
+    """The path of PostgreSQL's `name` (initdb, pg_ctl, psql, ...): Debian keeps them out of PATH."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    path = found[-1] if found else shutil.which(name)
+    if not path:
+        raise SetupError(f"PostgreSQL's {name} was not found: install it with `apt-get install -y postgresql`")
+    return path
+
+
+class Postgres:
+    """A PostgreSQL cluster in `folder` (made on the first `start`), reached through a Unix socket only.
+
+    Args:
+        folder: holds `postgres/` (the cluster, its log in `postgres/server.log`) and `postgres-socket/`.
+        port: the number in the socket's name (`.s.PGSQL.<port>`); no TCP port is opened.
+        os_user: the system user that runs PostgreSQL: this process's own, or `postgres` when that is root.
+    """
+
+    def __init__(self, folder: Path, port: int = 5432, os_user: str | None = None):
+        self.folder = Path(folder).resolve()
+        self.port = port
+        self.os_user = os_user or ("postgres" if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name)
+        self.cluster = self.folder / "postgres"
+        self.socket_dir = self.folder / "postgres-socket"
+        self.log = self.cluster / "server.log"
+
+    @property
+    def uri(self) -> str:
+        """The SQLAlchemy URI of the MLflow database, over the socket."""
+        return f"postgresql+psycopg2://{DB_USER}@/{DATABASE}?host={self.socket_dir}&port={self.port}"
+
+    @property
+    def _as_other_user(self) -> bool:
+        return self.os_user != pwd.getpwuid(os.getuid()).pw_name
+
+    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        full = ("runuser", "-u", self.os_user, "--", *command) if self._as_other_user else command
+        result = subprocess.run(full, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
+            raise SetupError(f"{Path(command[0]).name} failed: {lines[-1]}")
+        return result
+
+    def _own(self, path: Path) -> None:
+        """Makes `path` a folder only PostgreSQL's user can open."""
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._as_other_user:
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o700)
+
+    def start(self) -> Postgres:
+        """Makes the cluster and the database if they are missing, then starts PostgreSQL and waits for it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._as_other_user:  # it enters `folder` (0711: it cannot list it) to reach its own folders inside
+            self.folder.chmod(self.folder.stat().st_mode | 0o711)
+            if self._run("test", "-x", str(self.folder), check=False).returncode != 0:
+                raise SetupError(f"the {self.os_user} user cannot reach {self.folder}: choose a --data folder "
+                                 f"whose parent folders it can enter (e.g. /var/lib/lrsweep-tracking)")  # fmt: skip
+        self._own(self.socket_dir)
+        if not (self.cluster / "PG_VERSION").exists():
+            self._own(self.cluster)
+            # trust on the socket alone: the socket's folder (0700) lets no other user (but root) reach it
+            self._run(postgres_binary("initdb"), "-D", str(self.cluster), "-U", DB_USER, "--auth=trust",
+                      "--encoding=UTF8", "--no-instructions")  # fmt: skip
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=''"
+        self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "-l", str(self.log), "-o", options, "-w",
+                  "-t", "60", "start")  # fmt: skip
+        exists = self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", database="postgres")
+        if exists != "1":
+            self.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
+        return self
+
+    def sql(self, statement: str, database: str = DATABASE) -> str:
+        """Runs one SQL statement with psql; returns its output, unaligned, without headers."""
+        result = self._run(postgres_binary("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
+                           "-d", database, "-tAc", statement)  # fmt: skip
+        return result.stdout.strip()
+
+    def running(self) -> bool:
+        return self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "status", check=False).returncode == 0
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stops PostgreSQL (`fast`: rolls back open transactions, keeps what was committed; `immediate`: a crash)."""
+        if self.running():
+            self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "-m", mode, "-w", "stop")
+
+
+def mlflow_server(
+    backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **popen
+) -> subprocess.Popen:
+    """Starts `mlflow server` over `backend_uri` with artifacts proxied to `artifacts`, in a session of its own."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+               "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+               "--workers", str(workers)]  # fmt: skip
+    return subprocess.Popen(command, env={**os.environ, **SERVER_ENV}, start_new_session=True, **popen)
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Returns once `url`/health answers; raises if the server exits or does not answer within `timeout`."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SetupError(f"mlflow server exited with status {server.returncode} before it answered at {url}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise SetupError(f"mlflow server did not answer at {url} within {timeout:.0f} s")
+
+
+def port_free(host: str, port: int) -> None:
+    """Raises SetupError if something listens on host:port already (its /health would look like ours)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SetupError(f"{host}:{port} is taken ({e.strerror}): choose another --port") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("tracking-server"), help="where everything is kept")
+    parser.add_argument("--host", default="127.0.0.1", help="the address the MLflow server binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port (default 5000)")
+    parser.add_argument("--workers", type=int, default=2, help="the MLflow server's worker processes (default 2)")
+    parser.add_argument("--postgres-port", type=int, default=5432, help="the number of PostgreSQL's socket")
+    args = parser.parse_args(argv)
+    database = Postgres(args.data, args.postgres_port)
+    try:
+        port_free(args.host, args.port)
+        database.start()
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    server = mlflow_server(database.uri, (args.data / "artifacts").resolve(), args.host, args.port, args.workers)
+    url = f"http://{args.host}:{args.port}"
+    stopping = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, _: stopping.append(s))
+    try:
+        wait_healthy(url, server)
+        print(f"MLflow tracking server on {url} (PostgreSQL in {database.cluster}); train with tracking.uri={url}")
+        print("Ctrl-C stops it.", flush=True)
+        while server.poll() is None and not stopping:
+            time.sleep(0.5)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        database.stop()
+    return 0 if stopping else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
