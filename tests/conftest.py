@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import json
 import locale
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -269,24 +271,49 @@ def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return tmp_path, result
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Marks the tests that share a fixture made once per session (the sweeps above) or per module (e.g. the
-    bad-input table's processes) as an xdist group. Whichever of them runs first makes the fixture: each gets 600 s
-    unless it says otherwise. (Under `--dist loadfile` a file's tests share a worker whatever their group.)"""
+    """A test that uses a fixture made once per session (the sweeps above) or per module (e.g. the bad-input table's
+    processes) may be the one that makes it: each gets 600 s unless it says otherwise."""
     for item in items:
-        scopes = {
-            (fixturedef.scope, name)
+        shared = any(
+            fixturedef.scope in ("session", "package", "module")
             for name in item.fixturenames
             for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ())
             if fixturedef.baseid  # ours: pytest's own (tmp_path_factory, ...) are made once per worker anyway
-        }
-        sessions = sorted(name for scope, name in scopes if scope == "session")
-        if sessions:
-            item.add_marker(pytest.mark.xdist_group(sessions[0]))
-        elif any(scope in ("module", "package") for scope, _ in scopes):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-        else:
-            continue
-        if item.get_closest_marker("timeout") is None:  # the first such test makes the fixture within its time
+        )
+        if shared and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(600))
+
+
+# How the tests are shared between the two test processes (pytest-xdist, `--dist loadscope` with the scopes below):
+# the tests that share a fixture made once (a session sweep above, or a module's fixture) run in one process, so it
+# is made once; every other test is a unit of its own, so the long files (the packing equivalence cases, the fault
+# tests) spread over both processes instead of keeping one busy to the end. (xdist's own `--dist loadgroup` cannot
+# group here: it renames test ids, which pytest 9.2 no longer allows.) A file's shared fixtures are read from its
+# text, in the process that hands out the tests (it collects nothing): a miss only makes a fixture twice.
+SHARED_SWEEPS = ("tutorial_sweep", "grid_sweep")
+
+
+@functools.cache
+def _file_scope(path: str) -> str | None:
+    """The scope every test of file `path` shares, or None when its tests share nothing made once."""
+    text = (ROOT / path).read_text(encoding="utf-8") if (ROOT / path).is_file() else ""
+    sweeps = [name for name in SHARED_SWEEPS if name in text]
+    if sweeps:
+        return sweeps[0]
+    return path if re.search(r"scope=[\"'](module|package|session)[\"']", text) else None
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test goes to one process in: its shared fixture's, else its own."""
+    return _file_scope(nodeid.split("::", 1)[0]) or nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)

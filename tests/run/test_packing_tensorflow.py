@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 # Models other than the fused MLP pack unrolled here (`lrsweep.ml.vmapped`): the user's functional CNN (BatchNorm,
 # three optimizers) and the post-LN ViT with dropout (LayerNorm, random masks); the CNN option and the pre-LN ViT
 # take the same path with no other kind of layer (on JAX all four are checked, vmapped).
-HALVES = (["adam", "sgd", "rmsprop", "functional"], ["adagrad", "adadelta", "mixed", "vit_post"])
+HALVES = (["optimizers"], ["functional", "vit_post"])
 TENSORFLOW_CASES = [case for case in equivalence.CASES if case not in equivalence.MODELS or case in sum(HALVES, [])]
 
 
