@@ -285,7 +285,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(600))
 
 
-# How the tests are shared between the two test processes (pytest-xdist, `--dist loadscope` with the scopes below):
+# How the tests are shared between the two test processes (pytest-xdist's LoadScopeScheduling, scopes as below):
 # the tests that share a fixture made once (a session sweep above, or a module's fixture) run in one process, so it
 # is made once; every other test is a unit of its own, so the long files (the packing equivalence cases, the fault
 # tests) spread over both processes instead of keeping one busy to the end. (xdist's own `--dist loadgroup` cannot

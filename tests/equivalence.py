@@ -112,11 +112,11 @@ def member_overrides(optimizer: str, k: int) -> list[str]:
     if optimizer in MODELS:
         choice = {"functional": MIXED[k], "cnn": OPTIMIZERS["sgd"]}.get(optimizer, OPTIMIZERS["adam"])
         return [*choice[:1], *MEMBERS[k], *choice[1:], *MODELS[optimizer]]
-    if optimizer == "optimizers":
-        choice = list(OPTIMIZERS.values())[k // len(MEMBERS)]
-        return [*choice[:1], *MEMBERS[k % len(MEMBERS)], *choice[1:]]
-    choice = MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]
-    return [*choice[:1], *MEMBERS[k], *choice[1:]]
+    if optimizer == "optimizers":  # MEMBERS under the first optimizer, then under the next, ...
+        choice, member = list(OPTIMIZERS.values())[k // len(MEMBERS)], MEMBERS[k % len(MEMBERS)]
+    else:
+        choice, member = (MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]), MEMBERS[k]
+    return [*choice[:1], *member, *choice[1:]]
 
 
 def jobs(optimizer: str, store_uri: str, epochs: int = 2):

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
+from scripts import tracking_server
 from tests.conftest import ROOT, TINY, job_runs, seed_store, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -266,24 +266,14 @@ def free_port() -> int:
 
 def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` over the store tmp_path/server.db (the same store when started
-    again), in its own session; returns once it answers. The store is made from a template (`seed_store`): the
-    server's own migrations of a new database would take seconds."""
+    again), in its own session (`scripts/tracking_server.py`); returns once it answers. The store is made from a
+    template (`seed_store`): the server's own migrations of a new database would take seconds."""
     seed_store(tmp_path / "server.db")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "art")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners: 8 processes fewer
+    server = tracking_server.mlflow_server(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "art", port=port, workers=1, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-
-    def healthy():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, timeout=180, what="mlflow server")
+    tracking_server.wait_healthy(f"http://127.0.0.1:{port}", server)
     return server
 
 
