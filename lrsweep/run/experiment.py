@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from lrsweep import tracking
 from lrsweep.core import identity, interrupts
 from lrsweep.ml.schedules import KerasSchedule
-from lrsweep.ml.training import Member, fit_epochs
+from lrsweep.ml.training import Member, fit_epochs, fresh_session
 from lrsweep.run import watching
 from lrsweep.run.job import (
     Job,
@@ -134,7 +134,7 @@ def train_solo(job: Job, client: MlflowClient, experiment_id: str) -> float:
     cfg = job.cfg
     dataset = job.data()
     schedule = build_schedule(cfg, dataset)
-    keras.backend.clear_session()
+    fresh_session()
     model = build_model(cfg)
     lr = KerasSchedule(schedule)
     model.compile(

@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import keras
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
@@ -28,7 +27,7 @@ from lrsweep.ml.member_state import MemberState
 from lrsweep.ml.packed_mlp import mlp_spec
 from lrsweep.ml.packing import NotPackable, check_optimizer
 from lrsweep.ml.range_test import is_range_test
-from lrsweep.ml.training import Member, fit_epochs
+from lrsweep.ml.training import Member, fit_epochs, fresh_session
 from lrsweep.run import experiment, pack, rung_checkpoints, watching
 from lrsweep.run.job import Job, build_model, build_optimizer, run_record
 from lrsweep.run.rung_checkpoints import Checkpoint
@@ -89,7 +88,7 @@ def check(jobs: Sequence[Job], halving: Halving, other_models: str) -> None:
         if key in seen:
             continue
         seen.add(key)
-        keras.backend.clear_session()
+        fresh_session()
         model = build_model(job.cfg)
         try:
             check_optimizer(build_optimizer(job.cfg, 0.01))

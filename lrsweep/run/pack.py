@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import keras
 from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
@@ -14,7 +13,7 @@ from lrsweep.ml.data import Dataset
 from lrsweep.ml.member_state import MemberState
 from lrsweep.ml.schedules import KerasSchedule
 from lrsweep.ml.stacking import PackPlan, stack
-from lrsweep.ml.training import Member, fit_epochs
+from lrsweep.ml.training import Member, fit_epochs, fresh_session
 from lrsweep.run import watching
 from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, compile_args, run_record, trial_key
 
@@ -32,7 +31,7 @@ def build_pack(
         NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
     """
     schedules = [KerasSchedule(build_schedule(job.cfg, dataset)) for job in jobs]
-    keras.backend.clear_session()
+    fresh_session()
     solo_models = [build_model(job.cfg) for job in jobs]  # each seeds its own initial weights
     states = list(states) or [None] * len(jobs)
     member_state.restore_variables(solo_models, states)
