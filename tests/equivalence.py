@@ -7,6 +7,7 @@ share a process with JAX's: `KERAS_BACKEND=tensorflow python -m tests.equivalenc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -57,7 +58,11 @@ MODELS = {
 # members of one seed and five optimizers in one wide matrix, and SGD's momentum checks that no other optimizer's
 # update moves a member's entries. "mixed" (MIXED, three members) is not a case here: tests/ml/test_member_state.py.
 CASES = ["optimizers", *MODELS]
-MEMBER_COUNT = {"optimizers": len(OPTIMIZERS) * len(MEMBERS)}
+# "optimizers_small" (not in CASES: TensorFlow's, where a solo run's compilation takes ~2 s): a pack of seven,
+# MEMBERS under Adam and one member under each other optimizer (which one: SMALL), seeds 0 and 1 under both, SGD's
+# momentum among the seed-0 members. On JAX every optimizer is checked with all three MEMBERS ("optimizers").
+SMALL = [("adam", 0), ("adam", 1), ("adam", 2), ("adagrad", 1), ("adadelta", 0), ("sgd", 2), ("rmsprop", 1)]
+MEMBER_COUNT = {"optimizers": len(OPTIMIZERS) * len(MEMBERS), "optimizers_small": len(SMALL)}
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 TEST_KEYS = ("test_loss", "test_accuracy")  # the test set scored once, at the end (validation is held out)
 
@@ -114,6 +119,8 @@ def member_overrides(optimizer: str, k: int) -> list[str]:
         return [*choice[:1], *MEMBERS[k], *choice[1:], *MODELS[optimizer]]
     if optimizer == "optimizers":  # MEMBERS under the first optimizer, then under the next, ...
         choice, member = list(OPTIMIZERS.values())[k // len(MEMBERS)], MEMBERS[k % len(MEMBERS)]
+    elif optimizer == "optimizers_small":
+        choice, member = OPTIMIZERS[SMALL[k][0]], MEMBERS[SMALL[k][1]]
     else:
         choice, member = (MIXED[k] if optimizer == "mixed" else OPTIMIZERS[optimizer]), MEMBERS[k]
     return [*choice[:1], *member, *choice[1:]]
@@ -124,9 +131,10 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
     from hydra import compose, initialize_config_dir
 
     from lrsweep.run import experiment
+    from lrsweep.run.job import Checks
     from tests.conftest import CONF_DIR
 
-    prepared = []
+    prepared, checks = [], Checks()  # each distinct model, optimizer, ... checked once, as a sweep does
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for k in range(members(optimizer)):
             overrides = member_overrides(optimizer, k)
@@ -136,7 +144,7 @@ def jobs(optimizer: str, store_uri: str, epochs: int = 2):
                            f"tracking.run_name=member{k}", *overrides],
             )  # fmt: skip
             context = identity.JobContext(choices={"optimizer": overrides[0].split("=")[1]}, overrides=tuple(overrides))
-            prepared.append(experiment.prepare(cfg, context))
+            prepared.append(experiment.prepare(cfg, context, checks))
     return sorted(prepared, key=lambda job: job.seed)
 
 
@@ -148,8 +156,8 @@ def histories(client, experiment_id: str, name: str) -> dict[str, list[float]]:
     } | {"status": run.info.status, "metrics": sorted(run.data.metrics)}
 
 
-def one_step(optimizer: str, store_uri: str, how: str | None = None) -> dict[str, float]:
-    """Initial weights and weights after one update, member by member against its solo model.
+def one_step(optimizer: str, prepared: list, how: str | None = None) -> dict[str, float]:
+    """Initial weights and weights after one update, member by member against its solo model (`prepared`: `jobs`).
 
     Returns:
         The largest absolute difference of initial weights (exactly 0 expected), over all members and variables, and
@@ -161,7 +169,6 @@ def one_step(optimizer: str, store_uri: str, how: str | None = None) -> dict[str
     from lrsweep.ml.schedules import KerasSchedule
     from lrsweep.run import experiment, pack
 
-    prepared = jobs(optimizer, store_uri)
     dataset = experiment.instantiate(prepared[0].cfg.data)
     plan = pack.build_pack(prepared, dataset, how or other_models())
     model = plan.model
@@ -171,7 +178,7 @@ def one_step(optimizer: str, store_uri: str, how: str | None = None) -> dict[str
     model.train_on_batch(x[:batch], y[:batch])
     initial_diff, step_diffs = 0.0, []
     for k, job in enumerate(prepared):
-        keras.backend.clear_session()
+        training.fresh_session()
         solo = experiment.build_model(job.cfg)
         solo.compile(
             optimizer=experiment.build_optimizer(job.cfg, KerasSchedule(experiment.build_schedule(job.cfg, dataset))),
@@ -199,19 +206,18 @@ def compare(optimizer: str, folder: str, how: str | None = None) -> dict:
     store_uri = f"sqlite:///{folder}/{optimizer}.db"
     client, experiment_id = tracking.connect(store_uri, "equivalence")
     prepared = jobs(optimizer, store_uri)
-    solo_names, packed_names = [], []
+    solo_names = []
     for job in prepared:
         experiment.train_solo(job, client, experiment_id)
         solo_names.append(job.name)
-    for job in prepared:
-        job.name = f"{job.name}-packed"
-        packed_names.append(job.name)
-    outcomes = pack.train_pack(prepared, client, experiment_id, "equivalence", how or other_models())
+    packed = [dataclasses.replace(job, name=f"{job.name}-packed") for job in prepared]
+    packed_names = [job.name for job in packed]
+    outcomes = pack.train_pack(packed, client, experiment_id, "equivalence", how or other_models())
     return {
         "outcomes": [str(o) for o in outcomes],
         "solo": [histories(client, experiment_id, n) for n in solo_names],
         "packed": [histories(client, experiment_id, n) for n in packed_names],
-        "one_step": one_step(optimizer, store_uri, how),
+        "one_step": one_step(optimizer, prepared, how),
     }
 
 
