@@ -111,53 +111,121 @@ class ForkServer:
             self.replies["gone"] = {}
             self.changed.notify_all()
 
+    def request(self, args: list[str], cwd: Path, env: dict[str, str], stdout: str, stderr: str) -> str:
+        """Asks for a child `python train.py *args`, its output into the files (or FIFOs) named; returns its id."""
+        request = {"id": str(next(self.ids)), "argv": args, "cwd": str(cwd), "env": env, "stdout": stdout,
+                   "stderr": stderr}  # fmt: skip
+        with self.lock:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        return request["id"]
+
+    def reply(self, request_id: str, key: str, timeout: float | None) -> dict:
+        """The server's messages about a child once `key` ("pid" or "returncode") is among them, or all there are
+        after `timeout` seconds or once the server is gone."""
+        with self.changed:
+            self.changed.wait_for(lambda: key in self.replies.get(request_id, {}) or "gone" in self.replies, timeout)
+            return dict(self.replies.get(request_id, {}))
+
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as folder:
-            request = {
-                "id": str(next(self.ids)), "argv": args, "cwd": str(cwd), "env": env,
-                "stdout": f"{folder}/stdout", "stderr": f"{folder}/stderr",
-            }  # fmt: skip
-            with self.lock:
-                self.process.stdin.write((json.dumps(request) + "\n").encode())
-                self.process.stdin.flush()
+            request_id = self.request(args, cwd, env, f"{folder}/stdout", f"{folder}/stderr")
+            reply = self.reply(request_id, "returncode", timeout)
             with self.changed:
-                done = self.changed.wait_for(
-                    lambda: "returncode" in self.replies.get(request["id"], {}) or "gone" in self.replies, timeout
-                )
-                reply = self.replies.pop(request["id"], {})
+                self.replies.pop(request_id, None)
             if "returncode" not in reply:
                 if "pid" in reply:
                     os.killpg(reply["pid"], signal.SIGKILL)
-                if not done:
+                if "gone" not in self.replies:
                     raise subprocess.TimeoutExpired(["train.py", *args], timeout)
                 raise RuntimeError("tests/forkserver.py exited")
             encoding = locale.getpreferredencoding(False)
-            output = [Path(request[key]).read_text(encoding=encoding, errors="replace") for key in ("stdout", "stderr")]
+            output = [Path(folder, f).read_text(encoding=encoding, errors="replace") for f in ("stdout", "stderr")]
         result = subprocess.CompletedProcess(["train.py", *args], reply["returncode"], *output)
         result.cpu_seconds = reply["cpu"]
         return result
+
+    def start(self, args: list[str], cwd: Path, env: dict[str, str]) -> ForkedProcess:
+        """A child `python train.py *args` whose output (stdout and stderr, in one stream) the test reads as it
+        comes, through a FIFO: see `ForkedProcess`."""
+        folder = tempfile.mkdtemp(prefix="lrsweep-forked-")
+        fifo = f"{folder}/output"
+        os.mkfifo(fifo)
+        request_id = self.request(args, cwd, env, fifo, fifo)
+        # Opening blocks until the child opens the FIFO to write, its first act after the fork.
+        stdout = open(fifo, encoding=locale.getpreferredencoding(False), errors="replace")
+        shutil.rmtree(folder)  # both ends are open: the name is not needed any more
+        reply = self.reply(request_id, "pid", 60)
+        if "pid" not in reply:
+            raise RuntimeError("tests/forkserver.py exited")
+        return ForkedProcess(self, request_id, ["train.py", *args], reply["pid"], stdout)
 
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=30)
 
 
+class ForkedProcess:
+    """A child of a fork server, as `subprocess.Popen(..., stdout=PIPE, stderr=STDOUT, text=True,
+    start_new_session=True)` gives a test its process: `pid` (its process group's too), `stdout` (a pipe: read as
+    it comes; the end of it is when the child and every process it started have closed it), `poll`, `wait`,
+    `communicate`, `send_signal`, `kill`, `returncode` (negative: killed by that signal)."""
+
+    def __init__(self, server: ForkServer, request_id: str, args: list[str], pid: int, stdout) -> None:
+        self.server, self.request_id, self.args, self.pid, self.stdout = server, request_id, args, pid, stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._ended(0)
+        return self.returncode
+
+    def _ended(self, timeout: float | None) -> bool:
+        reply = self.server.reply(self.request_id, "returncode", timeout)
+        if "returncode" in reply:
+            self.returncode = reply["returncode"]
+            return True
+        if "gone" in self.server.replies:
+            raise RuntimeError("tests/forkserver.py exited")
+        return False
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and not self._ended(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        """The rest of its output, once the pipe ends (within `timeout` seconds), and its exit."""
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(self.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        self.stdout.close()
+        self.wait(timeout)
+        return rest[0], None
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # as Popen: never to a pid that may have been given to another process
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 _fork_servers: dict[str, ForkServer] = {}
 _fork_server_lock = threading.Lock()
 
 
-def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
-    """`python train.py *args` in `cwd`, its output captured as text: through a fork server unless turned off.
+def fork_server(args: list[str]) -> ForkServer | None:
+    """The fork server for `python train.py *args`, or None when LRSWEEP_TEST_FORKSERVER=0 turns them off.
 
     A job on JAX without `threads` is forked from a server where Keras is imported already; others from one where
     only train.py's top-level imports are done.
     """
-    env = dict(os.environ if env is None else env)
     if os.environ.get("LRSWEEP_TEST_FORKSERVER", "1") == "0":
-        return subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-            timeout=timeout,
-        )  # fmt: skip
+        return None
     backends = [a for a in args if a.startswith("backend=")]
     on_jax = backends == ["backend=jax"] and not any(a.startswith("threads=") for a in args)
     flavor = "jax" if on_jax else "plain"
@@ -165,7 +233,32 @@ def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, 
         server = _fork_servers.get(flavor)
         if server is None or server.process.poll() is not None:
             server = _fork_servers[flavor] = ForkServer(flavor)
+    return server
+
+
+def run_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900):
+    """`python train.py *args` in `cwd`, its output captured as text: through a fork server unless turned off."""
+    env = dict(os.environ if env is None else env)
+    server = fork_server(args)
+    if server is None:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
     return server.run(args, cwd, env, timeout)
+
+
+def start_train_py(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen | ForkedProcess:
+    """`python train.py *args` started in `cwd` in a process group of its own, its stdout and stderr one text pipe
+    the test reads as it comes: forked from a fork server (`ForkedProcess`) unless turned off."""
+    env = dict(os.environ if env is None else env)
+    server = fork_server(args)
+    if server is None:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    return server.start(args, cwd, env)
 
 
 TIME_TO_ERROR = "time_to_error"  # a bad-input case's (name, exit status, seconds, first line): printed as a table

@@ -5,11 +5,13 @@ Run as a script against any checkout to measure them: `python -m tests.same_numb
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # As conftest.TINY, two epochs.
@@ -25,14 +27,28 @@ LONE = ["-m", "schedule=linear", "training.seed=3"]
 BACKENDS = ("jax", "tensorflow")
 
 
-def measure(root: Path, backend: str, case: str, folder: Path) -> dict[str, dict[str, list[float]]]:
-    """{run name: {metric: values by step}} of the job runs `root`'s train.py logs for `case` (or "lone": `LONE`)."""
+Runner = Callable[[list[str], Path], subprocess.CompletedProcess]  # (train.py's arguments, folder) -> its process
+
+
+def train_py(root: Path, args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """`python <root>/train.py *args` in `folder`, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(root / "train.py"), *args], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+
+
+Numbers = dict[str, dict[str, list[float]]]  # {run name: {metric: values by step}}
+
+
+def measure(root: Path, backend: str, case: str, folder: Path, run: Runner | None = None) -> Numbers:
+    """The numbers of the job runs `root`'s train.py logs for `case` (or "lone": `LONE`).
+
+    `run(args, folder)` runs train.py (default: `train_py`, `root`'s); the tests pass this checkout's fork server's."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     overrides = LONE if case == "lone" else CASES[case]
-    args = [sys.executable, str(root / "train.py"), *overrides, f"backend={backend}", *TINY, f"tracking.uri={uri}",
-            f"hydra.sweep.dir={folder / 'multirun'}", f"hydra.run.dir={folder / 'outputs'}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    args = [*overrides, f"backend={backend}", *TINY, f"tracking.uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
+            f"hydra.run.dir={folder / 'outputs'}"]  # fmt: skip
+    result = (run or functools.partial(train_py, root))(args, folder)
     if result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     from mlflow.tracking import MlflowClient

@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from scripts import tracking_server
-from tests.conftest import ROOT, TINY, job_runs, seed_store, store, train
+from tests.conftest import TINY, ForkedProcess, job_runs, seed_store, start_train_py, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
@@ -103,17 +102,16 @@ def wait_for(predicate, timeout: float = 120.0, what: str = ""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.Popen:
+def start_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.Popen | ForkedProcess:
+    """`python train.py [-m] ...` started, its output read as it comes; in a process group of its own, so that a
+    signal to the group (what a terminal's Ctrl-C does) spares pytest. Forked from a fork server (`start_train_py`)."""
     if not any(o.startswith("tracking.uri=") for o in overrides):
         seed_store(tmp_path / "mlruns" / "mlflow.db")  # made from a template, as by `train`
-    args = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else [])]
+    args = ["-m"] if multirun else []
     args += [f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
              f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", "training.verbose=0", *TINY,
              *overrides]  # fmt: skip
-    # Its own session, so a signal to its process group (what a terminal's Ctrl-C does) spares pytest.
-    return subprocess.Popen(
-        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    return start_train_py(args, tmp_path)
 
 
 def running_run_with_epochs(tmp_path: Path, epochs: int = 400):
@@ -367,11 +365,10 @@ def test_two_sweeps_claiming_the_same_folder_get_one_each(tmp_path):
     """The default sweep folder is per second (`${lrsweep.claim:multirun/<time>}`): two sweeps started in the same
     second must not share it, its sweep id, report and stop file. Here both name the same folder outright."""
     tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lrsweep")  # the store exists (no race here)
-    args = [sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+    args = ["-m", f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
             "hydra.sweep.dir=${lrsweep.claim:" + str(tmp_path / "multirun" / "same") + "}", "backend=jax",
             "training.epochs=1", "training.verbose=0", *TINY]  # fmt: skip
-    sweeps = [subprocess.Popen([*args, f"training.seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True) for seed in (0, 1)]  # fmt: skip
+    sweeps = [start_train_py([*args, f"training.seed={seed}"], tmp_path) for seed in (0, 1)]
     outputs = [sweep.communicate(timeout=300)[0] for sweep in sweeps]
     assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir()) == ["same", "same_2"]

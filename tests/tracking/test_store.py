@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from lrsweep.tracking import mlflow_adapter, store
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, ForkedProcess, start_train_py
 from tests.sweep.test_faults import free_port, start_server, wait_for
 
 # What train.py does with a StoreError (one line, exit 1), around nothing but `tracking.connect`.
@@ -296,11 +296,10 @@ def test_processes_racing_to_create_a_fresh_store_all_succeed(tmp_path):
     assert files_under(tmp_path) == ["mlruns", "mlruns/mlflow.db"]  # the lock was the folder: no lock file
 
 
-def sweep(tmp_path: Path, name: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-            f"hydra.sweep.dir={tmp_path / name}", "backend=jax", "training.epochs=1", "training.verbose=0",
-            "schedule=linear,constant", *TINY]  # fmt: skip
-    return subprocess.Popen(args, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def sweep(tmp_path: Path, name: str) -> subprocess.Popen | ForkedProcess:
+    args = ["-m", f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / name}",
+            "backend=jax", "training.epochs=1", "training.verbose=0", "schedule=linear,constant", *TINY]  # fmt: skip
+    return start_train_py(args, tmp_path, ENV)
 
 
 @pytest.mark.timeout(1200)
@@ -367,10 +366,10 @@ def stop(server: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
         server.wait(timeout=60)
 
 
-def single_run(tmp_path: Path, uri: str, epochs: int) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "train.py"), f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'outputs'}",
-            "backend=jax", f"training.epochs={epochs}", "training.verbose=0", *TINY]  # fmt: skip
-    return subprocess.Popen(args, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def single_run(tmp_path: Path, uri: str, epochs: int) -> subprocess.Popen | ForkedProcess:
+    args = [f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'outputs'}", "backend=jax", f"training.epochs={epochs}",
+            "training.verbose=0", *TINY]  # fmt: skip
+    return start_train_py(args, tmp_path, ENV)
 
 
 @pytest.mark.timeout(1200)
