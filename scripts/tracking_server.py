@@ -124,6 +124,12 @@ class Postgres:
                            "-d", database, "-tAc", statement)  # fmt: skip
         return result.stdout.strip()
 
+    def dump(self, database: str = DATABASE) -> str:
+        """The whole database as SQL text (`pg_dump`): a backup, or something to search."""
+        result = self._run(postgres_binary("pg_dump"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
+                           database)  # fmt: skip
+        return result.stdout
+
     def running(self) -> bool:
         return self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "status", check=False).returncode == 0
 

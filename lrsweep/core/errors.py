@@ -14,23 +14,30 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from lrsweep.core import interrupts
+from lrsweep.core import interrupts, secrets
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class Redacted:
+    """An error whose message never shows a password (`lrsweep.core.secrets.redact`): its messages name store URIs."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(secrets.redact(a) if isinstance(a, str) else a for a in args))
+
+
+class ConfigError(Redacted, ValueError):
     """A job's config or data cannot run (found by `lrsweep.run.job.prepare`, before any work)."""
 
 
-class StoreError(ConnectionError):
+class StoreError(Redacted, ConnectionError):
     """The MLflow store cannot be used: unreachable, unwritable, not a database, a schema of another MLflow, full.
 
     The message names the URI or path, what is wrong and what to do.
     """
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(Redacted, RuntimeError):
     """A run failed in training for a reason its message says whole (e.g. divergence): the run ends FAILED with it,
     and it is shown as that one line, never as a traceback."""
 
@@ -101,7 +108,7 @@ def reported() -> Iterator[None]:
     except USER_ERRORS as e:
         if keep_traceback():
             raise
-        raise SystemExit(f"lrsweep: {e}") from e
+        raise SystemExit(secrets.redact(f"lrsweep: {e}")) from e
     except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM, honoured (the run is closed KILLED where it could be)
         if keep_traceback():
             raise

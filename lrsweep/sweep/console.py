@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lrsweep import tracking
 from lrsweep.analysis import headline, report
+from lrsweep.core.secrets import redact
 from lrsweep.sweep.outcome import Outcome
 
 
@@ -77,4 +78,4 @@ class Failures:
 
     def print(self) -> None:
         for message in self.messages.values():
-            print(f"lrsweep: {message}", file=sys.stderr)
+            print(redact(f"lrsweep: {message}"), file=sys.stderr)

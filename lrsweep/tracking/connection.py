@@ -13,7 +13,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lrsweep.core.errors import StoreError, first_line
+from lrsweep.core.secrets import redact
 from lrsweep.tracking import mlflow_adapter, store
+from lrsweep.tracking.client import Client
 from lrsweep.tracking.disk_full import hold_back_mlflow_noise
 
 
@@ -120,7 +122,7 @@ def connect(
             if not go_on:
                 return None
             mlflow_adapter.quick_engine_retries()
-            return _experiment(MlflowClient(tracking_uri=uri), experiment_name, create)
+            return _experiment(Client(tracking_uri=uri), experiment_name, create)
     except StoreError:
         raise
     except _store_failures() as e:
@@ -147,7 +149,7 @@ def _experiment(client: MlflowClient, experiment_name: str, create: bool) -> tup
                 raise
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
-            f"MLflow experiment {experiment_name!r} is deleted in {uri}. Restore it "
+            f"MLflow experiment {experiment_name!r} is deleted in {redact(uri)}. Restore it "
             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
             "or choose another `tracking.experiment_name`."
         )

@@ -97,6 +97,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # Stores.
     ("unknown store scheme", [*JAX, "tracking.uri=bogus://nowhere"], "bogus://nowhere"),
     ("no server answers", [*JAX, "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
+    ("no server answers, a password", [*JAX, "tracking.uri=http://alice:hunter2@127.0.0.1:9"], "alice:***@127.0.0.1:9"),
     ("store under a file", [*JAX, "tracking.uri=sqlite:///{tmp}/afile/mlflow.db"], "{tmp}/afile"),
     ("store not a database", [*JAX, "tracking.uri=sqlite:///{tmp}/garbage/mlflow.db"], "{tmp}/garbage/mlflow.db"),
     # A store where no file can ever be: the kernel's filesystems (root's os.access says "writable" there).
@@ -247,6 +248,7 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(results, case, record_pr
     assert 1 <= len(message) <= 20, "\n".join(message)
     assert message[0].startswith(("lrsweep: ", "Error ", "In '", "Could not")), message[0]  # ours or Hydra's first
     assert names.replace("{tmp}", str(folder)) in result.stderr, result.stderr[-3000:]
+    assert "hunter2" not in output  # a URI's password is never shown (lrsweep.core.secrets)
     assert set(os.listdir(folder)) <= INPUTS  # no mlruns/: no store, so no run
     assert not list(folder.glob("multirun/**/report")), "a report was written"
     assert not (folder / "garbage" / "mlflow.db").read_bytes().startswith(b"SQLite"), "the file was overwritten"

@@ -3,6 +3,7 @@ temp folder, run as a non-root user) behind a real `mlflow server` with proxied 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -163,3 +164,36 @@ def test_a_postgres_restart_shorter_than_the_retries_is_ridden_through(tmp_path,
     assert logged_epochs(client, runs["200"]) == list(range(200))
     for key in EPOCH_KEYS:
         assert len(client.get_metric_history(runs["200"].info.run_id, key)) == 200, key
+
+
+@pytest.mark.timeout(600)
+def test_a_password_in_the_tracking_uri_lands_nowhere_in_the_store_the_artifacts_or_the_output(
+    tmp_path, postgres_server
+):
+    """`tracking.uri=http://user:password@host` reaches the server (a server without auth ignores the credentials),
+    and the password is in no row of the database, no artifact, no output line and no log file: `***` stands in."""
+    url, database, folder = postgres_server
+    password = "hunter2-not-for-mlflow"
+    with_password = url.replace("http://", f"http://alice:{password}@")
+    result = train(tmp_path, "schedule=linear,constant", "training.seed=7", "training.epochs=1", "backend=jax",
+                   "training.verbose=0", *TINY, f"tracking.uri={with_password}", fresh_store=True)  # fmt: skip
+    assert "2 runs in 2 configurations" in result.stdout
+    client = MlflowClient(url)
+    runs = job_runs(client, client.get_experiment_by_name("lrsweep").experiment_id, "multirun")
+    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    redacted = url.replace("http://", "http://alice:***@")
+    for run in runs.values():  # the URI is recorded, without its password
+        assert run.data.params.get("tracking.uri") in (None, redacted)
+        overrides = json.loads(run.data.tags[tracking.TAG_OVERRIDES])  # as Hydra escapes it: http\://alice\:***@...
+        assert overrides["tracking.uri"].replace("\\", "") == redacted
+        config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / run.info.run_id)))
+        assert f"uri: {redacted}" in config.read_text()
+    dump = database.dump()
+    assert runs.popitem()[1].info.run_id.replace("-", "") in dump  # the dump holds the runs
+    assert password not in dump
+    files = [p for p in (folder / "artifacts").rglob("*") if p.is_file()] + [
+        p for p in (tmp_path / "multirun").rglob("*") if p.is_file() and p.suffix in (".log", ".csv", ".html")
+    ]
+    assert any(p.name == "report.html" for p in files) and any(p.suffix == ".log" for p in files)
+    assert [p for p in files if password in p.read_text(errors="replace")] == []
+    assert password not in result.stdout + result.stderr
