@@ -2,6 +2,7 @@
 
     bash scripts/tracking_server.sh                       # PostgreSQL + mlflow server on 127.0.0.1:5000
     bash scripts/tracking_server.sh --port 5001 --data /var/lib/lrsweep-tracking
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=... bash scripts/tracking_server.sh --host 0.0.0.0 --auth
     python train.py -m ... tracking.uri=http://127.0.0.1:5000
 
 SQLite takes one writer at a time; PostgreSQL takes many. Everything lives in `--data` (default
@@ -12,7 +13,11 @@ and `report.html` reach it from any machine that reaches the server. A second st
 Who gets in:
 - PostgreSQL listens on no TCP port, only on a Unix socket in `--data/postgres-socket` (mode 0700): the server on this
   machine is its only client.
-- `mlflow server` binds to 127.0.0.1 unless `--host` says otherwise.
+- `mlflow server` binds to 127.0.0.1 unless `--host` says otherwise, and another `--host` needs `--auth`: MLflow's
+  basic-auth app, whose admin is named by MLflow's client credentials where the script runs
+  (`MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`, or `~/.mlflow/credentials`); every client then sends its
+  own the same way. A password in `tracking.uri` works too, but the environment or the file keeps it off command
+  lines; lrsweep redacts it from everything it writes either way (`lrsweep.core.secrets`).
 
 PostgreSQL refuses to run as root; run as root, this script runs it as the `postgres` system user (Debian's
 `postgresql` package makes it), which must be able to reach `--data`.
@@ -39,6 +44,7 @@ DATABASE = "mlflow"
 DB_USER = "lrsweep"
 # The MLflow server's own settings: no GenAI job runners (8 processes it would start otherwise).
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class SetupError(RuntimeError):
@@ -139,14 +145,57 @@ class Postgres:
             self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "-m", mode, "-w", "stop")
 
 
+def basic_auth(data: Path) -> dict[str, str]:
+    """The settings (environment variables) of MLflow's basic-auth app for a server whose data is in `data`.
+
+    Its admin is whoever MLflow's client credentials name where this runs: `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD`, else `~/.mlflow/credentials` (a file only its owner reads). Users are kept in
+    `data/basic_auth.db`; anyone else gets no permission until the admin grants one (MLflow's auth REST API or
+    `mlflow.server.get_app_client("basic-auth")`). No password is written to disk here: the admin's is handed to the
+    server in its environment, which creates the admin on its first start.
+
+    Raises:
+        SetupError: no credentials to make the admin from.
+    """
+    import secrets
+
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    if not (creds.username and creds.password):
+        raise SetupError(
+            "--auth needs the admin's credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put "
+            "them in ~/.mlflow/credentials ([mlflow] mlflow_tracking_username = ..., mlflow_tracking_password = ...)"
+        )
+    if len(creds.password) < 12:  # MLflow's own rule: its server would exit on it, after PostgreSQL started
+        raise SetupError("MLflow's basic-auth app wants an admin password of 12 characters or more: choose a longer "
+                         "MLFLOW_TRACKING_PASSWORD")  # fmt: skip
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{(data / 'basic_auth.db').resolve()}\nadmin_username = {creds.username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    config.chmod(0o600)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config.resolve()),
+        "MLFLOW_AUTH_ADMIN_USERNAME": creds.username,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": creds.password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),  # CSRF protection of the auth app's forms
+    }
+
+
 def mlflow_server(
-    backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **popen
-) -> subprocess.Popen:
-    """Starts `mlflow server` over `backend_uri` with artifacts proxied to `artifacts`, in a session of its own."""
+    backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 2,
+    auth: dict[str, str] | None = None, **popen,
+) -> subprocess.Popen:  # fmt: skip
+    """Starts `mlflow server` over `backend_uri` with artifacts proxied to `artifacts`, in a session of its own;
+    behind MLflow's basic-auth app with `auth` (`basic_auth`'s settings)."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
-               "--workers", str(workers)]  # fmt: skip
-    return subprocess.Popen(command, env={**os.environ, **SERVER_ENV}, start_new_session=True, **popen)
+               "--workers", str(workers), *(["--app-name", "basic-auth"] if auth else [])]  # fmt: skip
+    return subprocess.Popen(command, env={**os.environ, **SERVER_ENV, **(auth or {})}, start_new_session=True, **popen)
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -182,15 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port (default 5000)")
     parser.add_argument("--workers", type=int, default=2, help="the MLflow server's worker processes (default 2)")
     parser.add_argument("--postgres-port", type=int, default=5432, help="the number of PostgreSQL's socket")
+    parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app; its admin: MLflow's client "
+                        "credentials here (MLFLOW_TRACKING_USERNAME/PASSWORD or ~/.mlflow/credentials)")  # fmt: skip
     args = parser.parse_args(argv)
     database = Postgres(args.data, args.postgres_port)
     try:
+        if not (args.auth or args.host in LOOPBACK):
+            raise SetupError(f"--host {args.host} lets other machines in: add --auth (MLflow's basic-auth app)")
+        auth = basic_auth(args.data) if args.auth else None
         port_free(args.host, args.port)
         database.start()
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    server = mlflow_server(database.uri, (args.data / "artifacts").resolve(), args.host, args.port, args.workers)
+    server = mlflow_server(database.uri, (args.data / "artifacts").resolve(), args.host, args.port, args.workers, auth)
     url = f"http://{args.host}:{args.port}"
     stopping = []
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,8 +17,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,6 +282,8 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
     if disk_full(error):  # one wording wherever it is met: the path, the free space, the fix
         return StoreError(store_failure_message(error, uri))
     if uri.startswith(("http://", "https://")):
+        if (refused := _credentials_refused(chain, uri)) is not None:
+            return refused
         for link in chain:
             server_fault = isinstance(link, (requests.RequestException, urllib3.exceptions.HTTPError)) or (
                 isinstance(link, MlflowException) and str(link.message).startswith("API request to ")
@@ -309,6 +313,40 @@ def as_store_error(error: BaseException, uri: str) -> StoreError | None:
             )
         if isinstance(link, sqlalchemy.exc.OperationalError):
             return StoreError(f"The MLflow store tracking.uri={uri} failed: {first_line(link)}.")
+    return None
+
+
+def _credentials_refused(chain: list[BaseException], uri: str) -> StoreError | None:
+    """The `StoreError` for a tracking server that answered 401 (who is this?) or 403 (not allowed), else None.
+
+    MLflow's basic-auth app answers so; the client sends MLflow's credentials (`MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD`, or `~/.mlflow/credentials`), or a password in the URI."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    for link in chain:
+        status = None
+        if isinstance(link, MlflowException):
+            found = re.search(r"error code (401|403) != 200", str(link.message))
+            codes = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+            status = int(found[1]) if found else codes.get(getattr(link, "error_code", None))
+        elif isinstance(link, requests.HTTPError) and link.response is not None:
+            status = link.response.status_code if link.response.status_code in (401, 403) else None
+        if status is None:
+            continue
+        user = read_mlflow_creds().username or urllib.parse.urlsplit(uri).username
+        if status == 403:
+            return StoreError(
+                f"The MLflow tracking server at tracking.uri={uri} lets user {user!r} in but refuses this (HTTP 403). "
+                "Ask its admin for a permission on the experiment, or set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to a user who has one."
+            )
+        given = f"user {user!r}" if user else "none were given"
+        return StoreError(
+            f"The MLflow tracking server at tracking.uri={uri} refused lrsweep's credentials (HTTP 401: {given}). "
+            "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to a user it knows."
+        )
     return None
 
 
