@@ -12,7 +12,9 @@ and `report.html` reach it from any machine that reaches the server. A second st
 
 Who gets in:
 - PostgreSQL listens on no TCP port, only on a Unix socket in `--data/postgres-socket` (mode 0700): the server on this
-  machine is its only client.
+  machine is its only client. It logs in as the role `mlflow`, which owns the database `mlflow` and nothing else (no
+  superuser, no new databases or roles), with a password (scram-sha-256) made on the first start and kept in
+  `--data/postgres-credentials` (mode 0600, beside the superuser's): handed over in the environment, in no URI.
 - `mlflow server` binds to 127.0.0.1 unless `--host` says otherwise, and another `--host` needs `--auth`: MLflow's
   basic-auth app, whose admin is named by MLflow's client credentials where the script runs
   (`MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`, or `~/.mlflow/credentials`); every client then sends its
@@ -41,7 +43,14 @@ import time
 from pathlib import Path
 
 DATABASE = "mlflow"
-DB_USER = "lrsweep"
+DB_USER = "lrsweep"  # the cluster's superuser: makes the database and the role, reads for tests and backups
+DB_ROLE = "mlflow"  # what the MLflow server logs in as: owns the database `mlflow`, nothing more
+# Both log in with a password (scram-sha-256, on the socket only), made on the first start and kept in
+# `--data/postgres-credentials` (mode 0600): handed to PostgreSQL's clients in their environment (PGPASSWORD), never
+# in a URI or a command line.
+PG_HBA = """# lrsweep (scripts/tracking_server.py): the Unix socket only (no TCP), a password for every role
+local all all scram-sha-256
+"""
 # The MLflow server's own settings: no GenAI job runners (8 processes it would start otherwise).
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -79,16 +88,34 @@ class Postgres:
 
     @property
     def uri(self) -> str:
-        """The SQLAlchemy URI of the MLflow database, over the socket."""
-        return f"postgresql+psycopg2://{DB_USER}@/{DATABASE}?host={self.socket_dir}&port={self.port}"
+        """The SQLAlchemy URI of the MLflow database for its role, over the socket (its password: `server_env`)."""
+        return f"postgresql+psycopg2://{DB_ROLE}@/{DATABASE}?host={self.socket_dir}&port={self.port}"
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        """What the MLflow server's environment needs to log in as `DB_ROLE` (libpq reads PGPASSWORD)."""
+        return {"PGPASSWORD": self._passwords()[DB_ROLE]}
+
+    def _passwords(self) -> dict[str, str]:
+        """The roles' passwords, made on the first call and kept in a file only this user reads."""
+        import json
+        import secrets
+
+        path = self.folder / "postgres-credentials"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({DB_USER: secrets.token_urlsafe(24), DB_ROLE: secrets.token_urlsafe(24)}, f)
+        return json.loads(path.read_text())
 
     @property
     def _as_other_user(self) -> bool:
         return self.os_user != pwd.getpwuid(os.getuid()).pw_name
 
-    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(self, *command: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         full = ("runuser", "-u", self.os_user, "--", *command) if self._as_other_user else command
-        result = subprocess.run(full, capture_output=True, text=True)
+        result = subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})})
         if check and result.returncode != 0:
             lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
             raise SetupError(f"{Path(command[0]).name} failed: {lines[-1]}")
@@ -113,28 +140,61 @@ class Postgres:
         self._own(self.socket_dir)
         if not (self.cluster / "PG_VERSION").exists():
             self._own(self.cluster)
-            # trust on the socket alone: the socket's folder (0700) lets no other user (but root) reach it
+            # trust until `_secure` has set the passwords: the socket's folder (0700) lets no other user (but root) in
             self._run(postgres_binary("initdb"), "-D", str(self.cluster), "-U", DB_USER, "--auth=trust",
                       "--encoding=UTF8", "--no-instructions")  # fmt: skip
         options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=''"
         self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "-l", str(self.log), "-o", options, "-w",
                   "-t", "60", "start")  # fmt: skip
-        exists = self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", database="postgres")
-        if exists != "1":
-            self.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
+        if (self.cluster / "pg_hba.conf").read_text() != PG_HBA:
+            self._secure()
         return self
 
+    def _secure(self) -> None:
+        """Makes the database and its role if missing, gives both roles their passwords and lets none in without.
+
+        Idempotent, and the way a cluster made by an earlier lrsweep (trust, the superuser owning everything) is
+        brought here: its tables (with their sequences), views and types move to the role."""
+        passwords = self._passwords()
+        self.sql(f"ALTER ROLE {DB_USER} PASSWORD '{passwords[DB_USER]}'", database="postgres")
+        if self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}'", database="postgres") != "1":
+            self.sql(f"CREATE ROLE {DB_ROLE} LOGIN", database="postgres")  # no superuser, createdb or createrole
+        self.sql(f"ALTER ROLE {DB_ROLE} PASSWORD '{passwords[DB_ROLE]}'", database="postgres")
+        if self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", database="postgres") != "1":
+            self.sql(f"CREATE DATABASE {DATABASE} OWNER {DB_ROLE}", database="postgres")
+        self.sql(f"ALTER DATABASE {DATABASE} OWNER TO {DB_ROLE}", database="postgres")
+        self.sql(f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC", database="postgres")
+        self.sql(
+            "DO $$ DECLARE r record; BEGIN "
+            "FOR r IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v') AND pg_get_userbyid(c.relowner) = '{DB_USER}' "
+            "LOOP EXECUTE format('ALTER %s public.%I OWNER TO " + DB_ROLE + "', "  # a table's sequences go with it
+            "CASE r.relkind WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END, r.relname); END LOOP; "
+            "FOR r IN SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            f"WHERE n.nspname = 'public' AND t.typtype = 'e' AND pg_get_userbyid(t.typowner) = '{DB_USER}' "
+            "LOOP EXECUTE format('ALTER TYPE public.%I OWNER TO " + DB_ROLE + "', r.typname); END LOOP; END $$"
+        )  # fmt: skip
+        hba = self.cluster / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        if self._as_other_user:
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(hba, entry.pw_uid, entry.pw_gid)
+        self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "reload")
+
     def sql(self, statement: str, database: str = DATABASE) -> str:
-        """Runs one SQL statement with psql; returns its output, unaligned, without headers."""
+        """Runs one SQL statement with psql as the superuser; returns its output, unaligned, without headers."""
         result = self._run(postgres_binary("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
-                           "-d", database, "-tAc", statement)  # fmt: skip
+                           "-d", database, "-tAc", statement, env=self._admin_env())  # fmt: skip
         return result.stdout.strip()
 
     def dump(self, database: str = DATABASE) -> str:
         """The whole database as SQL text (`pg_dump`): a backup, or something to search."""
         result = self._run(postgres_binary("pg_dump"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
-                           database)  # fmt: skip
+                           database, env=self._admin_env())  # fmt: skip
         return result.stdout
+
+    def _admin_env(self) -> dict[str, str]:
+        return {"PGPASSWORD": self._passwords()[DB_USER]}
 
     def running(self) -> bool:
         return self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "status", check=False).returncode == 0
@@ -188,14 +248,16 @@ def basic_auth(data: Path) -> dict[str, str]:
 
 def mlflow_server(
     backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 2,
-    auth: dict[str, str] | None = None, **popen,
+    auth: dict[str, str] | None = None, backend_env: dict[str, str] | None = None, **popen,
 ) -> subprocess.Popen:  # fmt: skip
     """Starts `mlflow server` over `backend_uri` with artifacts proxied to `artifacts`, in a session of its own;
-    behind MLflow's basic-auth app with `auth` (`basic_auth`'s settings)."""
+    behind MLflow's basic-auth app with `auth` (`basic_auth`'s settings); `backend_env`: what the store needs in the
+    environment (`Postgres.server_env`)."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
                "--workers", str(workers), *(["--app-name", "basic-auth"] if auth else [])]  # fmt: skip
-    return subprocess.Popen(command, env={**os.environ, **SERVER_ENV, **(auth or {})}, start_new_session=True, **popen)
+    env = {**os.environ, **SERVER_ENV, **(auth or {}), **(backend_env or {})}
+    return subprocess.Popen(command, env=env, start_new_session=True, **popen)
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -244,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    server = mlflow_server(database.uri, (args.data / "artifacts").resolve(), args.host, args.port, args.workers, auth)
+    server = mlflow_server(database.uri, (args.data / "artifacts").resolve(), args.host, args.port, args.workers, auth,
+                           database.server_env)  # fmt: skip
     url = f"http://{args.host}:{args.port}"
     stopping = []
     for signum in (signal.SIGINT, signal.SIGTERM):

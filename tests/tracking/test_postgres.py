@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ def postgres_server():
     database = tracking_server.Postgres(folder, free_port()).start()
     port = free_port()
     log = open(folder / "mlflow-server.log", "w")
-    server = tracking_server.mlflow_server(database.uri, folder / "artifacts", port=port, workers=1, stdout=log,
-                                           stderr=log)  # fmt: skip
+    server = tracking_server.mlflow_server(database.uri, folder / "artifacts", port=port, workers=1,
+                                           backend_env=database.server_env, stdout=log, stderr=log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         tracking_server.wait_healthy(url, server)
@@ -50,6 +51,27 @@ def test_postgres_runs_as_a_non_root_user_on_a_socket_only(postgres_server):
     assert oct(database.socket_dir.stat().st_mode & 0o777) == "0o700"
     owner = database.cluster.stat().st_uid
     assert owner != 0 and owner == database.socket_dir.stat().st_uid
+
+
+def test_mlflow_logs_in_with_a_password_as_a_role_that_owns_its_database_and_nothing_more(postgres_server):
+    _, database, folder = postgres_server
+    role = tracking_server.DB_ROLE
+    assert database.uri.startswith(f"postgresql+psycopg2://{role}@/")  # no password in the URI
+    assert database.sql(f"SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = '{role}'") == (
+        "f|f|f"
+    )
+    database_owner = f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{tracking_server.DATABASE}'"
+    assert database.sql(database_owner) == role
+    tables = database.sql("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+    assert tables == role  # MLflow's tables, made by the server's migrations as the role
+    assert oct((folder / "postgres-credentials").stat().st_mode & 0o777) == "0o600"
+    assert (database.cluster / "pg_hba.conf").read_text().splitlines()[1:] == ["local all all scram-sha-256"]
+    psql = tracking_server.postgres_binary("psql")
+    login = [psql, "-h", str(database.socket_dir), "-p", str(database.port), "-U", role, "-d", "mlflow", "-c", ";"]
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    refused = subprocess.run(["runuser", "-u", database.os_user, "--", *login] if os.getuid() == 0 else login,
+                             capture_output=True, text=True, env=env)  # fmt: skip
+    assert refused.returncode != 0 and "no password supplied" in refused.stderr
 
 
 @pytest.mark.timeout(600)
@@ -176,10 +198,10 @@ def test_a_password_in_the_tracking_uri_lands_nowhere_in_the_store_the_artifacts
     password = "hunter2-not-for-mlflow"
     with_password = url.replace("http://", f"http://alice:{password}@")
     result = train(tmp_path, "schedule=linear,constant", "training.seed=7", "training.epochs=1", "backend=jax",
-                   "training.verbose=0", *TINY, f"tracking.uri={with_password}", fresh_store=True)  # fmt: skip
-    assert "2 runs in 2 configurations" in result.stdout
+                   "training.verbose=0", *TINY, f"tracking.uri={with_password}",
+                   f"hydra.sweep.dir={tmp_path / 'secret'}", fresh_store=True)  # fmt: skip
     client = MlflowClient(url)
-    runs = job_runs(client, client.get_experiment_by_name("lrsweep").experiment_id, "multirun")
+    runs = job_runs(client, client.get_experiment_by_name("lrsweep").experiment_id, "secret")
     assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
     redacted = url.replace("http://", "http://alice:***@")
     for run in runs.values():  # the URI is recorded, without its password
@@ -192,7 +214,7 @@ def test_a_password_in_the_tracking_uri_lands_nowhere_in_the_store_the_artifacts
     assert runs.popitem()[1].info.run_id.replace("-", "") in dump  # the dump holds the runs
     assert password not in dump
     files = [p for p in (folder / "artifacts").rglob("*") if p.is_file()] + [
-        p for p in (tmp_path / "multirun").rglob("*") if p.is_file() and p.suffix in (".log", ".csv", ".html")
+        p for p in (tmp_path / "secret").rglob("*") if p.is_file() and p.suffix in (".log", ".csv", ".html")
     ]
     assert any(p.name == "report.html" for p in files) and any(p.suffix == ".log" for p in files)
     assert [p for p in files if password in p.read_text(errors="replace")] == []
