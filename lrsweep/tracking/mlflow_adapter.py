@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import requests
-
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -25,20 +23,21 @@ def metric_points(client: MlflowClient, run_ids: Sequence[str], key: str) -> lis
     """Every (run id, step, value) of metric `key` of the runs: one query (SQL store) or one request per 100 runs.
 
     A SQL store's `get_metric_history_bulk` (private: reached through `client._tracking_client.store`) answers for
-    all runs at once; a tracking server, the UI's bulk route; any other store, one `get_metric_history` per run.
+    all runs at once; a tracking server (`store.get_host_creds`, MLflow's `http_request`: the client's credentials
+    and HTTP settings), the UI's bulk route; any other store, one `get_metric_history` per run.
     """
     store = client._tracking_client.store
     if hasattr(store, "get_metric_history_bulk"):
         return [(m.run_id, m.step, m.value) for m in store.get_metric_history_bulk(list(run_ids), key, SQL_BULK_POINTS)]
-    uri = client.tracking_uri
-    if uri.startswith(("http://", "https://")):
+    if hasattr(store, "get_host_creds"):  # a tracking server: asked as MLflow's client asks it (its credentials too)
+        from mlflow.utils.rest_utils import http_request
+
         points = []
         for start in range(0, len(run_ids), REST_BULK_RUNS):
-            response = requests.get(
-                f"{uri.rstrip('/')}{BULK_HISTORY_ROUTE}",
+            response = http_request(
+                store.get_host_creds(), BULK_HISTORY_ROUTE, "GET",
                 params={"run_id": list(run_ids[start : start + REST_BULK_RUNS]), "metric_key": key},
-                timeout=60,
-            )
+            )  # fmt: skip
             response.raise_for_status()
             points += [(m["run_id"], m["step"], m["value"]) for m in response.json().get("metrics", [])]
         return points

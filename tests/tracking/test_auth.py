@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lrsweep import tracking
 from scripts import tracking_server
 from tests.conftest import TINY, run_train_py, seed_store
 from tests.sweep.test_faults import free_port
@@ -45,10 +46,12 @@ def auth_server(tmp_path_factory):
             server.wait(timeout=30)
 
 
-def single_run(folder, url: str, **credentials: str) -> subprocess.CompletedProcess:
+def run(folder, url: str, *overrides: str, multirun: bool = False, **credentials: str) -> subprocess.CompletedProcess:
+    """`python train.py [-m] <overrides>` against the server, with only the MLflow credentials given."""
     env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS} | credentials
-    args = [f"tracking.uri={url}", f"hydra.run.dir={folder / 'outputs'}", "backend=jax", "training.epochs=1",
-            "training.verbose=0", *TINY]  # fmt: skip
+    args = ["-m"] if multirun else []
+    args += [f"tracking.uri={url}", f"hydra.run.dir={folder / 'outputs'}", f"hydra.sweep.dir={folder / 'multirun'}",
+             "backend=jax", "training.epochs=1", "training.verbose=0", *TINY, *overrides]  # fmt: skip
     return run_train_py(args, folder, env, timeout=300)
 
 
@@ -60,7 +63,7 @@ def single_run(folder, url: str, **credentials: str) -> subprocess.CompletedProc
 )
 def test_a_client_without_the_credentials_gets_one_line_naming_them(tmp_path, auth_server, credentials):
     url, _ = auth_server
-    result = single_run(tmp_path, url, **credentials)
+    result = run(tmp_path, url, **credentials)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("lrsweep:")]
@@ -70,15 +73,23 @@ def test_a_client_without_the_credentials_gets_one_line_naming_them(tmp_path, au
 
 
 @pytest.mark.timeout(600)
-def test_the_admins_credentials_from_the_environment_let_a_run_in(tmp_path, auth_server):
+def test_the_admins_credentials_from_the_environment_let_a_sweep_in_whole(tmp_path, auth_server):
+    """Its runs, its report (read back through the UI's bulk route, asked with the same credentials) and the parent
+    run that holds the report."""
     url, _ = auth_server
-    result = single_run(tmp_path, url, MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    result = run(tmp_path, url, "schedule=linear,constant", multirun=True, MLFLOW_TRACKING_USERNAME=ADMIN,
+                 MLFLOW_TRACKING_PASSWORD=PASSWORD)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "lrsweep:" not in result.stderr, result.stderr[-3000:]
     os.environ.update(dict(zip(CREDENTIALS, (ADMIN, PASSWORD), strict=True)))
     try:
         client = MlflowClient(url)
-        (run,) = client.search_runs([client.get_experiment_by_name("lrsweep").experiment_id])
-        assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
+        experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+        runs = {r.data.tags[tracking.TAG_ROLE]: r for r in client.search_runs([experiment_id])}
+        assert len(client.search_runs([experiment_id])) == 3 and set(runs) == {"job", "sweep"}
+        assert {r.info.status for r in client.search_runs([experiment_id])} == {"FINISHED"}
+        parent = runs["sweep"].info.run_id
+        assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
     finally:
         for name in CREDENTIALS:
             del os.environ[name]
