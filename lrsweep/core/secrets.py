@@ -40,7 +40,10 @@ def redact_logs() -> None:
 
     def redacted_record(*args, **kwargs) -> logging.LogRecord:
         record = factory(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a call whose arguments do not fit its format: its handler reports that, as without us
+            return record
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None

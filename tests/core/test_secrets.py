@@ -49,6 +49,10 @@ def test_every_log_record_is_redacted_once_installed(caplog):
         with caplog.at_level(logging.INFO):
             logging.getLogger("hydra.core").info("#0 : tracking.uri=%s seed=%d", "http://a:pw@h:1", 3)
         assert caplog.records[-1].getMessage() == "#0 : tracking.uri=http://a:***@h:1 seed=3"
+        # A library's call whose arguments do not fit its format: made into a record as without redaction (logging's
+        # handler reports it when it formats the record), never an error where the call is.
+        broken = logging.getLogRecordFactory()("lib", logging.WARNING, __file__, 1, "%d items", ("many",), None)
+        assert (broken.msg, broken.args) == ("%d items", ("many",))
         assert logging.getLogRecordFactory().__wrapped__ is factory
     finally:
         logging.setLogRecordFactory(factory)
