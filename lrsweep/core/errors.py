@@ -108,7 +108,7 @@ def reported() -> Iterator[None]:
     except USER_ERRORS as e:
         if keep_traceback():
             raise
-        raise SystemExit(secrets.redact(f"lrsweep: {e}")) from e
+        raise SystemExit(f"lrsweep: {e}") from e  # a user error's message is redacted already (`Redacted`)
     except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM, honoured (the run is closed KILLED where it could be)
         if keep_traceback():
             raise

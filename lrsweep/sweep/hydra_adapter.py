@@ -17,7 +17,6 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrsweep.core.errors import StoreError, TrainingFailed, full_error, in_worker
-from lrsweep.core.secrets import redact
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # `hydra.sweeper._target_` by default
 
@@ -42,7 +41,7 @@ class JobFailed(CompactHydraException):
 
 def job_failed(error: Exception) -> JobFailed:
     """`error` as a `JobFailed` Hydra prints in one line (`lrsweep: <message>`); `job_error` gives `error` back."""
-    failed = JobFailed(redact(f"lrsweep: {error}"))
+    failed = JobFailed(f"lrsweep: {error}")  # TrainingFailed and StoreError redact their messages (`Redacted`)
     failed.__cause__ = error
     return failed
 
