@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts import tracking_server  # noqa: E402
+from scripts.tracking_server import free_port  # noqa: E402
 
 MEMBERS = 16
 STEPS_PER_EPOCH = 1563  # 50,000 held-in examples in batches of 32
@@ -122,7 +123,7 @@ def server_pids(server: subprocess.Popen, database: tracking_server.Postgres | N
             if group == server.pid or pid in postmaster or parent in postmaster]  # fmt: skip
 
 
-def count_points(store: str, database: tracking_server.Postgres | None, folder: Path) -> int:
+def count_points(database: tracking_server.Postgres | None, folder: Path) -> int:
     query = "SELECT count(*) FROM metrics"
     if database is not None:
         return int(database.sql(query))
@@ -134,7 +135,6 @@ def measure(store: str, packs: int, epochs: int, epoch_seconds: float) -> dict:
     """A fresh server over a fresh `store` ("postgresql" or "sqlite"), `packs` packs logging at once."""
     with tempfile.TemporaryDirectory(prefix="lrsweep-load-") as tmp:
         folder = Path(tmp)
-        folder.chmod(0o755)  # PostgreSQL's user enters it when this runs as root
         database = tracking_server.Postgres(folder, free_port()).start() if store == "postgresql" else None
         backend_uri = database.uri if database else f"sqlite:///{folder / 'mlflow.db'}"
         port = free_port()
@@ -160,7 +160,7 @@ def measure(store: str, packs: int, epochs: int, epoch_seconds: float) -> dict:
                     failed.append(next(line for line in reversed(err.strip().splitlines()) if line.strip()))
             wall = time.perf_counter() - started
             cpu = cpu_seconds(server_pids(server, database)) - before
-            found = count_points(store, database, folder)
+            found = count_points(database, folder)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
@@ -174,14 +174,6 @@ def measure(store: str, packs: int, epochs: int, epoch_seconds: float) -> dict:
         "drained": max((r["drained"] for r in results), default=float("nan")),
         "runs_per_min": len(results) * MEMBERS / (wall / 60), "cpu": cpu, "wall": wall,
     }  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ Tests start the same pieces from here (`Postgres`, `mlflow_server`), with a Post
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import os
 import pwd
@@ -94,10 +95,11 @@ class Postgres:
     @property
     def server_env(self) -> dict[str, str]:
         """What the MLflow server's environment needs to log in as `DB_ROLE` (libpq reads PGPASSWORD)."""
-        return {"PGPASSWORD": self._passwords()[DB_ROLE]}
+        return {"PGPASSWORD": self._passwords[DB_ROLE]}
 
+    @functools.cached_property
     def _passwords(self) -> dict[str, str]:
-        """The roles' passwords, made on the first call and kept in a file only this user reads."""
+        """The roles' passwords, made on the first use and kept in a file only this user reads."""
         import json
         import secrets
 
@@ -121,12 +123,16 @@ class Postgres:
             raise SetupError(f"{Path(command[0]).name} failed: {lines[-1]}")
         return result
 
-    def _own(self, path: Path) -> None:
-        """Makes `path` a folder only PostgreSQL's user can open."""
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def _give(self, path: Path) -> None:
+        """Makes PostgreSQL's user the owner of `path` (when that is another user than this process's)."""
         if self._as_other_user:
             entry = pwd.getpwnam(self.os_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _own(self, path: Path) -> None:
+        """Makes `path` a folder only PostgreSQL's user can open."""
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._give(path)
         path.chmod(0o700)
 
     def start(self) -> Postgres:
@@ -155,7 +161,7 @@ class Postgres:
 
         Idempotent, and the way a cluster made by an earlier lrsweep (trust, the superuser owning everything) is
         brought here: its tables (with their sequences), views and types move to the role."""
-        passwords = self._passwords()
+        passwords = self._passwords
         self.sql(f"ALTER ROLE {DB_USER} PASSWORD '{passwords[DB_USER]}'", database="postgres")
         if self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}'", database="postgres") != "1":
             self.sql(f"CREATE ROLE {DB_ROLE} LOGIN", database="postgres")  # no superuser, createdb or createrole
@@ -176,25 +182,22 @@ class Postgres:
         )  # fmt: skip
         hba = self.cluster / "pg_hba.conf"
         hba.write_text(PG_HBA)
-        if self._as_other_user:
-            entry = pwd.getpwnam(self.os_user)
-            os.chown(hba, entry.pw_uid, entry.pw_gid)
+        self._give(hba)
         self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "reload")
 
     def sql(self, statement: str, database: str = DATABASE) -> str:
         """Runs one SQL statement with psql as the superuser; returns its output, unaligned, without headers."""
-        result = self._run(postgres_binary("psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
-                           "-d", database, "-tAc", statement, env=self._admin_env())  # fmt: skip
-        return result.stdout.strip()
+        return self._as_superuser("psql", "-d", database, "-tAc", statement).strip()
 
     def dump(self, database: str = DATABASE) -> str:
         """The whole database as SQL text (`pg_dump`): a backup, or something to search."""
-        result = self._run(postgres_binary("pg_dump"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
-                           database, env=self._admin_env())  # fmt: skip
-        return result.stdout
+        return self._as_superuser("pg_dump", database)
 
-    def _admin_env(self) -> dict[str, str]:
-        return {"PGPASSWORD": self._passwords()[DB_USER]}
+    def _as_superuser(self, client: str, *args: str) -> str:
+        """The output of PostgreSQL's `client` (psql, pg_dump) logged in as the superuser, over the socket."""
+        result = self._run(postgres_binary(client), "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_USER,
+                           *args, env={"PGPASSWORD": self._passwords[DB_USER]})  # fmt: skip
+        return result.stdout
 
     def running(self) -> bool:
         return self._run(postgres_binary("pg_ctl"), "-D", str(self.cluster), "status", check=False).returncode == 0
@@ -275,6 +278,13 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180.0) -> 
         except OSError:
             time.sleep(0.5)
     raise SetupError(f"mlflow server did not answer at {url} within {timeout:.0f} s")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server of a test or a benchmark)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def port_free(host: str, port: int) -> None:

@@ -7,7 +7,6 @@ import csv
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -19,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from scripts import tracking_server
+from scripts.tracking_server import free_port
 from tests.conftest import TINY, ForkedProcess, job_runs, seed_store, start_train_py, store, train
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -254,12 +254,6 @@ def test_a_sigkilled_job_is_recognised_as_stale_and_rerun(tmp_path):
     stale = client.get_run(running.info.run_id)
     assert stale.info.status == "KILLED" and stale.data.tags[tracking.TAG_STALE] == "true"
     assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment_id])}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tmp_path: Path, port: int) -> subprocess.Popen:

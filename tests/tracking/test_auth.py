@@ -17,18 +17,17 @@ from tests.sweep.test_faults import free_port
 
 ADMIN, PASSWORD = "alice", "correct-horse-battery"
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+AS_ADMIN = dict(zip(CREDENTIALS, (ADMIN, PASSWORD), strict=True))  # the admin's MLflow credentials, as variables
 
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     """A real `mlflow server --app-name basic-auth` on 127.0.0.1, over a SQLite store of its own."""
     folder = tmp_path_factory.mktemp("auth")
-    os.environ.update(dict(zip(CREDENTIALS, (ADMIN, PASSWORD), strict=True)))  # as the admin sets them to start it
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # as the admin sets them to start it
+        for name, value in AS_ADMIN.items():
+            patch.setenv(name, value)
         auth = tracking_server.basic_auth(folder / "data")
-    finally:
-        for name in CREDENTIALS:
-            del os.environ[name]
     assert oct((folder / "data" / "basic_auth.ini").stat().st_mode & 0o777) == "0o600"
     assert PASSWORD not in (folder / "data" / "basic_auth.ini").read_text()  # handed over in the environment only
     port = free_port()
@@ -73,26 +72,21 @@ def test_a_client_without_the_credentials_gets_one_line_naming_them(tmp_path, au
 
 
 @pytest.mark.timeout(600)
-def test_the_admins_credentials_from_the_environment_let_a_sweep_in_whole(tmp_path, auth_server):
+def test_the_admins_credentials_from_the_environment_let_a_sweep_in_whole(tmp_path, auth_server, monkeypatch):
     """Its runs, its report (read back through the UI's bulk route, asked with the same credentials) and the parent
     run that holds the report."""
     url, _ = auth_server
-    result = run(tmp_path, url, "schedule=linear,constant", multirun=True, MLFLOW_TRACKING_USERNAME=ADMIN,
-                 MLFLOW_TRACKING_PASSWORD=PASSWORD)  # fmt: skip
+    result = run(tmp_path, url, "schedule=linear,constant", multirun=True, **AS_ADMIN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lrsweep:" not in result.stderr, result.stderr[-3000:]
-    os.environ.update(dict(zip(CREDENTIALS, (ADMIN, PASSWORD), strict=True)))
-    try:
-        client = MlflowClient(url)
-        experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
-        runs = {r.data.tags[tracking.TAG_ROLE]: r for r in client.search_runs([experiment_id])}
-        assert len(client.search_runs([experiment_id])) == 3 and set(runs) == {"job", "sweep"}
-        assert {r.info.status for r in client.search_runs([experiment_id])} == {"FINISHED"}
-        parent = runs["sweep"].info.run_id
-        assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
-    finally:
-        for name in CREDENTIALS:
-            del os.environ[name]
+    for name, value in AS_ADMIN.items():
+        monkeypatch.setenv(name, value)
+    client = MlflowClient(url)
+    runs = client.search_runs([client.get_experiment_by_name("lrsweep").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    by_role = {r.data.tags[tracking.TAG_ROLE]: r for r in runs}
+    assert set(by_role) == {"job", "sweep"}
+    assert "report/report.html" in {a.path for a in client.list_artifacts(by_role["sweep"].info.run_id, "report")}
 
 
 def test_a_server_other_machines_reach_needs_auth(tmp_path, capsys):
