@@ -13,8 +13,10 @@ Parts (each a real `python train.py [-m] ...` into a fresh temporary folder and 
 - single: one `python train.py training.epochs=1`, its wall time beside the time inside its run (start-up apart);
 - models: seconds per model-epoch after compilation for each model option (mlp, cnn, vit), one run alone against
   packs of 4 and 8 (the MLP fused, the others by jax.vmap on JAX: `hydra.launcher.other_models=vmap`; unrolled
-  on TensorFlow), on each backend, on 3,200 training examples scaled to the full 50,000; with the GFLOP/s each
-  achieves (XLA's FLOP count of a training example) against the backend's measured 2048x2048 GEMM rate;
+  on TensorFlow), on each backend (TensorFlow with and without XLA), on 3,200 training examples scaled to the full
+  50,000; beside them one model at batch 256 (a pack of 8's work per step, on one set of weights: what the CPU's
+  convolutions and products reach at that size, a ceiling for packing); with the GFLOP/s each achieves (XLA's FLOP
+  count of a training example) against the backend's measured 2048x2048 GEMM rate;
 - steady: seconds per model-epoch inside one pack of 1, 9 and 32 Adam members after compilation (2 epochs timed
   after a first), with where an epoch's time goes (training steps, validation, data order), in a fresh process
   per backend.
@@ -222,9 +224,11 @@ def train_flops_per_example(model, x, y) -> float:
 
 
 def models_steady(names: list[str], examples: int = 3200) -> dict:
-    """In this process: per model option, seconds per full-data model-epoch alone and in packs of 4 and 8 (the MLP
-    fused, the others vmapped on JAX, unrolled on TensorFlow), the FLOPs of one training example (JAX only) and
-    the backend's GEMM rate."""
+    """In this process: per model option and XLA setting (both on TensorFlow; on JAX only XLA, as Keras always
+    compiles there), seconds per full-data model-epoch alone and in packs of 4 and 8 (the MLP fused, the others
+    vmapped on JAX, unrolled on TensorFlow); one model at batch 256, the work of a pack of 8 at batch 32 in the
+    form a CPU runs fastest (one set of weights), as a ceiling for what packing 8 can give; the FLOPs of one
+    training example (JAX only) and the backend's GEMM rate."""
     import keras
     from hydra import compose, initialize_config_dir
 
@@ -232,34 +236,39 @@ def models_steady(names: list[str], examples: int = 3200) -> dict:
     from lrsweep.ml import stacking
     from lrsweep.run import experiment
 
-    def epoch_seconds(model, x, y) -> float:
-        model.fit(x[:640], y[:640], batch_size=32, epochs=1, verbose=0)  # compiles
+    def epoch_seconds(model, x, y, batch: int = 32) -> float:
+        model.fit(x[:640], y[:640], batch_size=batch, epochs=1, verbose=0)  # compiles
         start = time.perf_counter()
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
         return (time.perf_counter() - start) * 50000 / len(x)
 
+    jax_backend = keras.backend.backend() == "jax"
     results = {"gemm_gflops": gemm_gflops()}
     for name in names:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             job = experiment.prepare(compose(config_name="config", overrides=[f"model={name}"]), identity.JobContext())
         dataset = experiment.instantiate(job.cfg.data)
         x, y = dataset.x_train[:examples], dataset.y_train[:examples]
-        model = experiment.build_model(job.cfg)
-        model.compile(optimizer=experiment.build_optimizer(job.cfg, 0.001), steps_per_execution=64, jit_compile=True,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-        results[name] = {"alone": epoch_seconds(model, x, y)}
-        if keras.backend.backend() == "jax":
-            results[name]["flops"] = train_flops_per_example(model, x, y)
-        for size in (4, 8):
-            plan = stacking.stack(
-                [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
-                [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
-                [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
-                {"steps_per_execution": 64, "jit_compile": True},
-                "vmap" if keras.backend.backend() == "jax" else "unroll",
-            )  # fmt: skip
-            results[name][f"pack of {size}"] = epoch_seconds(plan.model, x[:, None], y[:, None]) / size
-            results[name]["path"] = plan.path
+        for jit in (True,) if jax_backend else (True, False):
+            row = results[f"{name} {'XLA' if jit else 'no XLA'}"] = {}
+            for label, batch in (("alone", 32), ("one at batch 256", 256)):
+                model = experiment.build_model(job.cfg)
+                model.compile(optimizer=experiment.build_optimizer(job.cfg, 0.001), jit_compile=jit,
+                              steps_per_execution=max(1, 2048 // batch),
+                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+                row[label] = epoch_seconds(model, x, y, batch)
+            if jax_backend:
+                results[name] = {"flops": train_flops_per_example(model, x, y)}
+            for size in (4, 8):
+                plan = stacking.stack(
+                    [experiment.build_model(job.cfg) for _ in range(size)], [0] * size,
+                    [keras.optimizers.schedules.ExponentialDecay(0.001, 100, 1.0)] * size,
+                    [experiment.build_optimizer(job.cfg, 0.001) for _ in range(size)],
+                    {"steps_per_execution": 64, "jit_compile": jit},
+                    "vmap" if jax_backend else "unroll",
+                )  # fmt: skip
+                row[f"pack of {size}"] = epoch_seconds(plan.model, x[:, None], y[:, None]) / size
+                row["path"] = plan.path
     return results
 
 
@@ -298,18 +307,23 @@ def main() -> None:
     if "models" in args.parts:
         print("\nEach model option alone and packed, after compilation: seconds per full-data model-epoch (50,000")
         print("examples, batch 32, Adam; timed on 3,200), and the GFLOP/s that achieves (XLA's FLOP count of a")
-        print("training example x 50,000 / seconds) against the backend's own 2048x2048 float32 GEMM rate:")
+        print("training example x 50,000 / seconds) against the backend's own 2048x2048 float32 GEMM rate; '1 at 256':")
+        print("one model at batch 256, the work of a pack of 8 per step on one set of weights (a ceiling for packing):")
         rows = {backend: child("--models-child", backend) for backend in args.backends}
-        flops = {name: r[name]["flops"] for r in rows.values() for name in MODELS if "flops" in r[name]}
-        print(f"{'backend':<11} {'GEMM':>10} {'model':<6} {'MFLOP/ex':>8} {'alone':>7} {'pack of 4':>10} "
-              f"{'pack of 8':>10} {'GFLOP/s alone / 8':>18}  path")  # fmt: skip
+        flops = {name: r[name]["flops"] for r in rows.values() for name in MODELS if name in r}
+        print(f"{'backend':<11} {'GEMM':>10} {'model':<6} {'XLA':<6} {'MFLOP/ex':>8} {'alone':>7} {'pack of 4':>10} "
+              f"{'pack of 8':>10} {'1 at 256':>9} {'GFLOP/s alone / 8 / 256':>24}  path")  # fmt: skip
         for backend, r in rows.items():
-            for name in MODELS:
-                m, per = r[name], flops.get(name)
-                rates = " / ".join(f"{per * 50000 / m[k] / 1e9:.0f}" if per else "-" for k in ("alone", "pack of 8"))
-                print(f"{backend:<11} {r['gemm_gflops']:>5.0f} GF/s {name:<6} {(per or 0) / 1e6:>8.1f} "
-                      f"{m['alone']:>6.1f}s {m['pack of 4']:>9.1f}s {m['pack of 8']:>9.1f}s {rates:>18}  "
-                      f"{m['path']}", flush=True)  # fmt: skip
+            for key, m in r.items():
+                if not isinstance(m, dict) or "alone" not in m:
+                    continue
+                name, xla = key.split(" ", 1)
+                per = flops.get(name)
+                rates = " / ".join(f"{per * 50000 / m[k] / 1e9:.0f}" if per else "-"
+                                   for k in ("alone", "pack of 8", "one at batch 256"))  # fmt: skip
+                print(f"{backend:<11} {r['gemm_gflops']:>5.0f} GF/s {name:<6} {xla:<6} {(per or 0) / 1e6:>8.1f} "
+                      f"{m['alone']:>6.1f}s {m['pack of 4']:>9.1f}s {m['pack of 8']:>9.1f}s "
+                      f"{m['one at batch 256']:>8.1f}s {rates:>24}  {m['path']}", flush=True)  # fmt: skip
 
     if "single" in args.parts:
         print("\nOne run, `python train.py training.epochs=1` (full data), start-up split out:")
