@@ -30,13 +30,15 @@ class PackedLauncher(Launcher):
         max_members: the most runs in one pack (bigger groups are split).
         max_seeds: the most distinct seeds (data orders) in one pack; each is one more data group.
         cluster: None trains the packs here, one after another; "local" or "slurm" submits each pack (or lone job)
-            as one submitit job, all at once, and waits for them.
+            as one submitit job, "ray" as one Ray task to a running Ray cluster, all at once, and waits for them.
         submitit_folder: where submitit keeps its job scripts and logs.
         submitit: parameters for submitit's `AutoExecutor.update_parameters` (timeout_min, cpus_per_task, mem_gb,
             slurm_partition, ...).
         other_models: how models other than the fused MLP pack: auto, vmap, unroll or alone
             (`lrsweep.ml.stacking.other_models_path`).
         max_unrolled: the most runs in one pack of an unrolled model (each member one more copy to compile).
+        ray: for cluster="ray": the cluster's `address` ("auto": the one `ray start` began on this machine; or
+            "HOST:6379") and `num_cpus` each pack reserves (null: the jobs' `threads`, else 1).
         halving: successive halving (`lrsweep.core.halving.Halving`): eta (null: none), min_epochs, rule.
     """
 
@@ -50,6 +52,7 @@ class PackedLauncher(Launcher):
         other_models: str = "auto",
         max_unrolled: int = 4,
         halving: dict | None = None,
+        ray: dict | None = None,
     ) -> None:
         super().__init__()
         self.max_members = max_members
@@ -60,6 +63,7 @@ class PackedLauncher(Launcher):
         self.other_models = other_models
         self.max_unrolled = max_unrolled
         self.halving = dict(halving or {})
+        self.ray = dict(ray or {})
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -80,11 +84,12 @@ class PackedLauncher(Launcher):
 
         checks.check_count("hydra.launcher.max_members", self.max_members, 1)
         checks.check_count("hydra.launcher.max_seeds", self.max_seeds, 1)
-        checks.check_choice("hydra.launcher.cluster", self.cluster, [None, "local", "slurm"])
+        checks.check_choice("hydra.launcher.cluster", self.cluster, [None, "local", "slurm", "ray"])
         checks.check_count("hydra.launcher.max_unrolled", self.max_unrolled, 1)
         checks.check_choice("hydra.launcher.other_models", self.other_models, ["auto", "vmap", "unroll", "alone"])
         if self.cluster and not isinstance(self.submitit, dict):
             raise ValueError(f"`hydra.launcher.submitit` must be a mapping. Received: {self.submitit!r}")
+        self.ray_settings()
         halving = self.halving_settings()
         halving.check()
         if halving.eta is not None and self.cluster:
@@ -92,6 +97,24 @@ class PackedLauncher(Launcher):
                 "halving moves runs between packs in this process: drop hydra.launcher.cluster or "
                 f"hydra.launcher.halving.eta. Received: hydra.launcher.cluster={self.cluster}"
             )
+
+    def ray_settings(self) -> dict:
+        """`hydra.launcher.ray` over its defaults, checked."""
+        from lrsweep.core import checks
+        from lrsweep.run.remote import RAY_SETTINGS
+
+        unknown = sorted(set(self.ray) - set(RAY_SETTINGS))
+        if unknown:
+            raise ValueError(f"`hydra.launcher.ray` has {' and '.join(RAY_SETTINGS)}. Received: {unknown[0]}")
+        settings = {**RAY_SETTINGS, **self.ray}
+        if not isinstance(settings["address"], str) or not settings["address"]:
+            raise ValueError(
+                "`hydra.launcher.ray.address` must be auto or HOST:PORT of a running Ray cluster. "
+                f"Received: {settings['address']!r}"
+            )
+        if settings["num_cpus"] is not None:
+            checks.check_count("hydra.launcher.ray.num_cpus", settings["num_cpus"], 1)
+        return settings
 
     def halving_settings(self) -> Any:
         from lrsweep.core.halving import Halving
@@ -109,6 +132,10 @@ class PackedLauncher(Launcher):
 
         with errors.reported():  # before anything is composed, created or opened
             errors.as_config_error(self.check_settings)
+            if self.cluster == "ray":  # the cluster answers before any run is made
+                from lrsweep.run import remote
+
+                errors.as_config_error(lambda: remote.connect_ray(self.ray_settings()["address"]))
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         from lrsweep.sweep import job_tasks, open_parent
 
@@ -159,7 +186,7 @@ class PackedLauncher(Launcher):
             from lrsweep.run import remote
 
             folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            settings = (self.cluster, folder, self.submitit, self.other_models)
+            settings = (self.cluster, folder, self.submitit, self.other_models, self.ray_settings())
             results = remote.submit(plan.packs, *settings) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             if self.cluster:
@@ -254,7 +281,7 @@ def outcome(value: Any) -> Callable[[DictConfig], Any]:
     from lrsweep.sweep.hydra_adapter import job_failed
 
     def task(_: DictConfig) -> Any:
-        if isinstance(value, TrainingFailed):  # a member's own error (divergence): one line, no traceback
+        if isinstance(value, TrainingFailed):  # a member's own error (divergence), a lost pack: one line
             raise job_failed(value)
         if isinstance(value, BaseException):
             raise value

@@ -62,7 +62,7 @@ def select(backend: str, threads: int | None = None) -> None:
             raise ConfigError(
                 f"Keras already runs on {current!r} in this process, so backend={backend!r} cannot apply. "
                 "Sweep over backends in separate commands, or with a launcher that starts a new process per job "
-                "(hydra/launcher=submitit_local, or ray_local); joblib's workers run several jobs each."
+                "(hydra.launcher.cluster=local or ray); joblib's workers run several jobs each."
             )
         applied = {name: os.environ.get(name) for name in wanted}
         if applied != wanted:

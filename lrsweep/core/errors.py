@@ -42,6 +42,11 @@ class TrainingFailed(Redacted, RuntimeError):
     and it is shown as that one line, never as a traceback."""
 
 
+class PackLost(TrainingFailed):
+    """A pack's cluster job or task ended without results (its worker process or node died): its runs were not
+    finished, and a rerun of the same command trains them. Shown as its one line."""
+
+
 USER_ERRORS = (ConfigError, StoreError)
 
 

@@ -17,12 +17,12 @@ from lrsweep.core import backend
 from tests.conftest import CONF_DIR, ROOT, TINY, job_runs, store, train
 
 EPOCH_METRICS = ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
-# The plugin each launcher option builds on; CI installs joblib and submitit (`.[test]`), Ray is an extra.
+# The plugin each launcher option builds on; CI installs them all (`.[test]`). Ray is the packed launcher's
+# hydra.launcher.cluster=ray (tests/run/test_ray.py).
 LAUNCHER_PLUGINS = {
     "packed": "lrsweep_launcher",  # lrsweep's own, the default for -m (tests/run/test_packing.py)
     "parallel": "hydra_joblib_launcher",
     "slurm": "hydra_submitit_launcher",
-    "ray_local": "hydra_ray_launcher",
 }
 
 
@@ -46,14 +46,12 @@ def test_launcher_config_composes_and_builds_its_launcher(name):
     get_class(launcher._target_)(**params)
     if name == "packed":
         assert (launcher.max_members, launcher.max_seeds) == (16, 8)
+        assert launcher.ray == {"address": "auto", "num_cpus": None}
     elif name == "parallel":
         assert launcher.n_jobs == 2
-    elif name == "slurm":
+    else:
         assert (launcher.partition, launcher.cpus_per_task, launcher.timeout_min) == (None, 2, 60)
         assert launcher.submitit_folder.endswith("/.submitit/%j")
-    else:
-        assert launcher.ray.remote == {"num_cpus": 1, "max_calls": 1}  # num_cpus follows `threads`
-        assert launcher.ray.init.address is None
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True, "2"])

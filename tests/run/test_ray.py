@@ -1,0 +1,176 @@
+"""hydra.launcher.cluster=ray on a real Ray cluster of two nodes on this machine (`ray start --head`, then a second
+node joining it): each pack one Ray task, placed by Ray; a worker killed mid-pack; a cluster that is not there."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lrsweep import tracking
+from scripts.tracking_server import free_port
+from tests.conftest import ROOT, TINY, job_runs, store, train
+from tests.sweep.test_faults import running_run_with_epochs, start_train, wait_for
+
+ray = pytest.importorskip("ray", reason="hydra.launcher.cluster=ray needs Ray: pip install -e .[ray]")
+
+RAY = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
+NODE = re.compile(r"lrsweep: (pack\d+) on Ray node (\w+) \(pid (\d+)\)")
+
+
+def ray_cli(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run([*RAY, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+@dataclass
+class Cluster:
+    address: str  # the head's HOST:PORT
+    env: dict[str, str]  # what its nodes were started with
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray cluster on this machine: a head (`ray start --head`, no CPUs for tasks: it keeps the cluster's
+    state) and two nodes of one CPU each joining it at the head's address, as other machines would. Yields the
+    head's address; `ray stop` at the end.
+
+    Both nodes write their logs into the head's session folder, so the sweep sees each worker's line twice (each
+    node's log monitor sends it); on machines of their own, once."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tempfile.mkdtemp(prefix="lrsray-", dir="/tmp")  # short: Ray's socket paths live under it
+    address = f"127.0.0.1:{port}"
+    try:
+        ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                f"--temp-dir={temp}", "--disable-usage-stats", env=env)  # fmt: skip
+        for _ in range(2):
+            add_node(address, env)
+        wait_for(lambda: alive_nodes(address, env) == 3, timeout=60, what="three Ray nodes")
+        yield Cluster(address, env)
+    finally:
+        subprocess.run([*RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def add_node(address: str, env: dict[str, str]) -> None:
+    ray_cli("start", f"--address={address}", "--num-cpus=1", env=env)
+
+
+def alive_nodes(address: str, env: dict[str, str]) -> int:
+    out = subprocess.run([*RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True,
+                         timeout=60).stdout  # fmt: skip
+    active = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return len(re.findall(r"\bnode_\w+", active))
+
+
+def on_ray(address: str) -> list[str]:
+    return ["hydra.launcher.cluster=ray", f"hydra.launcher.ray.address={address}", "hydra.launcher.ray.num_cpus=1"]
+
+
+@pytest.mark.timeout(600)
+def test_each_pack_is_a_ray_task_and_ray_spreads_them_over_both_nodes(tmp_path, ray_cluster):
+    result = train(tmp_path, *on_ray(ray_cluster.address), "hydra.launcher.max_members=4", "schedule=linear,constant",
+                   "training.seed=0,1", "optimizer=adam,adagrad", "backend=jax", "training.epochs=2",
+                   *TINY)  # fmt: skip
+    output = result.stdout + result.stderr
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id, "multirun")
+    assert len(runs) == 8 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    for run in runs.values():
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
+    packs = {run.data.tags[tracking.TAG_PACK] for run in runs.values()}
+    assert len(packs) == 2  # one per seed, each with Adam and Adagrad members
+    assert "Submitted 2 pack(s) to Ray at" in output
+    nodes = {pack: node for pack, node, _ in NODE.findall(output)}
+    assert set(nodes) == {"pack1", "pack2"} and len(set(nodes.values())) == 2, output[-3000:]  # one CPU per node
+    # Each worker's lines reached the sweep's console as they came, prefixed with its task.
+    assert re.search(r"\(lrsweep pack1 pid=\d+[^)]*\)\S* s\d · adam-linear: Epoch 2/2", output), output[-3000:]
+    assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "FINISHED"
+    assert (tmp_path / "multirun" / "report" / "summary.csv").exists()
+
+
+@pytest.mark.timeout(600)
+def test_a_ray_worker_killed_mid_pack_fails_its_jobs_in_one_line_and_the_rerun_trains_only_them(tmp_path, ray_cluster):
+    """SIGKILL to the Ray worker process training one pack: the other pack finishes on the other node; the sweep
+    ends non-zero naming the lost pack; its runs end KILLED (stale: their process is gone); the same command again
+    reuses the finished pack and trains the lost one."""
+    overrides = [*on_ray(ray_cluster.address), "training.epochs=2,150", "training.seed=0,1"]
+    process = start_train(tmp_path, *overrides)
+    running = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the long pack training")
+    pid = int(running.data.tags[tracking.TAG_PROCESS].split(":")[0])  # the Ray worker's (`stale.process_token`)
+    os.kill(pid, signal.SIGKILL)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode != 0, output[-3000:]
+    lost = re.search(r"^lrsweep: (pack\d)'s Ray task ended without a result \((\w+)", output, re.MULTILINE)
+    assert lost and lost.group(2) in ("WorkerCrashedError", "RaySystemError"), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id, "multirun")
+    by_epochs: dict[str, set[str]] = {}
+    for run in runs.values():
+        by_epochs.setdefault(run.data.params["training.epochs"], set()).add(run.info.status)
+    assert by_epochs == {"2": {"FINISHED"}, "150": {"KILLED"}}, by_epochs
+    assert len(runs) == 4
+
+    start = time.monotonic()
+    rerun = train(tmp_path, "backend=jax", "training.verbose=0", *TINY, *overrides,
+                  "hydra.sweep.dir=" + str(tmp_path / "multirun"), check=False)  # fmt: skip
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert output.count("Skipped: this configuration already FINISHED") == 2, output[-3000:]
+    assert "2 run(s) of an earlier attempt in this sweep folder were run again" in output, output[-3000:]
+    assert "Submitted 1 pack(s) to Ray" in output  # only the lost configurations
+    finished = [r for r in job_runs(client, experiment_id, "multirun").values() if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["training.epochs"] for r in finished) == ["150", "150", "2", "2"]
+    assert time.monotonic() - start < 300
+
+
+def test_a_cluster_that_is_not_there_is_one_line_before_any_run(tmp_path):
+    port = free_port()  # nothing listens there
+    result = train(tmp_path, *on_ray(f"127.0.0.1:{port}"), "training.seed=0,1", "backend=jax", *TINY,
+                   check=False, fresh_store=True)  # fmt: skip
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lrsweep:")]
+    assert len(lines) == 1 and f"hydra.launcher.ray.address=127.0.0.1:{port}" in lines[0], result.stderr[-2000:]
+    assert "ray start --head" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlruns").exists()  # no store made, no run
+
+
+@pytest.mark.timeout(600)
+def test_a_ray_node_killed_mid_pack_fails_its_jobs_and_the_other_node_finishes(tmp_path, ray_cluster):
+    """The node training one pack dies (its raylet, the parent of the worker, SIGKILLed: what a machine lost looks
+    like to Ray): the sweep ends non-zero naming the pack, its runs end KILLED, the other pack FINISHED."""
+    process = start_train(tmp_path, *on_ray(ray_cluster.address), "training.epochs=2,150", "training.seed=0,1")
+    try:
+        running = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the long pack training")
+        worker = int(running.data.tags[tracking.TAG_PROCESS].split(":")[0])
+        raylet = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        assert "raylet" in Path(f"/proc/{raylet}/cmdline").read_text()
+        os.kill(raylet, signal.SIGKILL)
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode != 0, output[-3000:]
+        lost = re.search(r"^lrsweep: (pack\d)'s Ray task ended without a result \((\w+)", output, re.MULTILINE)
+        assert lost and lost.group(2) in ("NodeDiedError", "WorkerCrashedError"), output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+
+        client, experiment_id = store(tmp_path)
+        statuses: dict[str, set[str]] = {}
+        for run in job_runs(client, experiment_id, "multirun").values():
+            statuses.setdefault(run.data.params["training.epochs"], set()).add(run.info.status)
+        assert statuses == {"2": {"FINISHED"}, "150": {"KILLED"}}, statuses
+    finally:
+        process.kill()
+        add_node(ray_cluster.address, ray_cluster.env)  # the cluster as the other tests found it
+        wait_for(lambda: alive_nodes(ray_cluster.address, ray_cluster.env) == 3, timeout=60, what="a third node")
