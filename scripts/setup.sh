@@ -22,6 +22,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     || echo "warning: could not install postgresql; scripts/tracking_server.sh and its tests need it" >&2
 fi
 
+# SLURM and munge for scripts/slurm_cluster.py (a one-node SLURM cluster of this machine) and its tests.
+if ! command -v sbatch >/dev/null 2>&1 || ! [ -x /usr/sbin/munged ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "Installing SLURM and munge (Debian packages slurm-wlm, munge)..."
+  $sudo apt-get install -y slurm-wlm munge || { $sudo apt-get update && $sudo apt-get install -y slurm-wlm munge; } \
+    || echo "warning: could not install slurm-wlm and munge; the SLURM tests will be skipped" >&2
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
