@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from lrsweep import tracking
 from scripts.tracking_server import free_port
 from tests.conftest import ROOT, TINY, job_runs, store, train
-from tests.sweep.test_faults import running_run_with_epochs, start_train, wait_for
+from tests.sweep.test_faults import logged_epochs, running_run_with_epochs, start_server, start_train, wait_for
 
 ray = pytest.importorskip("ray", reason="hydra.launcher.cluster=ray needs Ray: pip install -e .[ray]")
 
@@ -174,3 +175,43 @@ def test_a_ray_node_killed_mid_pack_fails_its_jobs_and_the_other_node_finishes(t
         process.kill()
         add_node(ray_cluster.address, ray_cluster.env)  # the cluster as the other tests found it
         wait_for(lambda: alive_nodes(ray_cluster.address, ray_cluster.env) == 3, timeout=60, what="a third node")
+
+
+@pytest.mark.timeout(600)
+def test_a_tracking_server_restarted_mid_sweep_is_ridden_through_by_the_ray_packs(tmp_path, ray_cluster):
+    """The packs log to an `mlflow server`, which is SIGKILLed while one trains and back 3 s later on the same
+    port and store: within what tracking.http_max_retries=6 waits (0 + 2 + 4 + 8 + ... s), the workers' failed
+    requests are retried, both packs end FINISHED and the long one has every epoch logged once."""
+    port = free_port()
+    server = start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    client = MlflowClient(uri)
+    sweep = [*on_ray(ray_cluster.address), f"tracking.uri={uri}", "training.epochs=2,150", "training.seed=0",
+             "tracking.http_max_retries=6", "data.test_size=256"]  # fmt: skip
+
+    def the_long_one_training():
+        experiment = client.get_experiment_by_name("lrsweep")
+        runs = experiment and client.search_runs(
+            [experiment.experiment_id], "attributes.status = 'RUNNING' and params.`training.epochs` = '150'"
+        )
+        return runs and client.get_metric_history(runs[0].info.run_id, "loss") and runs[0]
+
+    process = start_train(tmp_path, *sweep)
+    try:
+        long = wait_for(the_long_one_training, timeout=180, what="the long pack training")
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        time.sleep(3)
+        server = start_server(tmp_path, port)
+        output, _ = process.communicate(timeout=400)
+        assert process.returncode == 0, output[-3000:]
+        experiment_id = client.get_experiment_by_name("lrsweep").experiment_id
+        runs = job_runs(client, experiment_id, "multirun")
+        assert {r.data.params["training.epochs"]: r.info.status for r in runs.values()} == {
+            "2": "FINISHED", "150": "FINISHED"
+        }  # fmt: skip
+        assert logged_epochs(client, client.get_run(long.info.run_id)) == list(range(150))
+    finally:
+        process.kill()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
