@@ -92,11 +92,6 @@ class PackedLauncher(Launcher):
         self.ray_settings()
         halving = self.halving_settings()
         halving.check()
-        if halving.eta is not None and self.cluster:
-            raise ValueError(
-                "halving moves runs between packs in this process: drop hydra.launcher.cluster or "
-                f"hydra.launcher.halving.eta. Received: hydra.launcher.cluster={self.cluster}"
-            )
 
     def ray_settings(self) -> dict:
         """`hydra.launcher.ray` over its defaults, checked."""
@@ -115,6 +110,16 @@ class PackedLauncher(Launcher):
         if settings["num_cpus"] is not None:
             checks.check_count("hydra.launcher.ray.num_cpus", settings["num_cpus"], 1)
         return settings
+
+    def cluster_settings(self) -> Any:
+        """Where packs go (`lrsweep.run.remote.ClusterSettings`), or None: this process."""
+        if not self.cluster:
+            return None
+        from lrsweep.run.remote import ClusterSettings
+
+        assert self.config is not None
+        folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
+        return ClusterSettings(self.cluster, folder, self.submitit, self.ray_settings())
 
     def halving_settings(self) -> Any:
         from lrsweep.core.halving import Halving
@@ -159,12 +164,14 @@ class PackedLauncher(Launcher):
     def _launch_halving(self, plan: Any, halving: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         """The sweep trained by successive halving (`lrsweep.run.halving`): every pack to each rung, then the best."""
         from lrsweep.core.errors import StoreError
-        from lrsweep.run import launching
+        from lrsweep.run import launching, remote
 
         jobs = [job for pack in plan.packs for job in pack]
         limits = (self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
         try:
-            values = launching.train_halving(jobs, halving, limits) if jobs else []
+            cluster = self.cluster_settings()
+            stretches = remote.stretches_on(cluster) if cluster else None  # each rung's packs at once on it
+            values = launching.train_halving(jobs, halving, limits, stretches) if jobs else []
         except StoreError as e:  # as for packs: every later rung would fail the same way
             left = [job.context.job_num for job in jobs]
             raise SystemExit(f"lrsweep: {e} The sweep stopped; jobs not finished: {jobs_list(left)}.") from e
@@ -185,9 +192,7 @@ class PackedLauncher(Launcher):
         if self.cluster:
             from lrsweep.run import remote
 
-            folder = self.submitit_folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
-            settings = (self.cluster, folder, self.submitit, self.other_models, self.ray_settings())
-            results = remote.submit(plan.packs, *settings) if plan.packs else []
+            results = remote.submit(plan.packs, self.cluster_settings(), self.other_models) if plan.packs else []
         for k, pack in enumerate(plan.packs):
             if self.cluster:
                 outcomes = results[k]

@@ -104,12 +104,33 @@ def check(jobs: Sequence[Job], halving: Halving, other_models: str) -> None:
             ) from None
 
 
+@dataclass
+class Stretch:
+    """A pack of seats, all at one epoch, to train to epoch `end` (`last`: the sweep's last epoch)."""
+
+    seats: list[Seat]
+    end: int
+    last: bool
+    pack_id: str
+
+
+# Trains a rung's stretches: `train_stretches` here, one after another, or on a cluster (`lrsweep.run.remote`).
+TrainStretches = Callable[[Sequence[Stretch], MlflowClient, str], None]
+
+
+def train_stretches(stretches: Sequence[Stretch], client: MlflowClient, other_models: str) -> None:
+    """A rung's stretches in this process, one after another."""
+    for stretch in stretches:
+        train_stretch(stretch.seats, stretch.end, stretch.last, client, stretch.pack_id, other_models)
+
+
 def train(
     jobs: Sequence[Job],
     halving: Halving,
     plan_packs: Callable[[Sequence[Job]], list[list[Job]]],
     sweep_name: str,
     other_models: str = "auto",
+    stretches: TrainStretches = train_stretches,
 ) -> list[float | Exception]:
     """Trains a sweep's jobs by successive halving, holding their configurations' claims; an interrupted run of the
     same sweep goes on from its last completed rung (`lrsweep.run.rung_checkpoints`).
@@ -120,6 +141,7 @@ def train(
         plan_packs: packs of the jobs that go on (`launching.plan_packs` with the sweep's limits).
         sweep_name: the sweep's id, for the packs' names.
         other_models: `hydra.launcher.other_models`.
+        stretches: how a rung's packs train (`train_stretches`: here, one after another).
 
     Returns:
         Per job: its last val_accuracy (a stopped run's at its rung), or its error (divergence).
@@ -130,7 +152,7 @@ def train(
         todo = [job for k, job in enumerate(jobs) if k not in reused]
         seats = [seat_of(job, client, experiment_id, halving) for job in todo]
         try:
-            train_rungs(seats, halving, plan_packs, sweep_name, client, other_models)
+            train_rungs(seats, halving, plan_packs, sweep_name, client, other_models, stretches)
         except BaseException as e:
             for seat in seats:
                 if seat.going:
@@ -177,9 +199,11 @@ def train_rungs(
     sweep_name: str,
     client: MlflowClient,
     other_models: str,
+    stretches: TrainStretches = train_stretches,
 ) -> None:
     """Every rung: the seats that go on and are not there yet, packed afresh (by the epoch each starts from) and
-    trained to the rung's epoch, then ranked with those an earlier run of the sweep stopped there."""
+    trained to the rung's epoch (the rung's packs by `stretches`), then ranked with those an earlier run of the
+    sweep stopped there."""
     epochs = int(seats[0].job.cfg.training.epochs)
     points = rungs(epochs, halving.min_epochs, halving.eta)
     log.info("Successive halving (%s): ranked after epochs %s", halving.describe(), points[:-1])
@@ -187,13 +211,14 @@ def train_rungs(
         interrupts.check()
         going = [seat for seat in seats if seat.going]
         behind = [seat for seat in going if seat.epoch < end]
+        todo = []
         for start in sorted({seat.epoch for seat in behind}):
             group = [seat for seat in behind if seat.epoch == start]
             by_job = {id(seat.job): seat for seat in group}
             for k, jobs in enumerate(plan_packs([seat.job for seat in group]), start=1):
                 pack_id = f"{sweep_name}/rung{rung}-pack{k}" + (f"-from{start}" if start else "")
-                stretch = [by_job[id(job)] for job in jobs]
-                train_stretch(stretch, end, end == epochs, client, pack_id, other_models)
+                todo.append(Stretch([by_job[id(job)] for job in jobs], end, end == epochs, pack_id))
+        stretches(todo, client, other_models)
         for seat in behind:
             if seat.error is not None:
                 tracking.close_run(client, seat.run_id, seat.job.name, seat.error)

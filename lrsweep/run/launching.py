@@ -212,11 +212,16 @@ def check_halving(prepared: Sequence[Job], settings: Halving, other_models: str)
         raise SystemExit(f"lrsweep: {e}") from None
 
 
-def train_halving(jobs: Sequence[Job], settings: Halving, limits: tuple) -> list[float | Exception]:
+def train_halving(
+    jobs: Sequence[Job], settings: Halving, limits: tuple, stretches: halving.TrainStretches | None = None
+) -> list[float | Exception]:
     """Trains a sweep's jobs (those `plan_sweep` planned, checked by `check_halving`) by successive halving, packed
-    afresh at every rung within the sweep's `limits` (max_members, max_seeds, max_unrolled, other_models).
+    afresh at every rung within the sweep's `limits` (max_members, max_seeds, max_unrolled, other_models); each
+    rung's packs trained by `stretches` (on a cluster: `lrsweep.run.remote.stretches_on`), or here, one after
+    another.
 
     Per job, its last val_accuracy or its error (`lrsweep.run.halving.train`)."""
     interrupts.check()
     sweep_name = jobs[0].context.sweep_id or "sweep"
-    return halving.train(jobs, settings, lambda going: plan_packs(going, *limits), sweep_name, limits[-1])
+    stretches = stretches or halving.train_stretches
+    return halving.train(jobs, settings, lambda going: plan_packs(going, *limits), sweep_name, limits[-1], stretches)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLUSTERS = ("local", "slurm", "ray")
 RAY_CONNECT_TIMEOUT = 5.0  # seconds to wait for the Ray cluster's port before saying it does not answer
@@ -59,62 +62,165 @@ def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str =
     return results
 
 
-def submit(
-    packs: Sequence[Sequence[Any]],
-    cluster: str,
-    folder: str,
-    parameters: Mapping[str, Any],
-    other_models: str = "auto",
-    ray: Mapping[str, Any] | None = None,
-) -> list[list[float | Exception]]:
-    """Runs every pack as its own submitit job or Ray task at once and waits for all: one list of outcomes per pack.
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where cluster work goes: `hydra.launcher.cluster` and its settings."""
 
-    A pack whose job dies (a crash, a timeout, an interrupt, its Ray worker or node killed) gives that error for
-    each of its jobs.
+    cluster: str  # "local", "slurm" (submitit) or "ray"
+    folder: str = ""  # submitit's folder (its job scripts and logs)
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # submitit's `update_parameters`
+    ray: Mapping[str, Any] = field(default_factory=dict)  # `hydra.launcher.ray` (`RAY_SETTINGS`)
+
+    def __post_init__(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise ValueError(
+                f"`hydra.launcher.cluster` must be one of null, {', '.join(CLUSTERS)}. Received: {self.cluster!r}"
+            )
+
+
+def run_tasks(
+    settings: ClusterSettings,
+    function: Callable[..., T],
+    calls: Sequence[tuple[str, tuple]],
+    cpus: int | None = None,
+    release_claims: bool = True,
+) -> list[T | Exception]:
+    """Runs `function(*args)` for each (name, args) of `calls` as its own submitit job or Ray task, all at once,
+    and waits for all: per call its result, or `PackLost` when its job or task ended without one (its worker or node
+    died, a timeout, an interrupt, or `function` raised: its log has the traceback).
+
+    `function` must import nothing of Keras before it chooses the backend (a fresh process runs it).
 
     Args:
-        packs: the prepared jobs (`lrsweep.run.job.Job`) of each pack.
-        cluster: "local", "slurm" (submitit) or "ray".
-        folder, parameters: submitit's folder and `update_parameters`.
-        ray: `hydra.launcher.ray` (`RAY_SETTINGS`), for cluster="ray".
+        cpus: CPUs a Ray task reserves when `settings.ray` leaves `num_cpus` null (the jobs' `threads`); else 1.
     """
     from lrsweep import tracking
-    from lrsweep.core.errors import PackLost
 
-    if cluster not in CLUSTERS:
-        raise ValueError(f"`hydra.launcher.cluster` must be one of null, {', '.join(CLUSTERS)}. Received: {cluster!r}")
-    if cluster == "ray":
-        return submit_to_ray(packs, {**RAY_SETTINGS, **(ray or {})}, other_models)
+    tracking.claims.release_all()
+    if settings.cluster == "ray":
+        return _run_on_ray({**RAY_SETTINGS, **settings.ray}, function, calls, cpus)
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    executor.update_parameters(**dict(parameters))
-    work = [[job.__getstate__() for job in pack] for pack in packs]  # fields, not Jobs: see `train_jobs`
-    tracking.claims.release_all()  # each submitit job takes its own jobs' claims: this process must not hold them
-    submitted = [executor.submit(train_jobs, jobs, f"pack{k + 1}", other_models) for k, jobs in enumerate(work)]
-    log.info("Submitted %d pack(s) to submitit (%s): %s", len(packs), cluster, ", ".join(j.job_id for j in submitted))
-    results = []
-    for k, (job, pack) in enumerate(zip(submitted, packs, strict=True)):
+    from lrsweep.core.errors import PackLost
+
+    executor = submitit.AutoExecutor(folder=settings.folder, cluster=settings.cluster)
+    executor.update_parameters(**dict(settings.parameters))
+    submitted = [executor.submit(function, *args) for _, args in calls]
+    log.info("Submitted %d pack(s) to submitit (%s): %s", len(calls), settings.cluster,
+             ", ".join(job.job_id for job in submitted))  # fmt: skip
+    results: list[T | Exception] = []
+    for job, (name, _) in zip(submitted, calls, strict=True):
         try:
             results.append(job.result())
-        except Exception as e:  # the job died (killed, timed out) or train_jobs raised: its traceback is in its log
+        except Exception as e:  # the job died (killed, timed out) or `function` raised: its traceback is in its log
             lost = PackLost(
-                f"pack{k + 1}'s submitit job {job.job_id} ended without a result ({type(e).__name__}: "
+                f"{name}'s submitit job {job.job_id} ended without a result ({type(e).__name__}: "
                 f"{first_sentence(e)}; its log: {job.paths.stderr}); its runs did not finish, and the same command "
                 "again trains them"
             )
             log.error("%s", lost)
-            results.append([lost] * len(pack))
+            results.append(lost)
     return results
 
 
-def train_on_ray(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str) -> list[float | Exception]:
-    """`train_jobs` in a Ray worker, after one line naming the node it runs on."""
+def submit(
+    packs: Sequence[Sequence[Any]], settings: ClusterSettings, other_models: str = "auto"
+) -> list[list[float | Exception]]:
+    """Runs every pack (or lone job) as its own submitit job or Ray task at once and waits for all: one list of
+    outcomes per pack. A pack whose job or task ends without results gives that error (`PackLost`) for each of its
+    jobs.
+
+    Args:
+        packs: the prepared jobs (`lrsweep.run.job.Job`) of each pack.
+    """
+    calls = [
+        (f"pack{k + 1}", ([job.__getstate__() for job in pack], f"pack{k + 1}", other_models))  # fields: `train_jobs`
+        for k, pack in enumerate(packs)
+    ]
+    results = run_tasks(settings, train_jobs, calls, packs[0][0].cfg.threads if packs else None)
+    return [[r] * len(pack) if isinstance(r, Exception) else r for r, pack in zip(results, packs, strict=True)]
+
+
+def stretches_on(settings: ClusterSettings) -> Callable[..., None]:
+    """`lrsweep.run.halving.TrainStretches` on a cluster: a rung's packs (`Stretch`es) as submitit jobs or Ray
+    tasks at once, each trained from its members' states (`train_stretch`), their new states and scores kept. The
+    runs stay this process's (it holds their claims, opens and closes them); a stretch that ends without a result
+    fails its seats (`PackLost`)."""
+
+    def train_stretches(stretches: Sequence[Any], client: Any, other_models: str) -> None:
+        if not stretches:
+            return
+        calls = [
+            (stretch.pack_id, ([seat_fields(seat) for seat in stretch.seats], stretch.end, stretch.last,
+                               stretch.pack_id, other_models))
+            for stretch in stretches
+        ]  # fmt: skip
+        threads = stretches[0].seats[0].job.cfg.threads
+        results = run_tasks(settings, train_stretch, calls, threads, release_claims=False)
+        for stretch, result in zip(stretches, results, strict=True):
+            for k, seat in enumerate(stretch.seats):
+                if isinstance(result, Exception):
+                    seat.error = result
+                else:
+                    take_back(seat, result[k])
+
+    return train_stretches
+
+
+def seat_fields(seat: Any) -> dict[str, Any]:
+    """A halving seat as plain values (`train_stretch`'s input): its job's fields, its member state's arrays."""
+    state = seat.state
+    return {
+        "job": seat.job.__getstate__(), "run_id": seat.run_id, "epoch": seat.epoch, "scores": dict(seat.scores),
+        "starting_loss": seat.starting_loss, "packed": seat.packed,
+        "state": None if state is None else (state.variables, state.slots, state.iterations),
+    }  # fmt: skip
+
+
+def take_back(seat: Any, fields: Mapping[str, Any]) -> None:
+    """What a seat's stretch on the cluster gave back (`train_stretch`): epoch, scores, error, state."""
+    from lrsweep.ml.member_state import MemberState
+
+    seat.epoch, seat.scores, seat.error = fields["epoch"], fields["scores"], fields["error"]
+    seat.starting_loss, seat.packed = fields["starting_loss"], fields["packed"]
+    seat.state = None if fields["state"] is None else MemberState(*fields["state"])
+
+
+def train_stretch(
+    seats: Sequence[Mapping[str, Any]], end: int, last: bool, pack_id: str, other_models: str
+) -> list[dict[str, Any]]:
+    """In a cluster worker: a halving stretch (`lrsweep.run.halving.train_stretch`) from the seats' fields
+    (`seat_fields`, all at one epoch) to epoch `end`; returns each seat's fields after it."""
+    from lrsweep.core import backend
+
+    cfg = seats[0]["job"]["cfg"]
+    backend.select(cfg.backend, cfg.threads)
+    from lrsweep import tracking
+    from lrsweep.core import interrupts
+    from lrsweep.ml.member_state import MemberState
+    from lrsweep.run import halving
+    from lrsweep.run.job import Job
+
+    if not logging.getLogger().handlers:  # a Ray worker: its lines reach the sweep's console (Ray streams them)
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    built = [
+        halving.Seat(Job(**f["job"]), f["run_id"], f["epoch"], None if f["state"] is None else MemberState(*f["state"]),
+                     f["starting_loss"], dict(f["scores"]), packed=f["packed"])
+        for f in seats
+    ]  # fmt: skip
+    interrupts.install(built[0].job.context.sweep_dir)
+    client, _ = tracking.connect_config(cfg.tracking)
+    halving.train_stretch(built, end, last, client, pack_id, other_models)
+    return [{**seat_fields(seat), "error": seat.error} for seat in built]
+
+
+def on_ray(function: Callable[..., T], name: str, *args: Any) -> T:
+    """`function(*args)` in a Ray worker, after one line naming the node it runs on."""
     import ray
 
     context = ray.get_runtime_context()
     print(f"lrsweep: {name} on Ray node {context.get_node_id()} (pid {os.getpid()})", flush=True)
-    return train_jobs(jobs, name, other_models)
+    return function(*args)
 
 
 def connect_ray(address: str) -> Any:
@@ -148,42 +254,32 @@ def connect_ray(address: str) -> Any:
     return ray
 
 
-def submit_to_ray(
-    packs: Sequence[Sequence[Any]], settings: Mapping[str, Any], other_models: str
-) -> list[list[float | Exception]]:
-    """Each pack (or lone job) one Ray task, in a fresh worker process (it chooses its Keras backend and threads),
-    reserving `num_cpus` CPUs (null: the job's `threads`, else 1); never retried: a pack whose worker or node dies
-    gives that error for each of its jobs, their runs end stale (KILLED when the sweep closes) and a rerun trains
-    them."""
-    from lrsweep import tracking
+def _run_on_ray(
+    settings: Mapping[str, Any], function: Callable[..., T], calls: Sequence[tuple[str, tuple]], cpus: int | None
+) -> list[T | Exception]:
+    """`run_tasks` on Ray: each call one task, in a fresh worker process (it chooses its Keras backend and threads),
+    reserving `num_cpus` CPUs; never retried (a retry would train runs whose first attempt is still in the store)."""
     from lrsweep.core.errors import PackLost
 
     ray = connect_ray(settings["address"])
-    work = [[job.__getstate__() for job in pack] for pack in packs]  # fields, not Jobs: see `train_jobs`
-    threads = packs[0][0].cfg.threads
-    cpus = settings["num_cpus"] or threads or 1
-    task = ray.remote(max_calls=1, max_retries=0, num_cpus=cpus)(train_on_ray)
-    tracking.claims.release_all()  # each task takes its own jobs' claims: this process must not hold them
-    names = [f"pack{k + 1}" for k in range(len(packs))]
-    refs = [
-        task.options(name=f"lrsweep {name}").remote(jobs, name, other_models)
-        for name, jobs in zip(names, work, strict=True)
-    ]
-    log.info("Submitted %d pack(s) to Ray at %s, %s CPU(s) each", len(packs), settings["address"], cpus)
-    results: list[list[float | Exception]] = []
+    cpus = settings["num_cpus"] or cpus or 1
+    task = ray.remote(max_calls=1, max_retries=0, num_cpus=cpus)(on_ray)
+    refs = [task.options(name=f"lrsweep {name}").remote(function, name, *args) for name, args in calls]
+    log.info("Submitted %d pack(s) to Ray at %s, %s CPU(s) each", len(calls), settings["address"], cpus)
+    results: list[T | Exception] = []
     try:
-        for ref, pack, name in zip(refs, packs, names, strict=True):
+        for ref, (name, _) in zip(refs, calls, strict=True):
             try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as e:  # an error inside train_jobs itself: as raised there
-                results.append([e.cause if isinstance(e.cause, Exception) else e] * len(pack))
-            except ray.exceptions.RayError as e:  # its worker process or node died, or the task was cancelled
+                # A copy: Ray hands NumPy arrays back as views of its object store, which `ray.shutdown` unmaps.
+                results.append(pickle.loads(pickle.dumps(ray.get(ref))))
+            except ray.exceptions.RayError as e:  # its worker or node died, the task was cancelled, or it raised
+                cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else e
                 lost = PackLost(
-                    f"{name}'s Ray task ended without a result ({type(e).__name__}: {first_sentence(e)}); its runs did "
-                    "not finish, and the same command again trains them"
+                    f"{name}'s Ray task ended without a result ({type(cause).__name__}: {first_sentence(cause)}); "
+                    "its runs did not finish, and the same command again trains them"
                 )
                 log.error("%s", lost)
-                results.append([lost] * len(pack))
+                results.append(lost)
     finally:
         ray.shutdown()
     return results

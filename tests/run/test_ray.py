@@ -215,3 +215,31 @@ def test_a_tracking_server_restarted_mid_sweep_is_ridden_through_by_the_ray_pack
         process.kill()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.timeout(600)
+def test_halving_on_ray_sends_each_rungs_packs_at_once_and_gives_the_numbers_of_halving_here(tmp_path, ray_cluster):
+    """Successive halving with hydra.launcher.cluster=ray: each rung's packs go to Ray together, each trained from
+    its members' states; every run's per-epoch metrics equal those of the same halving sweep in one process."""
+    sweep = ["hydra.launcher.halving.eta=2", "training.epochs=4", "optimizer.learning_rate=0.001,0.003,1e-4,1e-5",
+             "training.seed=0,1", "hydra.launcher.max_members=4", "backend=jax", "training.verbose=0",
+             *TINY]  # fmt: skip
+    histories = {}
+    for where, extra in (("here", []), ("ray", on_ray(ray_cluster.address))):
+        result = train(tmp_path / where, *sweep, *extra)
+        client, experiment_id = store(tmp_path / where)
+        runs = job_runs(client, experiment_id, "multirun")
+        assert len(runs) == 8 and {r.info.status for r in runs.values()} == {"FINISHED"}
+        histories[where] = {
+            (r.data.params["optimizer.learning_rate"], r.data.params["training.seed"]): [
+                (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss")
+            ]
+            for r in runs.values()
+        }
+        if where == "ray":
+            output = result.stdout + result.stderr
+            assert re.search(r"Submitted 2 pack\(s\) to Ray", output), output[-3000:]  # rung 1: 8 runs, 2 packs
+            assert "Rung 1 (epoch 1): 2 of 4 configurations go on" in output
+    assert histories["ray"] == histories["here"]
+    lengths = sorted(len(h) for h in histories["ray"].values())
+    assert lengths == [1, 1, 1, 1, 2, 2, 4, 4]  # stopped at epochs 1 and 2; the best to the end

@@ -156,11 +156,6 @@ CASES: list[tuple[str, list[str], str]] = [
         "hydra.launcher.halving.rule",
     ),
     (
-        "sweep halving on a cluster",
-        [*SWEEP, "hydra.launcher.halving.eta=3", "hydra.launcher.cluster=local", "training.seed=0,1"],
-        "hydra.launcher.cluster",
-    ),
-    (
         "sweep halving over unequal epochs",
         [*SWEEP, "hydra.launcher.halving.eta=3", "training.epochs=2,3"],
         "training.epochs differs",
