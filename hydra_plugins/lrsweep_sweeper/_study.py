@@ -227,25 +227,58 @@ def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[N
         raise
 
 
+PRUNED_AFTER = "lrsweep.pruned_after_epoch"  # user attribute of a pruned trial: the epochs its run trained
+
+
 @contextlib.contextmanager
-def judged(study: optuna.Study, trials: Sequence[Trial], pruning: bool) -> Iterator[dict[int, judges.Judge]]:
-    """Around a batch's launch, with a pruner: each trial's judge registered (`lrsweep.core.trials`), so that its
-    run reports its val_accuracy after every epoch (`trial.report`) and stops when `trial.should_prune()` says so.
-    Yields the judges by trial number (none without a pruner)."""
+def judged(
+    study: optuna.Study, trials: Sequence[Trial], pruner: Any = None, storage: str | None = None
+) -> Iterator[dict[int, judges.Judge]]:
+    """Around a batch's launch, with a pruner (its config): each trial's judge registered (`lrsweep.core.trials`), so
+    that its run reports its val_accuracy after every epoch (`trial.report`) and stops when `trial.should_prune()`
+    says so. With a `storage` other processes reach, each judge can also be made in a cluster's worker
+    (`RemoteJudge`). Yields the judges by trial number (none without a pruner)."""
     registered: dict[int, judges.Judge] = {}
-    if pruning:
+    if pruner:
+        plain = OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else dict(pruner)
         for trial in trials:
 
             def report(value: float, epoch: int, trial: Trial = trial) -> bool:
                 trial.report(value, epoch)
                 return trial.should_prune()
 
-            registered[trial.number] = judges.Judge(report)
+            elsewhere = RemoteJudge(storage, study.study_name, trial._trial_id, plain) if storage else None
+            registered[trial.number] = judges.Judge(report, elsewhere=elsewhere)
             judges.register(judges.key(study.study_name, trial.number), registered[trial.number])
     try:
         yield registered
     finally:
         judges.unregister(judges.key(study.study_name, number) for number in registered)
+
+
+@dataclass(frozen=True)
+class RemoteJudge:
+    """Makes a trial's judge in another process (a cluster's worker): the study loaded from its storage with the
+    search's pruner, the trial reported to and asked there. A pruned trial notes its epochs (`PRUNED_AFTER`), which
+    the sweeper reads when it tells the trial (`tell`)."""
+
+    storage: str
+    study_name: str
+    trial_id: int
+    pruner: dict
+
+    def __call__(self) -> judges.Judge:
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=instantiate(self.pruner))
+        trial = Trial(study, self.trial_id)
+
+        def report(value: float, epoch: int) -> bool:
+            trial.report(value, epoch)
+            pruned = trial.should_prune()
+            if pruned:
+                trial.set_user_attr(PRUNED_AFTER, epoch + 1)
+            return pruned
+
+        return judges.Judge(report)
 
 
 def tell(
@@ -257,11 +290,16 @@ def tell(
     """Tells each trial its job's value, PRUNED if its pruner stopped its run (`judged`), or FAIL with the job's
     error (user attribute `lrsweep.error`); returns how many failed."""
     failed = 0
+    elsewhere: dict[int, Any] = {}  # what judges in other processes noted (`RemoteJudge`)
+    if any(judge.elsewhere is not None for judge in (registered or {}).values()):
+        elsewhere = {t.number: t.user_attrs.get(PRUNED_AFTER) for t in study.get_trials(deepcopy=False)}
     for trial, job_return in zip(trials, returns, strict=True):
         value, problem = outcome(job_return)
         judge = (registered or {}).get(trial.number)
-        if problem is None and judge is not None and judge.pruned_epoch is not None:
-            trial.set_user_attr("lrsweep.pruned_after_epoch", judge.pruned_epoch + 1)
+        pruned_after = judge.pruned_epoch + 1 if judge is not None and judge.pruned_epoch is not None else None
+        pruned_after = pruned_after or elsewhere.get(trial.number)
+        if problem is None and pruned_after is not None:
+            trial.set_user_attr(PRUNED_AFTER, pruned_after)
             study.tell(trial, state=TrialState.PRUNED)  # its last reported value is the one Optuna keeps
             continue
         if problem is None:

@@ -31,8 +31,9 @@ class OptunaSweeperConf:
         sampler: an Optuna sampler's `_target_` and arguments (TPE by default). A resumed study's sampler gets
             `seed + trials so far`: the same seed would propose the first trials again.
         pruner: an Optuna pruner's `_target_` and arguments (null: none). Each trial's run reports its val_accuracy
-            after every epoch and stops when the pruner says so (trials that train in this process: the packed and
-            basic launchers, without a cluster); its trial ends PRUNED, its run FINISHED as a stopped run.
+            after every epoch and stops when the pruner says so, in this process or in a cluster's worker (packs on
+            `hydra.launcher.cluster`, with a `storage` the workers reach); its trial ends PRUNED, its run FINISHED
+            as a stopped run.
         direction: minimize or maximize what the task function returns.
         study_name: the study in `storage`: the same name resumes it; null lets Optuna name a new one.
         storage: a database URL; auto: `sqlite:///<folder of the MLflow store>/optuna.db`; null: in memory.
@@ -111,7 +112,7 @@ class OptunaSweeper(Sweeper):
             overrides = [
                 space.overrides(trial, study.study_name, sweep_dir, job_idx + k) for k, trial in enumerate(launched)
             ]
-            with search.judged(study, launched, settings.pruner is not None) as registered:
+            with search.judged(study, launched, settings.pruner, settings.storage) as registered:
                 with search.failed_if_raised(study, trials):
                     returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
                 failed = search.tell(study, launched, returns, registered)

@@ -1,13 +1,15 @@
 """Search trials that judge their runs while they train: the Optuna sweeper registers a judge per trial, the training
 callback (`lrsweep.run.callbacks.PruneTrials`) reports each epoch's score to it and stops the run when it says so.
 
-Within one process: a search whose trials train in the sweeper's process (the packed and basic launchers, without a
-cluster) prunes; elsewhere no judge is found and every trial trains to its end. No Optuna here: a judge is a function.
+A judge lives in one process. For trials that train elsewhere (packs on a cluster: `lrsweep.run.remote`), a judge
+whose study is in a database both processes reach carries `elsewhere`, a picklable maker of a judge of its own that
+reports to the same study; the worker registers what `portable` gave it (`register_all`). Without one, a trial
+that trains in another process trains to its end. No Optuna here: a judge is a function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -17,6 +19,7 @@ class Judge:
 
     report: Callable[[float, int], bool]
     pruned_epoch: int | None = None  # the epoch after which it was stopped, once it has been
+    elsewhere: Callable[[], Judge] | None = None  # picklable: makes this trial's judge in another process
 
 
 _judges: dict[str, Judge] = {}
@@ -39,3 +42,14 @@ def judge(trial_key: str | None) -> Judge | None:
 def unregister(trial_keys: Iterable[str]) -> None:
     for trial_key in trial_keys:
         _judges.pop(trial_key, None)
+
+
+def portable(trial_keys: Iterable[str | None]) -> dict[str, Callable[[], Judge]]:
+    """The makers of the judges of `trial_keys` that can judge in another process (`Judge.elsewhere`), by key."""
+    return {k: j.elsewhere for k in trial_keys if k is not None and (j := _judges.get(k)) and j.elsewhere is not None}
+
+
+def register_all(makers: Mapping[str, Callable[[], Judge]]) -> None:
+    """In a worker process: a judge of its own for each trial `portable` found, made here."""
+    for trial_key, make in makers.items():
+        register(trial_key, make())

@@ -27,7 +27,9 @@ class ClusterUnreachable(ValueError):
     """The cluster cannot take the sweep's packs (no Ray cluster at the address, Ray not installed); says what to do."""
 
 
-def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str = "auto") -> list[float | Exception]:
+def train_jobs(
+    jobs: Sequence[Mapping[str, Any]], name: str, other_models: str = "auto", judges: Mapping[str, Any] | None = None
+) -> list[float | Exception]:
     """Trains a pack (or one job alone) in this process; what a submitit worker runs.
 
     Args:
@@ -35,6 +37,8 @@ def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str =
             seed. Fields, not `Job`s: unpickling a `Job` would import Keras before the backend is chosen.
         name: the pack's name within its sweep.
         other_models: `hydra.launcher.other_models`.
+        judges: makers of the judges of the jobs' search trials (`lrsweep.core.trials.portable`): their pruner
+            stops them here as it would in the sweeper's process.
 
     Returns:
         Per job, its final val_accuracy or the error it ended with.
@@ -43,13 +47,14 @@ def train_jobs(jobs: Sequence[Mapping[str, Any]], name: str, other_models: str =
 
     cfg = jobs[0]["cfg"]
     backend.select(cfg.backend, cfg.threads)
-    from lrsweep.core import interrupts
+    from lrsweep.core import interrupts, trials
     from lrsweep.run import launching
     from lrsweep.run.job import Job
 
     if not logging.getLogger().handlers:  # a Ray worker: its lines reach the sweep's console (Ray streams them)
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     prepared = [Job(**fields) for fields in jobs]  # checked by the launcher; the data is loaded here, once
+    trials.register_all(judges or {})
     interrupts.install(prepared[0].context.sweep_dir)  # the sweep's stop file: Ctrl-C in the main process stops this
     if len(prepared) > 1 and (outcomes := launching.train_pack(prepared, name, other_models)) is not None:
         return outcomes
@@ -133,10 +138,14 @@ def submit(
     Args:
         packs: the prepared jobs (`lrsweep.run.job.Job`) of each pack.
     """
+    from lrsweep.core import trials
+    from lrsweep.run.job import trial_key
+
     calls = [
-        (f"pack{k + 1}", ([job.__getstate__() for job in pack], f"pack{k + 1}", other_models))  # fields: `train_jobs`
+        (f"pack{k + 1}", ([job.__getstate__() for job in pack], f"pack{k + 1}", other_models,  # fields: `train_jobs`
+                          trials.portable(trial_key(job.cfg) for job in pack)))
         for k, pack in enumerate(packs)
-    ]
+    ]  # fmt: skip
     results = run_tasks(settings, train_jobs, calls, packs[0][0].cfg.threads if packs else None)
     return [[r] * len(pack) if isinstance(r, Exception) else r for r, pack in zip(results, packs, strict=True)]
 

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from lrsweep import tracking
 from scripts.tracking_server import free_port
@@ -243,3 +245,29 @@ def test_halving_on_ray_sends_each_rungs_packs_at_once_and_gives_the_numbers_of_
     assert histories["ray"] == histories["here"]
     lengths = sorted(len(h) for h in histories["ray"].values())
     assert lengths == [1, 1, 1, 1, 2, 2, 4, 4]  # stopped at epochs 1 and 2; the best to the end
+
+
+@pytest.mark.timeout(600)
+def test_a_search_on_ray_is_pruned_inside_the_workers_packs(tmp_path, ray_cluster):
+    """hydra/sweeper=optuna with a pruner, its packs on Ray: each worker judges its trials against the study in the
+    SQLite storage beside the store. ThresholdPruner(lower=0.99) prunes every trial at its first report."""
+    result = train(tmp_path, "+experiment=warmup_grid_search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",
+                   "hydra.launcher.max_members=2", "hydra.sweeper.pruner=null",
+                   "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.99, n_warmup_steps: 0}",
+                   *on_ray(ray_cluster.address), "backend=jax", "training.epochs=3", "training.verbose=0",
+                   *TINY)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert re.search(r"Submitted \d pack\(s\) to Ray", output), output[-3000:]
+    client, experiment_id = store(tmp_path)
+    runs = job_runs(client, experiment_id).values()
+    study = optuna.load_study(study_name="warmup_grid_search", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [trial.state for trial in study.trials] == [TrialState.PRUNED] * 4
+    trained = [trial for trial in study.trials if "lrsweep.same_as_trial" not in trial.user_attrs]  # not repeats
+    assert {trial.user_attrs["lrsweep.pruned_after_epoch"] for trial in trained} == {1}
+    assert len(runs) == len(trained)
+    assert runs and all(run.info.status == "FINISHED" for run in runs)
+    for run in runs:
+        assert run.data.tags[tracking.TAG_OPTUNA_PRUNED] == "true" and run.data.tags[tracking.TAG_STOPPED_EPOCH] == "1"
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        trial = study.trials[int(run.data.tags[tracking.TAG_OPTUNA_TRIAL])]
+        assert len(history) == 1 and trial.intermediate_values == {0: history[0].value}
