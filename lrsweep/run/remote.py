@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ T = TypeVar("T")
 
 CLUSTERS = ("local", "slurm", "ray")
 RAY_CONNECT_TIMEOUT = 5.0  # seconds to wait for the Ray cluster's port before saying it does not answer
+# Seconds between the last task's end and `ray.shutdown`: Ray drops the lines its log monitor has not yet sent.
+RAY_LOG_GRACE = 1.0
 RAY_SETTINGS = {"address": "auto", "num_cpus": None}  # hydra.launcher.ray: its keys and defaults
 
 
@@ -272,7 +275,10 @@ def _run_on_ray(
 
     ray = connect_ray(settings["address"])
     cpus = settings["num_cpus"] or cpus or 1
-    task = ray.remote(max_calls=1, max_retries=0, num_cpus=cpus)(on_ray)
+    # Unbuffered: a worker's lines reach this console as they are printed, not when the task ends.
+    task = ray.remote(max_calls=1, max_retries=0, num_cpus=cpus, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})(
+        on_ray
+    )
     refs = [task.options(name=f"lrsweep {name}").remote(function, name, *args) for name, args in calls]
     log.info("Submitted %d pack(s) to Ray at %s, %s CPU(s) each", len(calls), settings["address"], cpus)
     results: list[T | Exception] = []
@@ -290,6 +296,7 @@ def _run_on_ray(
                 log.error("%s", lost)
                 results.append(lost)
     finally:
+        time.sleep(RAY_LOG_GRACE)  # the workers' last lines reach this console (ray-project/ray#31931)
         ray.shutdown()
     return results
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,34 +98,46 @@ def test_each_pack_is_a_ray_task_and_ray_spreads_them_over_both_nodes(tmp_path, 
     assert "Submitted 2 pack(s) to Ray at" in output
     nodes = {pack: node for pack, node, _ in NODE.findall(output)}
     assert set(nodes) == {"pack1", "pack2"} and len(set(nodes.values())) == 2, output[-3000:]  # one CPU per node
-    # Each worker's lines reached the sweep's console as they came, prefixed with its task.
-    assert re.search(r"\(lrsweep pack1 pid=\d+[^)]*\)\S* s\d · adam-linear: Epoch 2/2", output), output[-3000:]
+    # Each worker's lines reached the sweep's console, each epoch's, prefixed with its task.
+    for pack, seed in (("pack1", 0), ("pack2", 1)):
+        for epoch in (1, 2):
+            line = rf"\(lrsweep {pack} pid=\d+[^)]*\)\S* s{seed} · adam-linear: Epoch {epoch}/2"
+            assert re.search(line, output), output[-3000:]
     assert tracking.find_sweep_run(client, experiment_id, "multirun").info.status == "FINISHED"
     assert (tmp_path / "multirun" / "report" / "summary.csv").exists()
 
 
-@pytest.mark.timeout(600)
-def test_a_ray_worker_killed_mid_pack_fails_its_jobs_in_one_line_and_the_rerun_trains_only_them(tmp_path, ray_cluster):
-    """SIGKILL to the Ray worker process training one pack: the other pack finishes on the other node; the sweep
-    ends non-zero naming the lost pack; its runs end KILLED (stale: their process is gone); the same command again
-    reuses the finished pack and trains the lost one."""
-    overrides = [*on_ray(ray_cluster.address), "training.epochs=2,150", "training.seed=0,1"]
+def lose_a_pack(tmp_path, address: str, kill: Callable[[int], None], errors: tuple[str, ...]) -> list[str]:
+    """A sweep of two packs on Ray, a short one (2 epochs) and a long one (150), with `kill(pid of the long pack's
+    Ray worker)` once it trains: the sweep ends non-zero with one line naming the lost pack and one of `errors`, the
+    short pack's runs FINISHED, the long one's KILLED (stale: their process is gone). Returns the sweep's overrides."""
+    overrides = [*on_ray(address), "training.epochs=2,150", "training.seed=0,1"]
     process = start_train(tmp_path, *overrides)
-    running = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the long pack training")
-    pid = int(running.data.tags[tracking.TAG_PROCESS].split(":")[0])  # the Ray worker's (`stale.process_token`)
-    os.kill(pid, signal.SIGKILL)
-    output, _ = process.communicate(timeout=180)
+    try:
+        running = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the long pack training")
+        kill(int(running.data.tags[tracking.TAG_PROCESS].split(":")[0]))  # `stale.process_token`: pid:start
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
     assert process.returncode != 0, output[-3000:]
     lost = re.search(r"^lrsweep: (pack\d)'s Ray task ended without a result \((\w+)", output, re.MULTILINE)
-    assert lost and lost.group(2) in ("WorkerCrashedError", "RaySystemError"), output[-3000:]
+    assert lost and lost.group(2) in errors, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     client, experiment_id = store(tmp_path)
     runs = job_runs(client, experiment_id, "multirun")
     by_epochs: dict[str, set[str]] = {}
     for run in runs.values():
         by_epochs.setdefault(run.data.params["training.epochs"], set()).add(run.info.status)
-    assert by_epochs == {"2": {"FINISHED"}, "150": {"KILLED"}}, by_epochs
-    assert len(runs) == 4
+    assert by_epochs == {"2": {"FINISHED"}, "150": {"KILLED"}} and len(runs) == 4, by_epochs
+    return overrides
+
+
+@pytest.mark.timeout(600)
+def test_a_ray_worker_killed_mid_pack_fails_its_jobs_in_one_line_and_the_rerun_trains_only_them(tmp_path, ray_cluster):
+    """SIGKILL to the Ray worker process training one pack: the other pack finishes on the other node, the sweep
+    names the lost pack; the same command again reuses the finished pack and trains the lost one."""
+    overrides = lose_a_pack(tmp_path, ray_cluster.address, lambda pid: os.kill(pid, signal.SIGKILL),
+                            ("WorkerCrashedError", "RaySystemError"))  # fmt: skip
 
     start = time.monotonic()
     rerun = train(tmp_path, "backend=jax", "training.verbose=0", *TINY, *overrides,
@@ -134,6 +147,7 @@ def test_a_ray_worker_killed_mid_pack_fails_its_jobs_in_one_line_and_the_rerun_t
     assert output.count("Skipped: this configuration already FINISHED") == 2, output[-3000:]
     assert "2 run(s) of an earlier attempt in this sweep folder were run again" in output, output[-3000:]
     assert "Submitted 1 pack(s) to Ray" in output  # only the lost configurations
+    client, experiment_id = store(tmp_path)
     finished = [r for r in job_runs(client, experiment_id, "multirun").values() if r.info.status == "FINISHED"]
     assert sorted(r.data.params["training.epochs"] for r in finished) == ["150", "150", "2", "2"]
     assert time.monotonic() - start < 300
@@ -154,27 +168,16 @@ def test_a_cluster_that_is_not_there_is_one_line_before_any_run(tmp_path):
 @pytest.mark.timeout(600)
 def test_a_ray_node_killed_mid_pack_fails_its_jobs_and_the_other_node_finishes(tmp_path, ray_cluster):
     """The node training one pack dies (its raylet, the parent of the worker, SIGKILLed: what a machine lost looks
-    like to Ray): the sweep ends non-zero naming the pack, its runs end KILLED, the other pack FINISHED."""
-    process = start_train(tmp_path, *on_ray(ray_cluster.address), "training.epochs=2,150", "training.seed=0,1")
-    try:
-        running = wait_for(lambda: running_run_with_epochs(tmp_path, epochs=150), what="the long pack training")
-        worker = int(running.data.tags[tracking.TAG_PROCESS].split(":")[0])
+    like to Ray): the sweep names the lost pack, its runs end KILLED, the other pack FINISHED."""
+
+    def kill_its_node(worker: int) -> None:
         raylet = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
         assert "raylet" in Path(f"/proc/{raylet}/cmdline").read_text()
         os.kill(raylet, signal.SIGKILL)
-        output, _ = process.communicate(timeout=180)
-        assert process.returncode != 0, output[-3000:]
-        lost = re.search(r"^lrsweep: (pack\d)'s Ray task ended without a result \((\w+)", output, re.MULTILINE)
-        assert lost and lost.group(2) in ("NodeDiedError", "WorkerCrashedError"), output[-3000:]
-        assert "Traceback" not in output, output[-3000:]
 
-        client, experiment_id = store(tmp_path)
-        statuses: dict[str, set[str]] = {}
-        for run in job_runs(client, experiment_id, "multirun").values():
-            statuses.setdefault(run.data.params["training.epochs"], set()).add(run.info.status)
-        assert statuses == {"2": {"FINISHED"}, "150": {"KILLED"}}, statuses
+    try:
+        lose_a_pack(tmp_path, ray_cluster.address, kill_its_node, ("NodeDiedError", "WorkerCrashedError"))
     finally:
-        process.kill()
         add_node(ray_cluster.address, ray_cluster.env)  # the cluster as the other tests found it
         wait_for(lambda: alive_nodes(ray_cluster.address, ray_cluster.env) == 3, timeout=60, what="a third node")
 
