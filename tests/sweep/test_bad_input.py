@@ -166,6 +166,16 @@ CASES: list[tuple[str, list[str], str]] = [
         "hydra.launcher.other_models=unroll",
     ),
     ("sweep cluster typo", [*SWEEP, "hydra.launcher.cluster=slrum", "training.seed=0,1"], "hydra.launcher.cluster"),
+    (
+        "sweep ray num_cpus 0",
+        [*SWEEP, "hydra.launcher.cluster=ray", "hydra.launcher.ray.num_cpus=0", "training.seed=0,1"],
+        "`hydra.launcher.ray.num_cpus` must be an integer >= 1",
+    ),
+    (
+        "sweep ray setting typo",
+        [*SWEEP, "hydra.launcher.cluster=ray", "+hydra.launcher.ray.adress=10.0.0.1:6379", "training.seed=0,1"],
+        "`hydra.launcher.ray` has address and num_cpus. Received: adress",
+    ),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
     ("sweep store in /proc", [*SWEEP, "training.seed=0,1", "tracking.uri=sqlite:////proc/x.db"], "/proc/x.db`"),
     (
