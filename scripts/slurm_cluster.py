@@ -26,6 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.tracking_server import free_port  # noqa: E402
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SLURM_CONF = """# lrsweep (scripts/slurm_cluster.py): one node, this machine
 ClusterName=lrsweep
@@ -61,12 +66,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 class SetupError(RuntimeError):
     """The cluster cannot start here; says why (the daemon's own words where it gave some)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_binaries() -> list[str]:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from lrsweep.core.errors import PackLost, first_line
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -46,16 +48,11 @@ def train_jobs(
     Returns:
         Per job, its final val_accuracy or the error it ended with.
     """
-    from lrsweep.core import backend
-
-    cfg = jobs[0]["cfg"]
-    backend.select(cfg.backend, cfg.threads)
+    _start_worker(jobs[0]["cfg"])
     from lrsweep.core import interrupts, trials
     from lrsweep.run import launching
     from lrsweep.run.job import Job
 
-    if not logging.getLogger().handlers:  # a Ray worker: its lines reach the sweep's console (Ray streams them)
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     prepared = [Job(**fields) for fields in jobs]  # checked by the launcher; the data is loaded here, once
     trials.register_all(judges or {})
     interrupts.install(prepared[0].context.sweep_dir)  # the sweep's stop file: Ctrl-C in the main process stops this
@@ -68,6 +65,16 @@ def train_jobs(
         except Exception as e:  # this job's own failure (e.g. divergence); the others still train
             results.append(e)
     return results
+
+
+def _start_worker(cfg: Any) -> None:
+    """What a cluster worker does first: the Keras backend and threads of its jobs' config, before Keras is imported,
+    and, in a Ray worker (no logging set up), log lines in Hydra's format, which Ray streams to the sweep's console."""
+    from lrsweep.core import backend
+
+    backend.select(cfg.backend, cfg.threads)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
 
 
 @dataclass(frozen=True)
@@ -104,12 +111,11 @@ def run_tasks(
     """
     from lrsweep import tracking
 
-    tracking.claims.release_all()
+    if release_claims:
+        tracking.claims.release_all()
     if settings.cluster == "ray":
         return _run_on_ray({**RAY_SETTINGS, **settings.ray}, function, calls, cpus)
     import submitit
-
-    from lrsweep.core.errors import PackLost
 
     executor = submitit.AutoExecutor(folder=settings.folder, cluster=settings.cluster)
     executor.update_parameters(**dict(settings.parameters))
@@ -203,18 +209,14 @@ def train_stretch(
 ) -> list[dict[str, Any]]:
     """In a cluster worker: a halving stretch (`lrsweep.run.halving.train_stretch`) from the seats' fields
     (`seat_fields`, all at one epoch) to epoch `end`; returns each seat's fields after it."""
-    from lrsweep.core import backend
-
     cfg = seats[0]["job"]["cfg"]
-    backend.select(cfg.backend, cfg.threads)
+    _start_worker(cfg)
     from lrsweep import tracking
     from lrsweep.core import interrupts
     from lrsweep.ml.member_state import MemberState
     from lrsweep.run import halving
     from lrsweep.run.job import Job
 
-    if not logging.getLogger().handlers:  # a Ray worker: its lines reach the sweep's console (Ray streams them)
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     built = [
         halving.Seat(Job(**f["job"]), f["run_id"], f["epoch"], None if f["state"] is None else MemberState(*f["state"]),
                      f["starting_loss"], dict(f["scores"]), packed=f["packed"])
@@ -271,8 +273,6 @@ def _run_on_ray(
 ) -> list[T | Exception]:
     """`run_tasks` on Ray: each call one task, in a fresh worker process (it chooses its Keras backend and threads),
     reserving `num_cpus` CPUs; never retried (a retry would train runs whose first attempt is still in the store)."""
-    from lrsweep.core.errors import PackLost
-
     ray = connect_ray(settings["address"])
     cpus = settings["num_cpus"] or cpus or 1
     # Unbuffered: a worker's lines reach this console as they are printed, not when the task ends.
@@ -320,10 +320,6 @@ def _ray_bootstrap_address(address: str) -> str:
     return found
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's first line (`first_line`): Ray's messages run on for lines."""
     return first_line(error).split(". ")[0].rstrip(".")
