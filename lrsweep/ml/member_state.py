@@ -60,7 +60,7 @@ def capture(model: MemberBlocks, optimizer: PackedOptimizer, members: Sequence[i
             arrays[id(variable)] = ops.convert_to_numpy(variable)
         return arrays[id(variable)]
 
-    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))  # the pack's; a member's is its offset more
     states = []
     for member in members:
         slots, positions = member_slot_variables(model, optimizer, member)
@@ -68,7 +68,8 @@ def capture(model: MemberBlocks, optimizer: PackedOptimizer, members: Sequence[i
             name: [np.array(model.member_values(i, value(variables[p]), member)) for p, i in positions]
             for name, variables in slots.items()
         }
-        states.append(MemberState(model.member_variables(member), values, iterations))
+        steps = iterations + optimizer.member_offsets[member]
+        states.append(MemberState(model.member_variables(member), values, steps))
     return states
 
 
@@ -83,14 +84,20 @@ def restore_variables(solo_models: Sequence[keras.Model], states: Sequence[Membe
 
 def restore_optimizer(model: MemberBlocks, optimizer: PackedOptimizer, states: Sequence[MemberState | None]) -> None:
     """Puts each member's captured slots and the step count into a pack's built optimizer; members with no state
-    (None) keep fresh slots. Every member with a state must have taken the same number of steps.
+    (None) keep fresh slots. Each member's steps, less its step offset in the pack (`PackedOptimizer`), must be
+    the same: the pack's count.
 
     Raises:
-        ValueError: the members' step counts differ (they cannot share one optimizer step).
+        ValueError: the members' step counts, less their offsets, differ (they cannot share one optimizer step).
     """
-    counts = {state.iterations for state in states if state is not None}
+    offsets = optimizer.member_offsets
+    counts = {state.iterations - offsets[k] for k, state in enumerate(states) if state is not None}
+    counts |= {-offsets[k] for k, state in enumerate(states) if state is None and counts}  # a fresh member: 0 steps
     if len(counts) > 1:
-        raise ValueError(f"a pack's members must have taken the same number of steps. Received: {sorted(counts)}")
+        raise ValueError(
+            "a pack's members must have taken the same number of steps beyond their offsets. "
+            f"Received: {sorted(counts)}"
+        )
     if not counts:
         return
     updates: dict[int, np.ndarray] = {}  # id(slot variable) -> its new value
@@ -109,8 +116,8 @@ def restore_optimizer(model: MemberBlocks, optimizer: PackedOptimizer, states: S
         variables[key].assign(array)
     (count,) = counts
     optimizer.iterations.assign(count)
-    for inner in optimizer.optimizers:
-        inner.iterations.assign(count)
+    for inner, offset in zip(optimizer.optimizers, optimizer.optimizer_offsets, strict=True):
+        inner.iterations.assign(count + offset)
 
 
 def save(state: MemberState, path: Path, notes: dict) -> None:

@@ -126,11 +126,15 @@ class MemberBlocks:
         return select
 
     def build_optimizer(
-        self, optimizers: Sequence[keras.optimizers.Optimizer], learning_rate: PackSchedule
+        self,
+        optimizers: Sequence[keras.optimizers.Optimizer],
+        learning_rate: PackSchedule,
+        step_offsets: Sequence[int] | None = None,
     ) -> PackedOptimizer:
         """Each member's optimizer (class and settings: `optimizers`, member order), applied with its own LR
-        (`learning_rate`: K values). Members of one block must share an optimizer key."""
-        return PackedOptimizer(learning_rate, optimizers, self)
+        (`learning_rate`: K values), each member `step_offsets[k]` steps ahead of the pack. Members of one block
+        must share an optimizer key and a step offset."""
+        return PackedOptimizer(learning_rate, optimizers, self, step_offsets)
 
 
 def member_labels(y_true, group_sizes: Sequence[int]):
@@ -198,6 +202,31 @@ class PackSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedules": [keras.saving.serialize_keras_object(s) for s in self.schedules]}
 
 
+class Shifted(keras.optimizers.schedules.LearningRateSchedule):
+    """A member's schedule for a pack it joined `offset` steps into its own training: lr(step + offset).
+
+    A member that has trained longer than the pack's other members (it went on from another pack) keeps its own
+    step count this way: the pack's step is the youngest member's."""
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, offset: int):
+        super().__init__()
+        self.schedule = schedule
+        self.offset = int(offset)
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "offset": self.offset}
+
+
+def shifted(
+    schedule: keras.optimizers.schedules.LearningRateSchedule, offset: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """`schedule` for a member `offset` steps ahead of its pack (itself when the offset is 0)."""
+    return Shifted(schedule, offset) if offset else schedule
+
+
 def optimizer_key(optimizer: keras.optimizers.Optimizer) -> str:
     """The class and settings of an optimizer, its LR and name aside: members with equal keys share one optimizer."""
     settings = {k: v for k, v in optimizer.get_config().items() if k not in ("name", "learning_rate")}
@@ -207,10 +236,11 @@ def optimizer_key(optimizer: keras.optimizers.Optimizer) -> str:
 class PackedOptimizer(keras.optimizers.Optimizer):
     """The members' own optimizers applied side by side, each member with its own LR, in one update.
 
-    Members with the same optimizer class and settings share one optimizer (`optimizer_key`); a pack of Adam,
-    Adagrad and Adadelta runs has three. Each is built on the variables of its members' blocks (`PackedMLP`) and
-    updates those alone, so its slots hold its members' state; its step count is the pack's (Adam's bias correction
-    reads it).
+    Members with the same optimizer class and settings and the same step offset share one optimizer (`optimizer_key`);
+    a pack of Adam, Adagrad and Adadelta runs has three. Each is built on the variables of its members' blocks
+    (`PackedMLP`) and updates those alone, so its slots hold its members' state; its step count is the pack's plus
+    its members' offset (Adam's bias correction reads it): members that joined the pack with more steps behind them
+    (an asynchronous search refills a freed place with a new run) each keep their own count.
 
     The LR (a vector, one entry per member: `PackSchedule`) reaches `update_step` shaped to broadcast against each
     variable, so each optimizer's own formula applies member k's LR to member k's entries. A member whose output
@@ -224,6 +254,7 @@ class PackedOptimizer(keras.optimizers.Optimizer):
         optimizers: each member's optimizer, in member order (their own LRs are not used); the members of one
             block of `model` must have equal `optimizer_key`s.
         model: the pack.
+        step_offsets: per member, the steps it had taken when the pack's count was 0 (None: all 0).
     """
 
     def __init__(
@@ -231,16 +262,21 @@ class PackedOptimizer(keras.optimizers.Optimizer):
         learning_rate: PackSchedule,
         optimizers: Sequence[keras.optimizers.Optimizer],
         model: MemberBlocks,
+        step_offsets: Sequence[int] | None = None,
         name: str = "packed",
     ):
         super().__init__(learning_rate=learning_rate, name=name)
-        keys = [optimizer_key(o) for o in optimizers]
+        self.member_offsets = [int(o) for o in step_offsets] if step_offsets is not None else [0] * len(optimizers)
+        keys = [(optimizer_key(o), offset) for o, offset in zip(optimizers, self.member_offsets, strict=True)]
         distinct = list(dict.fromkeys(keys))
         self.optimizers = [optimizers[keys.index(key)] for key in distinct]  # the first member's with each key
+        self.optimizer_offsets = [offset for _, offset in distinct]  # each optimizer's step offset
         self.member_optimizer = [distinct.index(key) for key in keys]
         for offset, size in zip(model.block_offsets, model.block_sizes, strict=True):
             if len(set(self.member_optimizer[offset : offset + size])) != 1:
-                raise ValueError(f"members {offset} to {offset + size - 1} share a block but not an optimizer")
+                raise ValueError(
+                    f"members {offset} to {offset + size - 1} share a block but not an optimizer and step offset"
+                )
         block_optimizer = [self.member_optimizer[offset] for offset in model.block_offsets]
         # Per trainable variable of the model: the optimizer that updates it.
         self.variable_optimizer = [block_optimizer[block] for block in model.variable_blocks]
@@ -279,8 +315,8 @@ class PackedOptimizer(keras.optimizers.Optimizer):
         alive = self.alive * ops.cast(finite, self.alive.dtype)
         self.alive.assign(alive)
         learning_rate = ops.cast(learning_rate, "float32") * alive
-        for optimizer in self.optimizers:
-            optimizer.iterations.assign(self.iterations)  # what its update reads (Adam: t = iterations + 1)
+        for optimizer, offset in zip(self.optimizers, self.optimizer_offsets, strict=True):
+            optimizer.iterations.assign(self.iterations + offset)  # what its update reads (Adam: t = iterations + 1)
         for grad, variable in zip(grads, trainable_variables, strict=True):
             index = keras_adapter.variable_index(self, variable)
             optimizer = self.optimizers[self.variable_optimizer[index]]
@@ -293,19 +329,21 @@ class PackedOptimizer(keras.optimizers.Optimizer):
             optimizer.update_step(grad, variable, ops.take(learning_rate, owners))
             if restore:
                 optimizer.assign(variable, ops.where(keep, ops.convert_to_tensor(variable), before))
-        for optimizer in self.optimizers:
-            optimizer.iterations.assign(self.iterations + 1)  # the pack's count after this update, for readers
+        for optimizer, offset in zip(self.optimizers, self.optimizer_offsets, strict=True):
+            optimizer.iterations.assign(self.iterations + 1 + offset)  # its count after this update, for readers
 
 
 # The per-member update replaces the one method Keras applies every variable's update in.
 setattr(PackedOptimizer, keras_adapter.UPDATE_STEP_METHOD, PackedOptimizer.update_per_member)
 
 
-def seed_groups(seeds: Sequence[int]) -> list[int]:
-    """Sizes of the runs of equal seeds in `seeds` (which must be sorted by seed)."""
-    if list(seeds) != sorted(seeds):
-        raise ValueError(f"a pack's members must be ordered by seed. Received: seeds={list(seeds)}")
-    return runs_of(seeds)
+def seed_groups(seeds: Sequence[int], starts: Sequence[int] | None = None) -> list[int]:
+    """Sizes of the data groups: runs of members with equal seeds (and equal `starts`, the epochs each had trained
+    before the pack: members of one seed at different epochs see different orders), which must be sorted."""
+    keys = list(zip(seeds, starts or [0] * len(seeds), strict=True))
+    if keys != sorted(keys):
+        raise ValueError(f"a pack's members must be ordered by seed (then start). Received: {keys}")
+    return runs_of(keys)
 
 
 def runs_of(keys: Sequence[object]) -> list[int]:
@@ -313,7 +351,10 @@ def runs_of(keys: Sequence[object]) -> list[int]:
     return [len(list(run)) for _, run in itertools.groupby(keys)]
 
 
-def blocks_of(seeds: Sequence[int], optimizers: Sequence[keras.optimizers.Optimizer]) -> list[int]:
-    """Block sizes: members of one seed with one optimizer (ordered by seed, then optimizer:
-    `lrsweep.run.launching`)."""
-    return runs_of([(seed, optimizer_key(o)) for seed, o in zip(seeds, optimizers, strict=True)])
+def blocks_of(
+    seeds: Sequence[int], optimizers: Sequence[keras.optimizers.Optimizer], starts: Sequence[int] | None = None
+) -> list[int]:
+    """Block sizes: members of one data group (`seed_groups`) with one optimizer (ordered by seed, then start,
+    then optimizer: `lrsweep.run.launching`)."""
+    starts = starts or [0] * len(seeds)
+    return runs_of([(s, start, optimizer_key(o)) for s, start, o in zip(seeds, starts, optimizers, strict=True)])

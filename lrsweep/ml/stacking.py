@@ -20,6 +20,7 @@ from lrsweep.ml.packing import (
     blocks_of,
     check_optimizer,
     seed_groups,
+    shifted,
 )
 from lrsweep.ml.vmapped import VmappedPack, check_model
 
@@ -59,6 +60,7 @@ class PackPlan:
     model: MemberBlocks  # a keras.Model: PackedMLP or VmappedPack
     schedules: list[keras.optimizers.schedules.LearningRateSchedule]  # member k's LR schedule
     seeds: list[int]  # one per data group: the order of examples its members see
+    starts: list[int]  # one per data group: the epochs its members trained before this pack (their data's epoch)
     optimizer: PackedOptimizer  # the pack's; `optimizer.of_member(k)` holds member k's state
     path: str  # how it trains: `FUSED`, `VMAPPED` or `UNROLLED`
 
@@ -70,8 +72,11 @@ def stack(
     optimizers: Sequence[keras.optimizers.Optimizer],
     compile_args: dict[str, Any],
     other_models: str = "auto",
+    starts: Sequence[int] | None = None,
+    steps_per_epoch: int = 0,
 ) -> PackPlan:
-    """Stacks the members' solo models (ordered by seed), member k starting from exactly solo model k's weights.
+    """Stacks the members' solo models (ordered by seed, then start), member k starting from exactly solo model k's
+    weights.
 
     Args:
         solo_models: each member's model as its solo run builds it, initial weights included.
@@ -80,13 +85,19 @@ def stack(
         optimizers: each member's optimizer, its class and settings (its LR is ignored): members may differ.
         compile_args: further `compile` arguments (`steps_per_execution`, `jit_compile`).
         other_models: `hydra.launcher.other_models`, how a model other than the fused MLP packs (`other_models_path`).
+        starts: per member, the epochs it trained before this pack, beyond the pack's own count (None: all 0).
+            Member k's schedule and optimizer run `starts[k] * steps_per_epoch` steps ahead of the pack, and its
+            data `starts[k]` epochs ahead (`PackPlan.starts`).
+        steps_per_epoch: the optimizer steps of one epoch.
 
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the members then train alone).
     """
     for optimizer in optimizers:
         check_optimizer(optimizer)
-    groups, blocks = seed_groups(seeds), blocks_of(seeds, optimizers)
+    starts = list(starts or [0] * len(seeds))
+    groups, blocks = seed_groups(seeds, starts), blocks_of(seeds, optimizers, starts)
+    schedules = [shifted(schedule, start * steps_per_epoch) for schedule, start in zip(schedules, starts, strict=True)]
     try:
         input_shape, layers = mlp_spec(solo_models[0])
     except NotPackable as not_mlp:
@@ -102,6 +113,8 @@ def stack(
     else:
         model, path = PackedMLP(input_shape, layers, groups, blocks), FUSED
         model.set_member_weights([m.get_weights() for m in solo_models])
-    optimizer = model.build_optimizer(optimizers, PackSchedule(schedules))
+    step_offsets = [start * steps_per_epoch for start in starts]
+    optimizer = model.build_optimizer(optimizers, PackSchedule(schedules), step_offsets)
     model.compile(optimizer=optimizer, loss=PackedLoss(model.group_sizes), **compile_args)
-    return PackPlan(model, list(schedules), [seeds[offset] for offset in model.offsets], optimizer, path)
+    firsts = model.offsets  # each data group's first member
+    return PackPlan(model, schedules, [seeds[k] for k in firsts], [starts[k] for k in firsts], optimizer, path)

@@ -30,11 +30,13 @@ def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
 
 
-def epoch_order(seeds: int | Sequence[int], epoch: int, size: int) -> np.ndarray:
-    """Indices of one epoch's examples: (size,) for one seed, (size, groups) with one column per seed."""
+def epoch_order(seeds: int | Sequence[int], epoch: int, size: int, starts: Sequence[int] | None = None) -> np.ndarray:
+    """Indices of one epoch's examples: (size,) for one seed, (size, groups) with one column per seed; a data group
+    whose members had trained `starts[g]` epochs before this pack sees its own epoch `epoch + starts[g]`."""
     if isinstance(seeds, int):
         return epoch_permutation(seeds, epoch, size)
-    return np.stack([epoch_permutation(seed, epoch, size) for seed in seeds], axis=1)
+    starts = starts or [0] * len(seeds)
+    return np.stack([epoch_permutation(s, epoch + start, size) for s, start in zip(seeds, starts, strict=True)], axis=1)
 
 
 def epoch_data(dataset: Dataset, seeds: int | Sequence[int], epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +63,11 @@ class EpochBatches(keras.utils.PyDataset):
     group, which Keras then converted again, cost more than a small pack's training here.
     """
 
-    def __init__(self, dataset: Dataset, seeds: int | Sequence[int], batch_size: int):
+    def __init__(
+        self, dataset: Dataset, seeds: int | Sequence[int], batch_size: int, starts: Sequence[int] | None = None
+    ):
         super().__init__()
+        self.starts = starts
         self.images = dataset.x_train.reshape(len(dataset.x_train), -1)
         self.example_shape = dataset.x_train.shape[1:]
         self.labels = dataset.y_train
@@ -78,7 +83,7 @@ class EpochBatches(keras.utils.PyDataset):
     def order(self) -> np.ndarray:
         epoch, order = self._cached
         if epoch != self.epoch:
-            epoch, order = self.epoch, epoch_order(self.seeds, self.epoch, len(self.images))
+            epoch, order = self.epoch, epoch_order(self.seeds, self.epoch, len(self.images), self.starts)
             self._cached = (epoch, order)
         return order
 
@@ -193,10 +198,11 @@ def fit_epochs(
     epochs: int,
     callbacks: Sequence[keras.callbacks.Callback],
     initial_epoch: int = 0,
+    starts: Sequence[int] | None = None,
 ) -> list[dict]:
     """Trains epochs `initial_epoch` .. `epochs` - 1, each on `epoch_data(dataset, seeds, epoch)` in that order,
     validating on `x_val, y_val` (`initial_epoch` > 0: a model going on where it stopped, its optimizer's step count
-    with it).
+    with it). A pack's data group g sees epoch `epoch + starts[g]` of its seed's order (`PackPlan.starts`).
 
     One Keras `fit` (its own shuffle off) over `EpochBatches`, so the data is never copied per epoch.
     On TensorFlow the batches are gathered in a `tf.data` pipeline, elsewhere in Python (`keras.utils.PyDataset`).
@@ -204,7 +210,7 @@ def fit_epochs(
     Returns:
         Keras' logs at the end of each epoch trained.
     """
-    batches = EpochBatches(dataset, seeds, batch_size)
+    batches = EpochBatches(dataset, seeds, batch_size, starts)
     batches.epoch = initial_epoch
     history = model.fit(
         batches.tf_dataset() if keras.backend.backend() == "tensorflow" else batches,

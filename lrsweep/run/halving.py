@@ -248,7 +248,7 @@ def train_stretch(
             seat.packed = True
     batch_size = int(cfg.training.batch_size)
     callbacks = watching.callbacks(client, cfg, members, dataset)
-    history = fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, callbacks, initial_epoch=start)
+    history = fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, callbacks, start, plan.starts)
     if last:
         watching.log_test_metrics(client, plan.model, dataset, members, batch_size, end - 1)
     states = [None] * len(seats) if last else member_state.capture(plan.model, plan.optimizer, range(len(seats)))

@@ -27,8 +27,13 @@ def build_pack(
     builds (`lrsweep.run.job`), so that it starts from exactly the same weights and updates as it would; or, given
     member k's state where an earlier pack left it (`lrsweep.ml.member_state`), going on from there.
 
+    Members may have trained different numbers of whole epochs (a search refills a freed place with a new run:
+    `lrsweep.run.refill`); the pack's count is the fewest, and each member runs its own epochs ahead of it
+    (`stack`'s `starts`), ordered by seed, then by epochs trained.
+
     Raises:
         NotPackable: when the model or optimizer cannot be packed (the jobs then train alone).
+        ValueError: members whose step counts are not whole epochs apart.
     """
     schedules = [KerasSchedule(build_schedule(job.cfg, dataset)) for job in jobs]
     fresh_session()
@@ -37,11 +42,28 @@ def build_pack(
     member_state.restore_variables(solo_models, states)
     optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
     seeds = [job.seed for job in jobs]
-    plan = stack(solo_models, seeds, schedules, optimizers, compile_args(jobs[0].cfg), other_models)
+    steps_per_epoch = -(-len(dataset.x_train) // int(jobs[0].cfg.training.batch_size))
+    starts = epochs_ahead([state.iterations if state is not None else 0 for state in states], steps_per_epoch)
+    args = (compile_args(jobs[0].cfg), other_models, starts, steps_per_epoch)
+    plan = stack(solo_models, seeds, schedules, optimizers, *args)
     if any(state is not None for state in states):
         plan.optimizer.build(plan.model.trainable_variables)  # its slots, to hold the members' state
         member_state.restore_optimizer(plan.model, plan.optimizer, states)
     return plan
+
+
+def epochs_ahead(steps: Sequence[int], steps_per_epoch: int) -> list[int]:
+    """Each member's epochs beyond the fewest any member of the pack has trained.
+
+    Raises:
+        ValueError: step counts that are not whole epochs apart (members cannot share one data order per epoch).
+    """
+    fewest = min(steps)
+    if any((s - fewest) % steps_per_epoch for s in steps):
+        raise ValueError(
+            f"a pack's members must have trained whole epochs of {steps_per_epoch} steps apart. Received: {list(steps)}"
+        )
+    return [(s - fewest) // steps_per_epoch for s in steps]
 
 
 def describe(plan: PackPlan, jobs: Sequence[Job], dataset: Dataset, pack_id: str) -> None:

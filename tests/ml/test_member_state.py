@@ -56,11 +56,44 @@ def test_members_moved_to_a_smaller_pack_go_on_as_in_their_first_pack(case, tmp_
     assert largest_gap(states[0], stayed[0]) > 100 * TOLERANCE
 
 
-def test_a_pack_refuses_members_that_took_different_numbers_of_steps(tmp_path):
+def test_a_pack_refuses_members_not_whole_epochs_apart(tmp_path):
     jobs = equivalence.jobs("adam", f"sqlite:///{tmp_path}/unused.db")[:2]
     dataset = jobs[0].data()
     plan = pack.build_pack(jobs, dataset)
     states = member_state.capture(plan.model, plan.optimizer, range(2))
-    states[1].iterations = 8
-    with pytest.raises(ValueError, match=r"same number of steps. Received: \[0, 8\]"):
+    states[1].iterations = 5  # an epoch is 8 steps
+    with pytest.raises(ValueError, match=r"whole epochs of \d+ steps apart. Received: \[0, 5\]"):
         pack.build_pack(jobs, dataset, "auto", states)
+
+
+# A search refills a freed place in a pack with a new run (`lrsweep.run.refill`): members of one pack at different
+# epochs. Each must train as it would alone: its schedule at its own step, Adam's bias correction at its own count,
+# its seed's order of examples for its own epoch. Jobs (by seed): 0 Adam (constant LR), 1 Adadelta (per-step cosine
+# warm-up), both seed 0; 2 SGD with momentum, seed 1. One of the seed-0 members goes on from epoch 1 beside two new
+# ones: same seed, different epochs, so different data groups and optimizers.
+@pytest.mark.parametrize("case", ["mixed", "functional"])
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_a_member_ahead_of_new_members_trains_as_it_would_have(case, ahead, tmp_path):
+    jobs = equivalence.jobs(case, f"sqlite:///{tmp_path}/unused.db")
+    dataset, batch_size = jobs[0].data(), int(jobs[0].cfg.training.batch_size)
+    first = pack.build_pack(jobs, dataset, equivalence.other_models())
+    fit(first, dataset, 0, 1, batch_size)
+    after_one = member_state.capture(first.model, first.optimizer, range(3))
+    fit(first, dataset, 1, 2, batch_size)
+    after_two = member_state.capture(first.model, first.optimizer, range(3))
+
+    fresh = 1 - ahead
+    order = [fresh, ahead, 2]  # by seed, then by epochs trained
+    states = [None, after_one[ahead], None]
+    mixed = pack.build_pack([jobs[k] for k in order], dataset, equivalence.other_models(), states)
+    assert mixed.seeds == [0, 0, 1] and mixed.starts == [0, 1, 0]  # three data groups
+    assert sorted(mixed.optimizer.optimizer_offsets) == [0, 0, len(dataset.x_train) // batch_size]
+    fit_epochs(mixed.model, dataset, mixed.seeds, batch_size, 1, [], starts=mixed.starts)
+    went = member_state.capture(mixed.model, mixed.optimizer, range(3))
+    expected = [after_one[fresh], after_two[ahead], after_one[2]]
+    for i, k in enumerate(order):
+        assert went[i].iterations == expected[i].iterations
+        gap = largest_gap(went[i], expected[i])
+        assert gap <= TOLERANCE, (case, k, gap)
+    # ...and the member ahead did train on from its state, not afresh.
+    assert largest_gap(after_one[ahead], after_two[ahead]) > 100 * TOLERANCE
