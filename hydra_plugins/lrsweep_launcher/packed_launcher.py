@@ -161,6 +161,64 @@ class PackedLauncher(Launcher):
                 return self._launch_halving(plan, halving, job_overrides, initial_job_idx)
             return self._launch_plan(plan, job_overrides, initial_job_idx)
 
+    def refill_refused(self) -> str | None:
+        """Why this launcher cannot refill a search's freed places (`launch_refilled`), or None: it can."""
+        if self.cluster:
+            return f"hydra.launcher.cluster={self.cluster} trains its packs elsewhere, each to its end"
+        if self.halving.get("eta") is not None:
+            return "hydra.launcher.halving.eta is set: rungs decide, not the search's pruner"
+        return None
+
+    def launch_refilled(
+        self,
+        more: Callable[[int], list[tuple[int, list[str]]]],
+        told: Callable[[int, JobReturn], None],
+        more_to_come: Callable[[], bool],
+        places: int,
+    ) -> None:
+        """A search's jobs trained `places` at a time in this process, a freed place refilled at once
+        (`lrsweep.run.refill`): `more(n)` gives up to n new jobs (job number, overrides); each job's JobReturn goes
+        to `told` as soon as its run ends; `more_to_come()` says whether `more` could give another."""
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        from lrsweep.core import errors
+
+        with errors.reported():
+            errors.as_config_error(self.check_settings)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        from lrsweep.sweep import job_tasks, open_parent
+
+        loader = self.hydra_context.config_loader
+        overrides: dict[int, list[str]] = {}
+
+        def tasks(asked: list[tuple[int, list[str]]]) -> list:
+            overrides.update(asked)
+            return [task for num, lines in asked for task in job_tasks(loader.take, self.config, [lines], num)]
+
+        first = tasks(more(places))
+        if not first:
+            return
+        choose_backend(first[0][0])
+        from lrsweep.core.errors import StoreError
+        from lrsweep.run import launching, refill
+
+        prepared = launching.check_jobs(first)
+        launching.check_refill(prepared, self.other_models)
+        open_parent(self.config)
+
+        def ended(job: Any, value: Any) -> None:
+            num = job.context.job_num
+            told(num, self._run(num, overrides.pop(num), outcome(value)))
+
+        search = refill.Search(lambda n: launching.check_jobs(tasks(more(n))) if n else [], ended, more_to_come)
+        limits = (self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
+        with errors.reported():
+            try:
+                launching.train_refilled(prepared, search, places, limits)
+            except StoreError as e:
+                raise SystemExit(f"lrsweep: {e} The search stopped; jobs not finished: {jobs_list(overrides)}.") from e
+
     def _launch_halving(self, plan: Any, halving: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         """The sweep trained by successive halving (`lrsweep.run.halving`): every pack to each rung, then the best."""
         from lrsweep.core.errors import StoreError

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class Settings:
     n_trials: int
     n_jobs: int
     max_failure_rate: float
+    refill: bool = True
 
     @classmethod
     def checked(cls, settings: Mapping[str, Any], tracking_uri: str) -> Settings:
@@ -65,6 +66,7 @@ class Settings:
         checks.check_count("hydra.sweeper.n_jobs", settings["n_jobs"], 1, " (trials per batch)")
         checks.check_number("hydra.sweeper.max_failure_rate", settings["max_failure_rate"], 0.0, 1.0)
         checks.check_choice("hydra.sweeper.direction", settings["direction"], ["minimize", "maximize"])
+        checks.check_choice("hydra.sweeper.refill", settings.get("refill", True), [True, False])
         storage = default_storage(tracking_uri) if settings["storage"] == "auto" else settings["storage"]
         return cls(**{**settings, "storage": storage})
 
@@ -211,16 +213,16 @@ def finished(study: optuna.Study) -> int:
 
 
 @contextlib.contextmanager
-def failed_if_raised(study: optuna.Study, trials: Sequence[Trial]) -> Iterator[None]:
-    """Around a batch's launch: if it raises (a refused batch, Ctrl-C), its trials are told FAIL, marked `NOT_RUN`
-    with the error's first line, before the error goes on: the study holds no trial left running, and a resumed
-    search does not count them."""
+def failed_if_raised(study: optuna.Study, trials: Iterable[Trial] | Callable[[], Iterable[Trial]]) -> Iterator[None]:
+    """Around a batch's launch: if it raises (a refused batch, Ctrl-C), its trials (or those `trials()` gives then:
+    the ones not yet told) are told FAIL, marked `NOT_RUN` with the error's first line, before the error goes on:
+    the study holds no trial left running, and a resumed search does not count them."""
     try:
         yield
     except BaseException as e:
         stopped = isinstance(e, SystemExit) and not isinstance(e.code, str)  # Ctrl-C: SystemExit(130), said before
         why = f"the search stopped (exit status {e.code})" if stopped else first_line(e)
-        for trial in trials:
+        for trial in list(trials() if callable(trials) else trials):
             with contextlib.suppress(Exception):  # the error that stopped the batch is the one to report
                 trial.set_user_attr(NOT_RUN, why)
                 study.tell(trial, state=TrialState.FAIL)
@@ -240,20 +242,26 @@ def judged(
     (`RemoteJudge`). Yields the judges by trial number (none without a pruner)."""
     registered: dict[int, judges.Judge] = {}
     if pruner:
-        plain = OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else dict(pruner)
         for trial in trials:
-
-            def report(value: float, epoch: int, trial: Trial = trial) -> bool:
-                trial.report(value, epoch)
-                return trial.should_prune()
-
-            elsewhere = RemoteJudge(storage, study.study_name, trial._trial_id, plain) if storage else None
-            registered[trial.number] = judges.Judge(report, elsewhere=elsewhere)
-            judges.register(judges.key(study.study_name, trial.number), registered[trial.number])
+            registered[trial.number] = register_judge(study, trial, pruner, storage)
     try:
         yield registered
     finally:
         judges.unregister(judges.key(study.study_name, number) for number in registered)
+
+
+def register_judge(study: optuna.Study, trial: Trial, pruner: Any, storage: str | None) -> judges.Judge:
+    """Registers a trial's judge (`judged`) and returns it; `judges.unregister` ends it."""
+    plain = OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else dict(pruner)
+
+    def report(value: float, epoch: int) -> bool:
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    elsewhere = RemoteJudge(storage, study.study_name, trial._trial_id, plain) if storage else None
+    judge = judges.Judge(report, elsewhere=elsewhere)
+    judges.register(judges.key(study.study_name, trial.number), judge)
+    return judge
 
 
 @dataclass(frozen=True)
@@ -377,3 +385,70 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
     log.info("Best trial: #%d of study %r", best.number, study.study_name)
     log.info("Best parameters: %s", best.params)
     log.info("Best value: %s", best.value)
+
+
+class Refilling:
+    """A search's trials asked one place at a time (`hydra.sweeper.refill`): the launcher asks for trials as places
+    in its packs free (`more`) and tells each trial's outcome as soon as its run ends (`told`), so the sampler
+    proposes each trial knowing every outcome so far, as in asynchronous successive halving (ASHA).
+
+    A proposal that repeats a trial of this search is not trained again: told its twin's outcome, at once if the
+    twin has ended, else when it does. Once more than `max_failure_rate` of the trials told have failed, no more
+    are asked (`stop_reason`); the running ones train to their end.
+    """
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, settings: Settings, sweep_dir: Path, to_go: int):
+        self.study, self.space, self.settings, self.sweep_dir = study, space, settings, sweep_dir
+        self.to_go = to_go
+        self.running: dict[int, Trial] = {}  # job number -> its trial
+        self.twins: dict[int, list[Trial]] = {}  # job number -> the proposals that repeat its trial
+        self.ended: dict[tuple, Trial] = {}  # params -> the trial with them that was told
+        self.judges: dict[int, judges.Judge] = {}  # trial number -> its judge
+        self.next_num = 0
+        self.told_count = 0
+        self.failed = 0
+
+    def more(self, places: int) -> list[tuple[int, list[str]]]:
+        """Up to `places` new trials, as (job number, overrides); none once the search has asked all it will."""
+        asked: list[tuple[int, list[str]]] = []
+        while len(asked) < places and self.more_to_come():
+            trial = self.study.ask(self.space.distributions)
+            self.to_go -= 1
+            key = tuple(sorted(trial.params.items()))
+            twin = next((num for num, t in self.running.items() if tuple(sorted(t.params.items())) == key), None)
+            if twin is not None:
+                self.twins.setdefault(twin, []).append(trial)
+            elif key in self.ended:
+                tell_repeats(self.study, {trial: self.ended[key]})
+            else:
+                num, self.next_num = self.next_num, self.next_num + 1
+                asked.append((num, self.space.overrides(trial, self.study.study_name, self.sweep_dir, num)))
+                self.running[num] = trial
+                if self.settings.pruner:
+                    self.judges[trial.number] = register_judge(self.study, trial, self.settings.pruner, None)
+        return asked
+
+    def more_to_come(self) -> bool:
+        return self.to_go > 0 and self.stop_reason() is None
+
+    def told(self, num: int, job_return: JobReturn) -> None:
+        """Tells job `num`'s trial its outcome (`tell`), and its repeats the same."""
+        trial = self.running.pop(num)
+        self.failed += tell(self.study, [trial], [job_return], self.judges)
+        self.told_count += 1
+        judges.unregister([judges.key(self.study.study_name, trial.number)])
+        self.ended[tuple(sorted(trial.params.items()))] = trial
+        tell_repeats(self.study, {repeat: trial for repeat in self.twins.pop(num, [])})
+
+    def unfinished(self) -> list[Trial]:
+        """The trials asked and not told: running, or waiting for their twins."""
+        return [*self.running.values(), *(t for repeats in self.twins.values() for t in repeats)]
+
+    def stop_reason(self) -> str | None:
+        """Why the search stops asking: its failed trials, or None."""
+        if self.failed and self.failed / self.told_count > self.settings.max_failure_rate:
+            return (
+                f"lrsweep: {self.failed} of {self.told_count} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.settings.max_failure_rate}: the search stopped (raise it to go on past failed trials)."
+            )
+        return None

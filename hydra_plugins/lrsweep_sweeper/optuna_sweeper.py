@@ -38,8 +38,14 @@ class OptunaSweeperConf:
         study_name: the study in `storage`: the same name resumes it; null lets Optuna name a new one.
         storage: a database URL; auto: `sqlite:///<folder of the MLflow store>/optuna.db`; null: in memory.
         n_trials: the trials the study holds when the search ends, those of earlier runs of the command included.
-        n_jobs: trials asked and launched at a time: one batch (one pack with the packed launcher).
-        max_failure_rate: the search stops after a batch in which a larger share of the trials failed.
+        n_jobs: trials asked and launched at a time: one batch (one pack with the packed launcher); with `refill`,
+            the trials training at once.
+        max_failure_rate: the search stops after a batch in which a larger share of the trials failed (with
+            `refill`: once a larger share of those told so far failed; the running ones train to their end).
+        refill: with a pruner and the packed launcher training here (no cluster, no halving): a place a pruned,
+            diverged or finished trial frees in its pack is refilled at that epoch's end with the next trial the
+            sampler proposes, knowing every outcome so far (asynchronous, as ASHA); the runs that go on keep their
+            state and epoch. false: batches of `n_jobs`, each trained to its end.
         params: the search space, `key: <Hydra sweep>` (`interval(a, b)`, `tag(log, interval(a, b))`, `choice(...)`,
             `range(...)`), read before the command line's overrides.
     """
@@ -56,6 +62,7 @@ class OptunaSweeperConf:
     n_trials: int = 20
     n_jobs: int = 2
     max_failure_rate: float = 0.0
+    refill: bool = True
     params: dict[str, str] | None = None
 
 
@@ -77,10 +84,12 @@ class OptunaSweeper(Sweeper):
         n_jobs: int,
         max_failure_rate: float,
         params: Any,
+        refill: bool = True,
     ) -> None:
         self.settings = {
             "sampler": sampler, "pruner": pruner, "direction": direction, "study_name": study_name,
             "storage": storage, "n_trials": n_trials, "n_jobs": n_jobs, "max_failure_rate": max_failure_rate,
+            "refill": refill,
         }  # fmt: skip
         self.params = dict(params or {})
         self.config: DictConfig | None = None
@@ -105,6 +114,11 @@ class OptunaSweeper(Sweeper):
         study = search.open_study(settings)
         to_go = settings.n_trials - search.finished(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if settings.pruner and settings.refill:
+            refused = self._refill_refused()
+            if refused is None:
+                return self._sweep_refilled(search.Refilling(study, space, settings, sweep_dir, to_go))
+            log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s", settings.n_jobs, refused)
         job_idx = 0
         while to_go > 0:
             trials = [study.ask(space.distributions) for _ in range(min(settings.n_jobs, to_go))]
@@ -126,6 +140,25 @@ class OptunaSweeper(Sweeper):
                     f"{settings.max_failure_rate}: the search stopped (raise it to go on past failed trials)."
                 )
         search.write_results(study, sweep_dir)
+
+    def _refill_refused(self) -> str | None:
+        """Why this search's launcher cannot refill freed places (None: it can)."""
+        refused = getattr(self.launcher, "refill_refused", None)
+        if refused is None:
+            return f"{type(self.launcher).__name__} does not refill freed places (hydra/launcher=packed does)"
+        return refused()
+
+    def _sweep_refilled(self, refilling: Any) -> None:
+        """The search with its freed places refilled (`_study.Refilling`), then its results written."""
+        from hydra_plugins.lrsweep_sweeper import _study as search
+
+        with search.failed_if_raised(refilling.study, refilling.unfinished):
+            self.launcher.launch_refilled(
+                refilling.more, refilling.told, refilling.more_to_come, self.settings["n_jobs"]
+            )
+        search.write_results(refilling.study, refilling.sweep_dir)
+        if (reason := refilling.stop_reason()) is not None:
+            raise SystemExit(reason)
 
     def _params(self) -> list[str]:
         """`hydra.sweeper.params` as override lines (`key=value`), before the command line's."""

@@ -148,6 +148,10 @@ class Member:
     # The search trial judging it (`lrsweep.core.trials.key`), and whether its pruner stopped it (at `stopped_epoch`).
     trial: str | None = None
     pruned: bool = False
+    # Epochs it had trained when its pack began (a pack may hold members at different epochs: `stack`'s `starts`),
+    # and as steps: its own epoch and step are the pack's plus these, and its schedule is already shifted by them.
+    epoch_offset: int = 0
+    step_offset: int = 0
 
     def key(self, metric: str) -> str:
         return metric if self.index is None else f"{metric}_{self.index}"
@@ -155,6 +159,10 @@ class Member:
     def metrics(self, logs: dict) -> dict[str, float]:
         """This member's loss, accuracy, val_loss and val_accuracy from Keras' logs, under their plain names."""
         return {name: float(logs[self.key(name)]) for name in EPOCH_METRICS if self.key(name) in logs}
+
+    def own_epoch(self, epoch: int) -> int:
+        """Its own epoch (0-based) in the pack's epoch `epoch`."""
+        return epoch + self.epoch_offset
 
     def reports(self, epoch: int) -> bool:
         """Whether epoch `epoch` is one this member trained in (up to and including the one it stopped in)."""
@@ -187,7 +195,8 @@ class EpochPrinter(keras.callbacks.Callback):
             if member.reports(epoch):
                 values = " - ".join(f"{k}: {v:.4f}" for k, v in member.metrics(logs or {}).items())
                 who = f"{member.name}: " if member.index is not None else ""
-                print(f"{who}Epoch {epoch + 1}/{self.epochs} - {seconds:.1f}s - {values}", flush=True)
+                own = member.own_epoch(epoch) + 1
+                print(f"{who}Epoch {own}/{self.epochs} - {seconds:.1f}s - {values}", flush=True)
 
 
 def fit_epochs(

@@ -82,6 +82,17 @@ def check(jobs: Sequence[Job], halving: Halving, other_models: str) -> None:
         )
     if any(is_range_test(job.cfg) for job in jobs):
         raise errors.ConfigError("an LR range test has nothing to rank by rungs: drop hydra.launcher.halving.eta")
+    problem = unpackable(jobs, other_models)
+    if problem is not None:
+        raise errors.ConfigError(
+            f"halving moves runs between packs, and {problem}. Set hydra.launcher.other_models=unroll (or vmap on "
+            "JAX), or drop hydra.launcher.halving.eta."
+        )
+
+
+def unpackable(jobs: Sequence[Job], other_models: str) -> str | None:
+    """Why the first job that cannot pack cannot ("<job> cannot pack: <reason>"), or None: every job's model and
+    optimizer can (each distinct pair built once)."""
     seen = set()
     for job in jobs:
         key = (job.resolved["model"].get("_target_"), json.dumps(job.resolved["optimizer"], default=str))
@@ -98,10 +109,8 @@ def check(jobs: Sequence[Job], halving: Halving, other_models: str) -> None:
                 if stacking.other_models_path(other_models) is None:
                     raise NotPackable(f"{e}, and hydra.launcher.other_models={other_models} trains it alone") from None
         except NotPackable as e:
-            raise errors.ConfigError(
-                f"halving moves runs between packs, and {job.name} cannot pack: {e}. Set hydra.launcher.other_models="
-                "unroll (or vmap on JAX), or drop hydra.launcher.halving.eta."
-            ) from None
+            return f"{job.name} cannot pack: {e}"
+    return None
 
 
 @dataclass

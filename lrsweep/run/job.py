@@ -235,6 +235,12 @@ def run_record(
     return tracking.RunRecord(job.name, params, tags, artifacts)
 
 
+def optimizer_settings(job: Job) -> str:
+    """A job's optimizer class and settings, its LR aside: a pack's members with equal ones share an optimizer."""
+    settings = {k: v for k, v in job.resolved["optimizer"].items() if k != "learning_rate"}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def trial_key(cfg: DictConfig) -> str | None:
     """The search trial a job is (`lrsweep.core.trials.key`), from the tags its sweeper gave it, or None."""
     tags = identity.flatten(cfg.tracking.get("tags") or {})

@@ -19,8 +19,8 @@ from lrsweep.core import backend, errors, identity, interrupts
 from lrsweep.core.halving import Halving
 from lrsweep.ml import stacking
 from lrsweep.ml.packing import ACROSS_MEMBERS, PACKABLE_OPTIMIZERS, NotPackable
-from lrsweep.run import experiment, halving, pack
-from lrsweep.run.job import Checks, Job, checked
+from lrsweep.run import experiment, halving, pack, refill
+from lrsweep.run.job import Checks, Job, checked, optimizer_settings
 
 MLP_TARGET = "lrsweep.model.build_mlp"  # the tutorial's MLP: packs fused, however many members
 log = logging.getLogger(__name__)
@@ -130,12 +130,6 @@ def pack_key(job: Job) -> str:
     return json.dumps(shared, sort_keys=True)
 
 
-def optimizer_settings(job: Job) -> str:
-    """A job's optimizer class and settings, its LR aside: a pack's members with equal ones share an optimizer."""
-    settings = {k: v for k, v in job.resolved["optimizer"].items() if k != "learning_rate"}
-    return json.dumps(settings, sort_keys=True, default=str)
-
-
 def unrolls(job: Job, other_models: str) -> bool:
     """Whether a job's pack would hold one copy of its model per member: a model other than the tutorial's MLP, on
     the path `lrsweep.ml.stacking.other_models_path` takes in this process (the jobs' backend). (A user's own MLP
@@ -225,3 +219,23 @@ def train_halving(
     sweep_name = jobs[0].context.sweep_id or "sweep"
     stretches = stretches or halving.train_stretches
     return halving.train(jobs, settings, lambda going: plan_packs(going, *limits), sweep_name, limits[-1], stretches)
+
+
+def check_refill(prepared: Sequence[Job], other_models: str) -> None:
+    """Raises SystemExit with one line when a search's first trials cannot pack, so their places cannot be refilled
+    (`lrsweep.run.refill`), before any store or run is touched."""
+    problem = halving.unpackable(prepared, other_models)
+    if problem is not None:
+        raise SystemExit(
+            f"lrsweep: a search refills freed places in its packs, and {problem}. Set hydra.sweeper.refill=false "
+            "(batches of n_jobs), or hydra.launcher.other_models=unroll (or vmap on JAX)."
+        )
+
+
+def train_refilled(first: Sequence[Job], search: refill.Search, places: int, limits: tuple) -> None:
+    """Trains a search's jobs `places` at a time, each place a run frees refilled with the search's next job
+    (`lrsweep.run.refill.train`), in packs planned within the sweep's `limits` (max_members, max_seeds,
+    max_unrolled, other_models)."""
+    interrupts.check()
+    sweep_name = first[0].context.sweep_id or "sweep"
+    refill.train(first, search, places, lambda going: plan_packs(going, *limits), sweep_name, limits[-1])

@@ -79,12 +79,13 @@ def describe(plan: PackPlan, jobs: Sequence[Job], dataset: Dataset, pack_id: str
 
 
 def pack_member(plan: PackPlan, k: int, run_id: str, job: Job, starting_loss: float | None = None) -> Member:
-    """Member k of a pack, job `job`, reporting to its run `run_id`."""
+    """Member k of a pack, job `job`, reporting to its run `run_id` (at its own epochs and steps)."""
     optimizer, variables = plan.optimizer.of_member(k)
     select = plan.model.member_selector(k, variables)
     return Member(
         run_id, plan.schedules[k], k, job.name, select=select, optimizer=optimizer, starting_loss=starting_loss,
-        trial=trial_key(job.cfg),
+        trial=trial_key(job.cfg), epoch_offset=plan.starts[plan.model.group_of(k)],
+        step_offset=plan.optimizer.member_offsets[k],
     )  # fmt: skip
 
 

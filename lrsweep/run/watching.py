@@ -82,7 +82,7 @@ def log_test_metrics(
     (its logs hold `loss_<k>`, `accuracy_<k>`).
 
     Args:
-        epoch: the step to log at, the last epoch trained (0-based).
+        epoch: the last epoch the pack trained (0-based): each member's own is its step.
     """
     finished = [member for member in members if member.error is None and member.stopped_step is None]
     if dataset.validates_on_test or not finished:
@@ -91,5 +91,5 @@ def log_test_metrics(
     for member in finished:
         scores = member.metrics(logs)
         test = {f"test_{name}": scores[name] for name in ("loss", "accuracy")}
-        tracking.log_metrics(client, member.run_id, test, step=epoch)
+        tracking.log_metrics(client, member.run_id, test, step=member.own_epoch(epoch))
         log.info("%s: %s", member.name, ", ".join(f"{k}={v:.4f}" for k, v in test.items()))

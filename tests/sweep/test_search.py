@@ -220,10 +220,12 @@ def test_failed_trials_are_failed_in_optuna_and_too_many_stop_the_search(tmp_pat
 
 
 def test_a_pruner_stops_the_trials_behind_inside_their_packs(tmp_path):
-    # ThresholdPruner: a trial whose val_accuracy after an epoch is below 0.6 is pruned. Packs of 2 trials: a pruned
-    # member is frozen while the other trains on, and a pack whose members are all pruned stops.
+    # ThresholdPruner: a trial whose val_accuracy after an epoch is below 0.6 is pruned. Batches of 2 trials, not
+    # refilled (tests/run/test_refill.py refills): a pruned member is frozen while the other trains on, and a pack
+    # whose members are all pruned stops.
     train(
         tmp_path, "+experiment=warmup_grid_search", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.refill=false",
         "hydra.sweeper.pruner=null",
         "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.6, n_warmup_steps: 0}",
         "backend=jax", "training.epochs=3", *TINY,

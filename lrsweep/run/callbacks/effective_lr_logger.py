@@ -51,5 +51,9 @@ class EffectiveLRLogger(keras.callbacks.Callback):
             effective = effective_lr(member.optimizer or self.model.optimizer, lr, member.select or flatten, values)
             if effective is not None:
                 tracking.log_metrics(
-                    self.client, member.run_id, summarize(effective, self.quantiles), step=epoch, float32=False
+                    self.client,
+                    member.run_id,
+                    summarize(effective, self.quantiles),
+                    step=member.own_epoch(epoch),
+                    float32=False,
                 )  # computed in float64 from the slots: logged as they are

@@ -13,7 +13,8 @@ from lrsweep.run.callbacks.steps import optimizer_steps, resolve_schedules
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs `lr`, loss and accuracy (train and validation) to each member's MLflow run each epoch, with step=epoch.
+    """Logs `lr`, loss and accuracy (train and validation) to each member's MLflow run each epoch, with step=epoch
+    (the member's own: `Member.own_epoch`).
 
     `lr` is the member's schedule at the optimizer's step when the epoch begins, before its first update, so it
     is the learning rate applied in that epoch (for per-step schedules: at the epoch's first step). All are float32
@@ -40,4 +41,5 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         for member, lr in zip(self.members, self._epoch_lrs, strict=True):
             if member.reports(epoch):
-                tracking.log_metrics(self.client, member.run_id, {"lr": lr, **member.metrics(logs or {})}, step=epoch)
+                metrics = {"lr": lr, **member.metrics(logs or {})}
+                tracking.log_metrics(self.client, member.run_id, metrics, step=member.own_epoch(epoch))

@@ -40,13 +40,14 @@ class PruneTrials(keras.callbacks.Callback):
             value = logs.get(member.key("val_accuracy"))
             if judge is None or value is None or member.error is not None or member.stopped_epoch is not None:
                 continue
-            if judge.report(float(value), epoch):
-                judge.pruned_epoch = epoch
+            own = member.own_epoch(epoch)
+            if judge.report(float(value), own):
+                judge.pruned_epoch = own
                 member.pruned = True
                 member.stopped_epoch, member.stopped_step = epoch, optimizer_steps(self.model.optimizer)
-                tags = {tracking.TAG_OPTUNA_PRUNED: "true", tracking.TAG_STOPPED_EPOCH: str(epoch + 1)}
+                tags = {tracking.TAG_OPTUNA_PRUNED: "true", tracking.TAG_STOPPED_EPOCH: str(own + 1)}
                 tracking.set_tags(self.client, member.run_id, tags)
-                log.info("%s: pruned after epoch %d (val_accuracy %.4f), trial %s", member.name, epoch + 1,
+                log.info("%s: pruned after epoch %d (val_accuracy %.4f), trial %s", member.name, own + 1,
                          value, member.trial)  # fmt: skip
                 pruned.append(member)
         freeze_members(self.model, [m.index for m in pruned if m.index is not None])

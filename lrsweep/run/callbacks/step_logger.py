@@ -49,9 +49,9 @@ class MlflowStepLogger(keras.callbacks.Callback):
         self.members = as_members(members)
         self.every_n_steps = check_count("tracking.log_every_n_steps", every_n_steps, 0, " (0: off)")
         self.writer = BatchedWriter(client, flush_seconds)
-        self._next_step = 0
+        self._next_step = 0  # the first pack step not queued yet
         self._epoch_start = 0
-        self._pending: list[int] = []
+        self._pending = (0, 0)  # pack steps [from, to) passed and not written
         self._lock = threading.Lock()
         self._lr_at: list[Callable[[np.ndarray], np.ndarray]] = []
 
@@ -59,8 +59,8 @@ class MlflowStepLogger(keras.callbacks.Callback):
         resolve_schedules(self.members, self.model.optimizer)
         self._lr_at = [lr_at_steps(member.schedule) for member in self.members]
         self.writer.start()
-        if self.every_n_steps:  # a resumed fit starts at the first multiple not yet reached
-            self._next_step = -(-optimizer_steps(self.model.optimizer) // self.every_n_steps) * self.every_n_steps
+        self._next_step = optimizer_steps(self.model.optimizer)  # a resumed fit: where it goes on
+        self._pending = (self._next_step, self._next_step)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_start = optimizer_steps(self.model.optimizer)
@@ -68,7 +68,7 @@ class MlflowStepLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         with self._lock:
             self._queue_until(self._epoch_start + steps_done(self.params, batch))
-            if self._pending and self.writer.due():
+            if self._pending[1] > self._pending[0] and self.writer.due():
                 self._flush()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -82,23 +82,32 @@ class MlflowStepLogger(keras.callbacks.Callback):
         self.writer.wait()
 
     def _queue_until(self, end: int) -> None:
-        """Queues the multiples of N in [next unlogged, end): steps the optimizer has applied.
+        """Queues the pack steps in [next unqueued, end): steps the optimizer has applied.
 
         Calls may come out of order from Keras' threads: a chunk that ends earlier than one already seen adds nothing.
         """
         if self.every_n_steps and end > self._next_step:
-            self._pending.extend(range(self._next_step, end, self.every_n_steps))
-            self._next_step = self._pending[-1] + self.every_n_steps
+            self._pending = (self._pending[0], end)
+            self._next_step = end
 
     def _flush(self) -> None:
-        steps, self._pending = np.asarray(self._pending, dtype=np.int64), []
+        (start, end), self._pending = self._pending, (self._next_step, self._next_step)
         members = zip(self.members, self._lr_at, strict=True)
-        self.writer.write((member.run_id, self._points(member, lr_at, steps)) for member, lr_at in members)
+        points = ((m.run_id, self._points(m, lr_at, start, end, self.every_n_steps)) for m, lr_at in members)
+        self.writer.write(points)
 
     @staticmethod
-    def _points(member: Member, lr_at: Callable[[np.ndarray], np.ndarray], steps: np.ndarray) -> list[Point]:
-        """`lr_step` at the queued steps this member trained (all, unless it stopped)."""
-        mine = steps if member.stopped_step is None else steps[steps < member.stopped_step]
-        if not len(mine):
+    def _points(
+        member: Member, lr_at: Callable[[np.ndarray], np.ndarray], start: int, end: int, every: int
+    ) -> list[Point]:
+        """`lr_step` at the member's own steps (the pack's plus its `step_offset`) that are multiples of N, among
+        the pack steps [start, end) it trained (all, unless it stopped); its schedule is shifted already."""
+        end = end if member.stopped_step is None else min(end, member.stopped_step)
+        if not every or end <= start:
             return []
-        return [(LR_STEP, tracking.float32_value(lr), int(k)) for k, lr in zip(mine, lr_at(mine), strict=True)]
+        first = -(-(start + member.step_offset) // every) * every  # its first own multiple of N from `start`
+        own = np.arange(first, end + member.step_offset, every, dtype=np.int64)
+        if not len(own):
+            return []
+        points = zip(own, lr_at(own - member.step_offset), strict=True)
+        return [(LR_STEP, tracking.float32_value(lr), int(k)) for k, lr in points]

@@ -90,7 +90,8 @@ class StopOnDivergence(keras.callbacks.Callback):
             limit = self.factor * start if self.factor is not None and start is not None else math.inf
             if not math.isfinite(loss) or loss > limit:
                 steps = steps_done(self.params, batch)
-                member.error = DivergedError(divergence_message(self._epoch, steps, self.factor))
+                message = divergence_message(member.own_epoch(self._epoch), steps, self.factor)
+                member.error = DivergedError(message)
                 member.stopped_epoch = self._epoch
                 member.stopped_step = self._epoch_start + steps
                 flagged.append((member, loss, start))
@@ -104,7 +105,8 @@ class StopOnDivergence(keras.callbacks.Callback):
         for member, loss, start in flagged:
             log.warning(
                 "%s: loss %r in epoch %d, step %d, starting loss %r (training.divergence_factor=%s): diverged",
-                member.name, loss, member.stopped_epoch, member.stopped_step, start, self.factor,
+                member.name, loss, member.own_epoch(member.stopped_epoch), member.stopped_step + member.step_offset,
+                start, self.factor,
             )  # fmt: skip
             if self.client is not None:
                 tags = [RunTag(TAG_DIVERGED_LOSS, repr(loss))]
