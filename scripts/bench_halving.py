@@ -2,13 +2,16 @@
 
     .venv/bin/python scripts/bench_halving.py                      # 6x6 warm-up grid x 3 seeds, 9 epochs (~25 min)
     .venv/bin/python scripts/bench_halving.py --epochs 3 --train-size 5000 --rules quantile --search 0   # quick
+    .venv/bin/python scripts/bench_halving.py --rules ""         # the grid and the searches only (~9 min)
 
 The grid: the linear warm-up (schedule=linear), Adam, initial_lr x final_lr 6 x 6, seeds 0, 1, 2, on the full data
 (50,000 training examples, validation on 10,000 held out), each arm a real `python train.py -m ...` into a fresh
 temporary folder and SQLite store, packed as a user's sweep is. Arms: the full grid; the pruned Optuna search over
-the same 36 configurations (`+experiment=warmup_grid_search`: TPE, successive-halving pruner, one trial at a time,
-seed 0); halving (eta 3, rungs after epochs 1 and 3 of 9) with each rule. Per arm: wall time, model-epochs trained
-(the epochs each run logged), and the configuration it ends with as best (best seed-mean final val_accuracy among
+the same 36 configurations (`+experiment=warmup_grid_search`: TPE, successive-halving pruner, seed 0), one trial at
+a time, with 4 places in a pack, each refilled as its trial is pruned or ends, and in batches of 4 trials each
+trained as one pack to its end (`--places`); halving (eta 3, rungs after epochs 1 and 3 of 9) with each rule. Per
+arm: wall time, model-epochs trained (the epochs each run logged: in batches a pruned member also rides along,
+frozen, until its pack ends), and the configuration it ends with as best (best seed-mean final val_accuracy among
 those that trained to the end); that configuration is then compared, on the full grid's runs, with the full grid's
 best (`lrsweep.core.stats`): tied, or worse. Prints a table; asserts nothing. Timings vary by about 20% on a shared
 2-core machine.
@@ -33,7 +36,7 @@ FINAL_LRS = "0.001,0.002,0.005,0.01,0.02,0.05"
 KEYS = ("schedule.initial_lr", "schedule.final_lr")
 
 
-def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, arm: list[str]) -> dict:
+def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, arm: list[str], extra=()) -> dict:
     """One arm: `python train.py -m` over the grid (`arm`: the halving settings) or the search (`arm` starting
     with +experiment=...); its wall time and, per configuration, per seed: the epochs trained and the final
     val_accuracy (None: stopped early or failed)."""
@@ -46,7 +49,7 @@ def sweep(folder: Path, backend: str, epochs: int, train_size: int | None, arm: 
     command = [
         sys.executable, str(ROOT / "train.py"), "-m", f"tracking.uri={store}", f"hydra.sweep.dir={folder}/sweep",
         f"backend={backend}", "training.verbose=0", *grid, f"training.epochs={epochs}", *arm,
-        *([f"data.train_size={train_size}"] if train_size else []),
+        *([f"data.train_size={train_size}"] if train_size else []), *extra,
     ]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
@@ -87,14 +90,31 @@ def main() -> None:
     parser.add_argument("--rules", default="quantile,stats")
     parser.add_argument("--train-size", type=int, default=None, help="default: the full 50,000")
     parser.add_argument("--search", type=int, default=30, help="trials of the pruned search (0: no search arm)")
+    parser.add_argument(
+        "--places", default="1,4", help="trials training at once in the search (hydra.sweeper.n_jobs), one arm each; "
+        "above 1 a freed place is refilled at once (hydra.sweeper.refill)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--extra", default="", help="overrides for every arm, e.g. 'model=cnn training.jit_compile=false'"
+    )
+    parser.add_argument("--no-grid", action="store_true", help="the searches only: no full grid to compare with")
     args = parser.parse_args()
 
     from lrsweep.core import stats
 
-    arms = {"full grid": []}
-    if args.search:
-        arms["search, pruned"] = ["+experiment=warmup_grid_search", f"hydra.sweeper.n_trials={args.search}"]
-    for rule in args.rules.split(","):
+    arms = {} if args.no_grid else {"full grid": []}
+    for places in args.places.split(",") if args.search else []:
+        search = [
+            "+experiment=warmup_grid_search",
+            f"hydra.sweeper.n_trials={args.search}",
+            f"hydra.sweeper.n_jobs={places}",
+        ]
+        if int(places) == 1:
+            arms["search, pruned, one trial at a time"] = search
+            continue
+        arms[f"search, pruned, {places} places refilled"] = search
+        arms[f"search, pruned, batches of {places}"] = [*search, "hydra.sweeper.refill=false"]
+    for rule in filter(None, args.rules.split(",")):
         arms[f"halving eta={args.eta} {rule}"] = [
             f"hydra.launcher.halving.eta={args.eta}",
             f"hydra.launcher.halving.rule={rule}",
@@ -104,8 +124,18 @@ def main() -> None:
         for name, halving in arms.items():
             folder = Path(root) / f"arm{len(results)}"
             folder.mkdir()
-            results[name] = sweep(folder, args.backend, args.epochs, args.train_size, halving)
+            results[name] = sweep(folder, args.backend, args.epochs, args.train_size, halving, args.extra.split())
             print(f"{name}: {results[name]['wall']:.0f} s", file=sys.stderr, flush=True)
+    if args.no_grid:
+        print(f"{args.extra or 'the MLP'}, {args.epochs} epochs, {args.backend}, {args.train_size or 'all'} examples")
+        print("| arm | wall (s) | model-epochs logged | best configuration (initial, final) | its val_accuracy |")
+        print("|---|---|---|---|---|")
+        for name, result in results.items():
+            model_epochs = sum(e for seeds in result["configs"].values() for e, _ in seeds.values())
+            chosen = best(result["configs"])
+            value = result["configs"][chosen][0][1] if chosen else None
+            print(f"| {name} | {result['wall']:.0f} | {model_epochs} | {chosen} | {value} |")
+        return
 
     full = results["full grid"]
     full_model_epochs = sum(e for seeds in full["configs"].values() for e, _ in seeds.values())

@@ -169,6 +169,22 @@ class PackedLauncher(Launcher):
             return "hydra.launcher.halving.eta is set: rungs decide, not the search's pruner"
         return None
 
+    def check_refill(self, overrides: Sequence[str]) -> None:
+        """Exits with one line when a search's job (`overrides`: its probe) cannot train in refilled packs, before
+        anything is opened: a bad launcher setting, a job that fails its checks, a model or optimizer that cannot
+        pack."""
+        assert self.config is not None and self.hydra_context is not None
+        from lrsweep.core import errors
+        from lrsweep.sweep import job_tasks
+
+        with errors.reported():
+            errors.as_config_error(self.check_settings)
+        tasks = job_tasks(self.hydra_context.config_loader.take, self.config, [list(overrides)], 0)
+        choose_backend(tasks[0][0])
+        from lrsweep.run import launching
+
+        launching.check_refill(launching.check_jobs(tasks), self.other_models)
+
     def launch_refilled(
         self,
         more: Callable[[int], list[tuple[int, list[str]]]],
@@ -211,7 +227,12 @@ class PackedLauncher(Launcher):
             num = job.context.job_num
             told(num, self._run(num, overrides.pop(num), outcome(value)))
 
-        search = refill.Search(lambda n: launching.check_jobs(tasks(more(n))) if n else [], ended, more_to_come)
+        def more_jobs(places: int) -> list:
+            jobs = launching.check_jobs(tasks(more(places))) if places else []
+            launching.check_refill(jobs, self.other_models)  # a searched model that cannot pack: one line
+            return jobs
+
+        search = refill.Search(more_jobs, ended, more_to_come)
         limits = (self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
         with errors.reported():
             try:

@@ -42,10 +42,10 @@ class OptunaSweeperConf:
             the trials training at once.
         max_failure_rate: the search stops after a batch in which a larger share of the trials failed (with
             `refill`: once a larger share of those told so far failed; the running ones train to their end).
-        refill: with a pruner and the packed launcher training here (no cluster, no halving): a place a pruned,
-            diverged or finished trial frees in its pack is refilled at that epoch's end with the next trial the
-            sampler proposes, knowing every outcome so far (asynchronous, as ASHA); the runs that go on keep their
-            state and epoch. false: batches of `n_jobs`, each trained to its end.
+        refill: with a pruner, n_jobs > 1 and the packed launcher training here (no cluster, no halving): a place
+            a pruned, diverged or finished trial frees in its pack is refilled at that epoch's end with the next
+            trial the sampler proposes, knowing every outcome so far (asynchronous, as ASHA); the runs that go on
+            keep their state and epoch. false: batches of `n_jobs`, each trained to its end.
         params: the search space, `key: <Hydra sweep>` (`interval(a, b)`, `tag(log, interval(a, b))`, `choice(...)`,
             `range(...)`), read before the command line's overrides.
     """
@@ -111,14 +111,17 @@ class OptunaSweeper(Sweeper):
             settings = errors.as_config_error(search.Settings.checked, self.settings, self.config.tracking.uri)
             space = errors.as_config_error(search.SearchSpace.parse, [*self._params(), *arguments])
         self.validate_batch_is_legal([space.probe()])  # a key the config lacks fails here, with Hydra's message
+        refill = bool(settings.pruner and settings.refill and settings.n_jobs > 1)  # one place: batches of one
+        if refill and (refused := self._refill_refused()) is not None:
+            log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s", settings.n_jobs, refused)
+            refill = False
+        if refill:
+            self.launcher.check_refill(space.probe())  # a model that cannot pack: one line, before the study opens
         study = search.open_study(settings)
         to_go = settings.n_trials - search.finished(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if settings.pruner and settings.refill:
-            refused = self._refill_refused()
-            if refused is None:
-                return self._sweep_refilled(search.Refilling(study, space, settings, sweep_dir, to_go))
-            log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s", settings.n_jobs, refused)
+        if refill:
+            return self._sweep_refilled(search.Refilling(study, space, settings, sweep_dir, to_go))
         job_idx = 0
         while to_go > 0:
             trials = [study.ask(space.distributions) for _ in range(min(settings.n_jobs, to_go))]

@@ -224,7 +224,7 @@ def train_halving(
 def check_refill(prepared: Sequence[Job], other_models: str) -> None:
     """Raises SystemExit with one line when a search's first trials cannot pack, so their places cannot be refilled
     (`lrsweep.run.refill`), before any store or run is touched."""
-    problem = halving.unpackable(prepared, other_models)
+    problem = halving.unpackable(prepared, other_models) if prepared else None
     if problem is not None:
         raise SystemExit(
             f"lrsweep: a search refills freed places in its packs, and {problem}. Set hydra.sweeper.refill=false "

@@ -4,16 +4,20 @@ configuration gets trained to its end in plain batches, up to where it stopped."
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sqlite3
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hydra_plugins.lrsweep_sweeper._study import default_storage
+from hydra_plugins.lrsweep_sweeper._study import NOT_RUN, default_storage
 from lrsweep import tracking
 from tests.conftest import TINY, train
 from tests.run.test_halving import by_hash
+from tests.sweep.test_faults import start_train, wait_for
 
 EPOCHS = 4
 # The warm-up grid search (6 x 6 initial x final LR, Adam) with Optuna's successive-halving pruner. All 8 trials are
@@ -98,3 +102,53 @@ def test_the_study_holds_every_trial_pruned_or_complete(searches):
             assert int(run.data.tags[tracking.TAG_STOPPED_EPOCH]) == len(history) < EPOCHS
         else:
             assert trial.value == pytest.approx(history[-1].value) and len(history) == EPOCHS
+
+
+def job_statuses(tmp_path) -> list[str]:
+    """The statuses of the job runs so far (read-only SQL: the search is writing)."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            f"WHERE t.key = '{tracking.TAG_ROLE}' AND t.value = 'job'"
+        ).fetchall()
+    except sqlite3.OperationalError:  # the tables are still being made
+        return []
+    finally:
+        connection.close()
+    return [status for (status,) in rows]
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_mid_refill_leaves_no_trial_running_and_the_same_command_finishes_the_study(tmp_path):
+    # Threshold 0.99: every trial is pruned after its first epoch, so places free and refill at every epoch's end.
+    search = [
+        "+experiment=warmup_grid_search", "hydra.sweeper.n_trials=10", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.99, n_warmup_steps: 0}",
+        "training.epochs=3", "data.train_size=8000", "data.validation_size=512",
+    ]  # fmt: skip
+    process = start_train(tmp_path, *search, f"hydra.sweep.dir={tmp_path / 'first'}")
+    refilled = lambda: (s := job_statuses(tmp_path)).count("FINISHED") >= 2 and "RUNNING" in s  # noqa: E731
+    wait_for(refilled, what="two trials pruned and a run training in a place they freed")
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    statuses = job_statuses(tmp_path)
+    assert "RUNNING" not in statuses and "KILLED" in statuses and statuses.count("FINISHED") >= 2
+
+    storage = default_storage(str(tmp_path / "mlruns"))
+    trials = optuna.load_study(study_name="warmup_grid_search", storage=storage).trials
+    assert {t.state for t in trials} <= {TrialState.PRUNED, TrialState.FAIL}
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted and all(NOT_RUN in t.user_attrs for t in interrupted)  # not counted toward n_trials
+
+    train(tmp_path, "backend=jax", "training.verbose=0", *TINY, *search, f"hydra.sweep.dir={tmp_path / 'again'}")
+    trials = optuna.load_study(study_name="warmup_grid_search", storage=storage).trials
+    assert [t.number for t in trials] == list(range(len(trials)))  # numbers go on from the first run's
+    assert sum(t.state == TrialState.PRUNED for t in trials) == 10  # n_trials counts what ran
+    assert len(trials) == 10 + len(interrupted)  # the rerun asked the 10 - told trials still to run, no more
+    assert "RUNNING" not in job_statuses(tmp_path)

@@ -176,6 +176,16 @@ CASES: list[tuple[str, list[str], str]] = [
         [*SWEEP, "hydra.launcher.cluster=ray", "+hydra.launcher.ray.adress=10.0.0.1:6379", "training.seed=0,1"],
         "`hydra.launcher.ray` has address and num_cpus. Received: adress",
     ),
+    (
+        "search refill maybe",
+        [*SWEEP, "+experiment=warmup_grid_search", "hydra.sweeper.refill=maybe"],
+        "hydra.sweeper.refill",
+    ),
+    (
+        "search refilled with a model that trains alone",
+        [*SWEEP, "+experiment=warmup_grid_search", "hydra.sweeper.n_jobs=2", "model=cnn"],
+        "hydra.sweeper.refill=false",
+    ),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
     ("sweep store in /proc", [*SWEEP, "training.seed=0,1", "tracking.uri=sqlite:////proc/x.db"], "/proc/x.db`"),
     (
