@@ -112,7 +112,7 @@ def main() -> None:
         if int(places) == 1:
             arms["search, pruned, one trial at a time"] = search
             continue
-        arms[f"search, pruned, {places} places refilled"] = search
+        arms[f"search, pruned, {places} places refilled"] = [*search, "hydra.sweeper.refill=true"]
         arms[f"search, pruned, batches of {places}"] = [*search, "hydra.sweeper.refill=false"]
     for rule in filter(None, args.rules.split(",")):
         arms[f"halving eta={args.eta} {rule}"] = [

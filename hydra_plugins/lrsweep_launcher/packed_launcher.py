@@ -169,10 +169,10 @@ class PackedLauncher(Launcher):
             return "hydra.launcher.halving.eta is set: rungs decide, not the search's pruner"
         return None
 
-    def check_refill(self, overrides: Sequence[str]) -> None:
-        """Exits with one line when a search's job (`overrides`: its probe) cannot train in refilled packs, before
-        anything is opened: a bad launcher setting, a job that fails its checks, a model or optimizer that cannot
-        pack."""
+    def check_refill(self, overrides: Sequence[str], required: bool) -> str | None:
+        """Why a search's jobs (`overrides`: its probe job) should train in batches rather than refilled packs
+        (`launching.refill_pays`), or None. Exits with one line, before anything is opened, on a bad launcher
+        setting, a job that fails its checks, or (`required`: refill=true) a model or optimizer that cannot pack."""
         assert self.config is not None and self.hydra_context is not None
         from lrsweep.core import errors
         from lrsweep.sweep import job_tasks
@@ -183,7 +183,11 @@ class PackedLauncher(Launcher):
         choose_backend(tasks[0][0])
         from lrsweep.run import launching
 
-        launching.check_refill(launching.check_jobs(tasks), self.other_models)
+        prepared = launching.check_jobs(tasks)
+        if required:
+            launching.check_refill(prepared, self.other_models)
+            return None
+        return launching.refill_pays(prepared, self.other_models)
 
     def launch_refilled(
         self,

@@ -52,7 +52,7 @@ class Settings:
     n_trials: int
     n_jobs: int
     max_failure_rate: float
-    refill: bool = True
+    refill: bool | str = "auto"
 
     @classmethod
     def checked(cls, settings: Mapping[str, Any], tracking_uri: str) -> Settings:
@@ -66,7 +66,7 @@ class Settings:
         checks.check_count("hydra.sweeper.n_jobs", settings["n_jobs"], 1, " (trials per batch)")
         checks.check_number("hydra.sweeper.max_failure_rate", settings["max_failure_rate"], 0.0, 1.0)
         checks.check_choice("hydra.sweeper.direction", settings["direction"], ["minimize", "maximize"])
-        checks.check_choice("hydra.sweeper.refill", settings.get("refill", True), [True, False])
+        checks.check_choice("hydra.sweeper.refill", settings.get("refill", "auto"), ["auto", True, False])
         storage = default_storage(tracking_uri) if settings["storage"] == "auto" else settings["storage"]
         return cls(**{**settings, "storage": storage})
 

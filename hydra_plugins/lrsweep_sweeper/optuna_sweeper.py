@@ -42,10 +42,13 @@ class OptunaSweeperConf:
             the trials training at once.
         max_failure_rate: the search stops after a batch in which a larger share of the trials failed (with
             `refill`: once a larger share of those told so far failed; the running ones train to their end).
-        refill: with a pruner, n_jobs > 1 and the packed launcher training here (no cluster, no halving): a place
-            a pruned, diverged or finished trial frees in its pack is refilled at that epoch's end with the next
-            trial the sampler proposes, knowing every outcome so far (asynchronous, as ASHA); the runs that go on
-            keep their state and epoch. false: batches of `n_jobs`, each trained to its end.
+        refill: true: with a pruner, n_jobs > 1 and the packed launcher training here (no cluster, no halving),
+            a place a pruned, diverged or finished trial frees in its pack is refilled at that epoch's end with the
+            next trial the sampler proposes, knowing every outcome so far (asynchronous, as ASHA); the runs that go
+            on keep their state and epoch. false: batches of `n_jobs`, each trained to its end. auto: true for
+            models packed one copy per member, where a pruned member would cost a whole member's training until
+            its batch ends; false for the fused MLP, whose pruned member costs less than rebuilding its pack
+            (scripts/bench_halving.py).
         params: the search space, `key: <Hydra sweep>` (`interval(a, b)`, `tag(log, interval(a, b))`, `choice(...)`,
             `range(...)`), read before the command line's overrides.
     """
@@ -62,7 +65,7 @@ class OptunaSweeperConf:
     n_trials: int = 20
     n_jobs: int = 2
     max_failure_rate: float = 0.0
-    refill: bool = True
+    refill: Any = "auto"
     params: dict[str, str] | None = None
 
 
@@ -84,7 +87,7 @@ class OptunaSweeper(Sweeper):
         n_jobs: int,
         max_failure_rate: float,
         params: Any,
-        refill: bool = True,
+        refill: Any = "auto",
     ) -> None:
         self.settings = {
             "sampler": sampler, "pruner": pruner, "direction": direction, "study_name": study_name,
@@ -111,12 +114,16 @@ class OptunaSweeper(Sweeper):
             settings = errors.as_config_error(search.Settings.checked, self.settings, self.config.tracking.uri)
             space = errors.as_config_error(search.SearchSpace.parse, [*self._params(), *arguments])
         self.validate_batch_is_legal([space.probe()])  # a key the config lacks fails here, with Hydra's message
-        refill = bool(settings.pruner and settings.refill and settings.n_jobs > 1)  # one place: batches of one
+        refill = bool(settings.pruner and settings.refill is not False and settings.n_jobs > 1)  # one place: batches
         if refill and (refused := self._refill_refused()) is not None:
             log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s", settings.n_jobs, refused)
             refill = False
-        if refill:
-            self.launcher.check_refill(space.probe())  # a model that cannot pack: one line, before the study opens
+        if refill:  # refill=true and a model that cannot pack: one line, before the study opens
+            refused = self.launcher.check_refill(space.probe(), required=settings.refill is True)
+            if refused is not None:
+                log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s (hydra.sweeper.refill=auto; true "
+                         "refills anyway)", settings.n_jobs, refused)  # fmt: skip
+                refill = False
         study = search.open_study(settings)
         to_go = settings.n_trials - search.finished(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

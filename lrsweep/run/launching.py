@@ -232,6 +232,19 @@ def check_refill(prepared: Sequence[Job], other_models: str) -> None:
         )
 
 
+def refill_pays(prepared: Sequence[Job], other_models: str) -> str | None:
+    """Why refilling a search's freed places would not pay for its jobs, or None: it does. Measured
+    (scripts/bench_halving.py, README "Refilled places"): a pruned member of a fused MLP pack rides along, frozen,
+    for less than the pack's rebuild and compilation cost; a model packed one copy per member costs a whole
+    member's training for every epoch it rides along."""
+    problem = halving.unpackable(prepared, other_models)
+    if problem is not None:
+        return problem
+    if prepared[0].resolved["model"].get("_target_") == MLP_TARGET:
+        return "a pruned member of a fused MLP pack costs less than rebuilding the pack"
+    return None
+
+
 def train_refilled(first: Sequence[Job], search: refill.Search, places: int, limits: tuple) -> None:
     """Trains a search's jobs `places` at a time, each place a run frees refilled with the search's next job
     (`lrsweep.run.refill.train`), in packs planned within the sweep's `limits` (max_members, max_seeds,

@@ -27,6 +27,7 @@ SEARCH = [
     "hydra.sweeper.n_trials=8",
     "hydra.sweeper.n_jobs=3",
     "hydra.sweeper.sampler.n_startup_trials=8",
+    "hydra.sweeper.refill=true",  # auto trains the fused MLP in batches
     f"training.epochs={EPOCHS}",
     "tracking.log_every_n_steps=3",  # 8 steps an epoch: a member ahead logs at its own multiples of 3
     "backend=jax",
@@ -127,7 +128,7 @@ def test_ctrl_c_mid_refill_leaves_no_trial_running_and_the_same_command_finishes
     # Threshold 0.99: every trial is pruned after its first epoch, so places free and refill at every epoch's end.
     search = [
         "+experiment=warmup_grid_search", "hydra.sweeper.n_trials=10", "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.refill=true", "hydra.sweeper.pruner=null",
         "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.99, n_warmup_steps: 0}",
         "training.epochs=3", "data.train_size=8000", "data.validation_size=512",
     ]  # fmt: skip
@@ -152,3 +153,18 @@ def test_ctrl_c_mid_refill_leaves_no_trial_running_and_the_same_command_finishes
     assert sum(t.state == TrialState.PRUNED for t in trials) == 10  # n_trials counts what ran
     assert len(trials) == 10 + len(interrupted)  # the rerun asked the 10 - told trials still to run, no more
     assert "RUNNING" not in job_statuses(tmp_path)
+
+
+def test_refill_auto_refills_models_packed_per_member_and_batches_the_fused_mlp(tmp_path):
+    # auto (the default): the fused MLP trains in batches (a pruned member costs it less than a rebuilt pack); a CNN
+    # packed one copy per member is refilled (a pruned member would cost a whole member until its batch ended).
+    search = ["+experiment=warmup_grid_search", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+              "training.epochs=1", "backend=jax", *TINY]  # fmt: skip
+    mlp = train(tmp_path / "mlp", *search)
+    said = mlp.stdout + mlp.stderr
+    assert "Trials train in batches of hydra.sweeper.n_jobs=2: a pruned member of a fused MLP pack" in said
+    assert "/refill1" not in said
+    cnn = train(tmp_path / "cnn", *search, "model=cnn", "model.channels=4", "hydra.launcher.other_models=unroll")
+    said = cnn.stdout + cnn.stderr
+    assert "Trials train in batches" not in said
+    assert re.search(r"Pack \S+/refill1: 2 runs .* trained as one copy of the model", said), said[-3000:]

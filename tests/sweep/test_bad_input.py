@@ -179,11 +179,11 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "search refill maybe",
         [*SWEEP, "+experiment=warmup_grid_search", "hydra.sweeper.refill=maybe"],
-        "hydra.sweeper.refill",
+        "`hydra.sweeper.refill` must be one of auto, true, false. Received: hydra.sweeper.refill='maybe'",
     ),
     (
         "search refilled with a model that trains alone",
-        [*SWEEP, "+experiment=warmup_grid_search", "hydra.sweeper.n_jobs=2", "model=cnn"],
+        [*SWEEP, "+experiment=warmup_grid_search", "hydra.sweeper.n_jobs=2", "hydra.sweeper.refill=true", "model=cnn"],
         "hydra.sweeper.refill=false",
     ),
     ("sweep store", [*SWEEP, "training.seed=0,1", "tracking.uri=http://127.0.0.1:9"], "http://127.0.0.1:9"),
