@@ -23,6 +23,7 @@ from lrsweep import tracking
 from lrsweep.core import errors, identity, interrupts
 from lrsweep.core.halving import Halving, going_on, rungs
 from lrsweep.ml import member_state, stacking
+from lrsweep.ml.data import Dataset
 from lrsweep.ml.member_state import MemberState
 from lrsweep.ml.packed_mlp import mlp_spec
 from lrsweep.ml.packing import NotPackable, check_optimizer
@@ -246,15 +247,8 @@ def train_stretch(
 ) -> None:
     """Trains a pack of seats (all at one epoch) to epoch `end`, each from its state; keeps their new states."""
     start = seats[0].epoch
-    jobs = [seat.job for seat in seats]
-    cfg, dataset = jobs[0].cfg, jobs[0].data()
-    plan = pack.build_pack(jobs, dataset, other_models, [seat.state for seat in seats])
-    pack.describe(plan, jobs, dataset, pack_id)
-    members = [pack.pack_member(plan, k, seat.run_id, seat.job, seat.starting_loss) for k, seat in enumerate(seats)]
-    for k, seat in enumerate(seats):
-        if not seat.packed:  # its first pack
-            tracking.set_tags(client, seat.run_id, pack.pack_tags(pack_id, len(seats), k))
-            seat.packed = True
+    plan, members, dataset = seated_pack(seats, client, pack_id, other_models)
+    cfg = seats[0].job.cfg
     batch_size = int(cfg.training.batch_size)
     callbacks = watching.callbacks(client, cfg, members, dataset)
     history = fit_epochs(plan.model, dataset, plan.seeds, batch_size, end, callbacks, start, plan.starts)
@@ -263,6 +257,23 @@ def train_stretch(
     states = [None] * len(seats) if last else member_state.capture(plan.model, plan.optimizer, range(len(seats)))
     for seat, member, state in zip(seats, members, states, strict=True):
         keep(seat, member, history[-1], end, state)
+
+
+def seated_pack(
+    seats: Sequence[Seat], client: MlflowClient, pack_id: str, other_models: str
+) -> tuple[stacking.PackPlan, list[Member], Dataset]:
+    """The pack of seats (in pack order: by seed, then epochs trained), each member from its seat's state, its
+    members, and the data they train on; a seat's run gets the tags of the first pack it trains in."""
+    jobs = [seat.job for seat in seats]
+    dataset = jobs[0].data()
+    plan = pack.build_pack(jobs, dataset, other_models, [seat.state for seat in seats])
+    pack.describe(plan, jobs, dataset, pack_id)
+    members = [pack.pack_member(plan, k, seat.run_id, seat.job, seat.starting_loss) for k, seat in enumerate(seats)]
+    for k, seat in enumerate(seats):
+        if not seat.packed:  # its first pack
+            tracking.set_tags(client, seat.run_id, pack.pack_tags(pack_id, len(seats), k))
+            seat.packed = True
+    return plan, members, dataset
 
 
 def keep(seat: Seat, member: Member, logs: dict, epoch: int, state: MemberState | None) -> None:

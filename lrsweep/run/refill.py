@@ -25,8 +25,8 @@ from lrsweep import tracking
 from lrsweep.core import interrupts
 from lrsweep.ml import member_state
 from lrsweep.ml.training import Member, fit_epochs
-from lrsweep.run import experiment, pack, watching
-from lrsweep.run.halving import Seat, keep
+from lrsweep.run import experiment, watching
+from lrsweep.run.halving import Seat, keep, seated_pack
 from lrsweep.run.job import Job, optimizer_settings, run_record
 
 log = logging.getLogger(__name__)
@@ -133,15 +133,8 @@ def train_stretch(seats: Sequence[Seat], client: MlflowClient, pack_id: str, oth
     epoch, or (`refill`: a new run could take its place) its pruner stops it or it diverges. Keeps each seat's new
     epoch, score and state; logs the test scores of those that trained to their end."""
     seats = sorted(seats, key=lambda seat: (seat.job.seed, seat.epoch, optimizer_settings(seat.job)))
-    jobs = [seat.job for seat in seats]
-    cfg, dataset = jobs[0].cfg, jobs[0].data()
-    plan = pack.build_pack(jobs, dataset, other_models, [seat.state for seat in seats])
-    pack.describe(plan, jobs, dataset, pack_id)
-    members = [pack.pack_member(plan, k, seat.run_id, seat.job, seat.starting_loss) for k, seat in enumerate(seats)]
-    for k, seat in enumerate(seats):
-        if not seat.packed:  # its first pack
-            tracking.set_tags(client, seat.run_id, pack.pack_tags(pack_id, len(seats), k))
-            seat.packed = True
+    plan, members, dataset = seated_pack(seats, client, pack_id, other_models)
+    cfg = seats[0].job.cfg
     base = min(seat.epoch for seat in seats)  # the pack's epoch count: its youngest member's
     end = base + min(seat_epochs(seat) - seat.epoch for seat in seats)
     callbacks = watching.callbacks(client, cfg, members, dataset) + ([FreedPlace(members)] if refill else [])
