@@ -223,20 +223,19 @@ class PackedLauncher(Launcher):
         from lrsweep.core.errors import StoreError
         from lrsweep.run import launching, refill
 
-        prepared = launching.check_jobs(first)
-        launching.check_refill(prepared, self.other_models)
+        def checked(asked: list) -> list:
+            jobs = launching.check_jobs(asked)
+            launching.check_refill(jobs, self.other_models)  # a searched model that cannot pack: one line
+            return jobs
+
+        prepared = checked(first)
         open_parent(self.config)
 
         def ended(job: Any, value: Any) -> None:
             num = job.context.job_num
             told(num, self._run(num, overrides.pop(num), outcome(value)))
 
-        def more_jobs(places: int) -> list:
-            jobs = launching.check_jobs(tasks(more(places))) if places else []
-            launching.check_refill(jobs, self.other_models)  # a searched model that cannot pack: one line
-            return jobs
-
-        search = refill.Search(more_jobs, ended, more_to_come)
+        search = refill.Search(lambda n: checked(tasks(more(n))) if n else [], ended, more_to_come)
         limits = (self.max_members, self.max_seeds, self.max_unrolled, self.other_models)
         with errors.reported():
             try:

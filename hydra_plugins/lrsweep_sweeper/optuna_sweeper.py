@@ -115,15 +115,13 @@ class OptunaSweeper(Sweeper):
             space = errors.as_config_error(search.SearchSpace.parse, [*self._params(), *arguments])
         self.validate_batch_is_legal([space.probe()])  # a key the config lacks fails here, with Hydra's message
         refill = bool(settings.pruner and settings.refill is not False and settings.n_jobs > 1)  # one place: batches
-        if refill and (refused := self._refill_refused()) is not None:
+        refused = self._refill_refused() if refill else None
+        if refill and refused is None:  # refill=true and a model that cannot pack: one line, before the study opens
+            refused = self.launcher.check_refill(space.probe(), required=settings.refill is True)
+            refused = refused and f"{refused} (hydra.sweeper.refill=auto; true refills anyway)"
+        if refused is not None:
             log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s", settings.n_jobs, refused)
             refill = False
-        if refill:  # refill=true and a model that cannot pack: one line, before the study opens
-            refused = self.launcher.check_refill(space.probe(), required=settings.refill is True)
-            if refused is not None:
-                log.info("Trials train in batches of hydra.sweeper.n_jobs=%d: %s (hydra.sweeper.refill=auto; true "
-                         "refills anyway)", settings.n_jobs, refused)  # fmt: skip
-                refill = False
         study = search.open_study(settings)
         to_go = settings.n_trials - search.finished(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

@@ -90,16 +90,15 @@ def restore_optimizer(model: MemberBlocks, optimizer: PackedOptimizer, states: S
     Raises:
         ValueError: the members' step counts, less their offsets, differ (they cannot share one optimizer step).
     """
-    offsets = optimizer.member_offsets
-    counts = {state.iterations - offsets[k] for k, state in enumerate(states) if state is not None}
-    counts |= {-offsets[k] for k, state in enumerate(states) if state is None and counts}  # a fresh member: 0 steps
+    if all(state is None for state in states):
+        return
+    taken = [state.iterations if state is not None else 0 for state in states]  # a fresh member: 0 steps
+    counts = {steps - offset for steps, offset in zip(taken, optimizer.member_offsets, strict=True)}
     if len(counts) > 1:
         raise ValueError(
             "a pack's members must have taken the same number of steps beyond their offsets. "
             f"Received: {sorted(counts)}"
         )
-    if not counts:
-        return
     updates: dict[int, np.ndarray] = {}  # id(slot variable) -> its new value
     variables: dict[int, keras.Variable] = {}
     for member, state in enumerate(states):

@@ -97,7 +97,8 @@ def stack(
         check_optimizer(optimizer)
     starts = list(starts or [0] * len(seeds))
     groups, blocks = seed_groups(seeds, starts), blocks_of(seeds, optimizers, starts)
-    schedules = [shifted(schedule, start * steps_per_epoch) for schedule, start in zip(schedules, starts, strict=True)]
+    step_offsets = [start * steps_per_epoch for start in starts]
+    schedules = [shifted(schedule, offset) for schedule, offset in zip(schedules, step_offsets, strict=True)]
     try:
         input_shape, layers = mlp_spec(solo_models[0])
     except NotPackable as not_mlp:
@@ -113,7 +114,6 @@ def stack(
     else:
         model, path = PackedMLP(input_shape, layers, groups, blocks), FUSED
         model.set_member_weights([m.get_weights() for m in solo_models])
-    step_offsets = [start * steps_per_epoch for start in starts]
     optimizer = model.build_optimizer(optimizers, PackSchedule(schedules), step_offsets)
     model.compile(optimizer=optimizer, loss=PackedLoss(model.group_sizes), **compile_args)
     firsts = model.offsets  # each data group's first member

@@ -130,11 +130,16 @@ def pack_key(job: Job) -> str:
     return json.dumps(shared, sort_keys=True)
 
 
+def fused(job: Job) -> bool:
+    """Whether a job's model is the tutorial's MLP, which packs as one fused model however many members."""
+    return job.resolved["model"].get("_target_") == MLP_TARGET
+
+
 def unrolls(job: Job, other_models: str) -> bool:
     """Whether a job's pack would hold one copy of its model per member: a model other than the tutorial's MLP, on
     the path `lrsweep.ml.stacking.other_models_path` takes in this process (the jobs' backend). (A user's own MLP
     counts as unrolled here, so its packs are only kept smaller.)"""
-    if job.resolved["model"].get("_target_") == MLP_TARGET:
+    if fused(job):
         return False
     try:
         return stacking.other_models_path(other_models) == "unroll"
@@ -240,7 +245,7 @@ def refill_pays(prepared: Sequence[Job], other_models: str) -> str | None:
     problem = halving.unpackable(prepared, other_models)
     if problem is not None:
         return problem
-    if prepared[0].resolved["model"].get("_target_") == MLP_TARGET:
+    if fused(prepared[0]):
         return "a pruned member of a fused MLP pack costs less than rebuilding the pack"
     return None
 

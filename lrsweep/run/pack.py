@@ -15,7 +15,16 @@ from lrsweep.ml.schedules import KerasSchedule
 from lrsweep.ml.stacking import PackPlan, stack
 from lrsweep.ml.training import Member, fit_epochs, fresh_session
 from lrsweep.run import watching
-from lrsweep.run.job import Job, build_model, build_optimizer, build_schedule, compile_args, run_record, trial_key
+from lrsweep.run.job import (
+    Job,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    compile_args,
+    run_record,
+    steps_per_epoch,
+    trial_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +51,9 @@ def build_pack(
     member_state.restore_variables(solo_models, states)
     optimizers = [build_optimizer(job.cfg, 0.01) for job in jobs]  # their settings; each LR comes from a schedule
     seeds = [job.seed for job in jobs]
-    steps_per_epoch = -(-len(dataset.x_train) // int(jobs[0].cfg.training.batch_size))
-    starts = epochs_ahead([state.iterations if state is not None else 0 for state in states], steps_per_epoch)
-    args = (compile_args(jobs[0].cfg), other_models, starts, steps_per_epoch)
+    per_epoch = steps_per_epoch(jobs[0].cfg, dataset)
+    starts = epochs_ahead([state.iterations if state is not None else 0 for state in states], per_epoch)
+    args = (compile_args(jobs[0].cfg), other_models, starts, per_epoch)
     plan = stack(solo_models, seeds, schedules, optimizers, *args)
     if any(state is not None for state in states):
         plan.optimizer.build(plan.model.trainable_variables)  # its slots, to hold the members' state
